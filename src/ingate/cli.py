@@ -1,0 +1,253 @@
+"""ingate generate | chat | check | audit tail.
+
+Every user error (a bad policy, a missing model, a bad flag value) is one line on stderr that
+says what to fix, and a non-zero exit: 2 for an invalid policy or usage, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from ingate.engines.base import EngineError
+from ingate.policy import Policy, PolicyError, load_policy
+from ingate.sampling import SamplingParams
+
+
+class UserError(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def _float_in(lo: float, hi: float):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+        if not (lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {v}")
+        return v
+    return parse
+
+
+def _gen_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", default=None, help="policy YAML; 'none' for ungoverned (default: built-in)")
+    p.add_argument("--model", default=None, help="path to a GGUF model (default: embedded SmolLM2-135M)")
+    p.add_argument("--max-tokens", type=_positive_int, default=256)
+    p.add_argument("--temperature", type=_float_in(0.0, 2.0), default=0.0, help="0 is greedy (default)")
+    p.add_argument("--top-p", type=_float_in(1e-6, 1.0), default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--audit", default=None, help="audit SQLite path (default: $INGATE_AUDIT or "
+                                                 "~/.local/state/ingate/audit.sqlite3)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """One line on a usage error, not a usage dump: the line says what to fix."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"ingate: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="ingate", description="Governed LLM generation: an admissibility "
+                                 "gate inside the token loop.")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    g = sub.add_parser("generate", help="generate governed text for one prompt")
+    g.add_argument("prompt")
+    _gen_flags(g)
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    c = sub.add_parser("chat", help="interactive governed chat")
+    _gen_flags(c)
+    k = sub.add_parser("check", help="validate a policy and print a summary")
+    k.add_argument("policy")
+    k.add_argument("--text", default=None, help="also report what the policy would match in TEXT")
+    a = sub.add_parser("audit", help="read the audit trail")
+    asub = a.add_subparsers(dest="audit_cmd", required=True, parser_class=_Parser)
+    t = asub.add_parser("tail", help="print recent decisions")
+    t.add_argument("-n", type=_positive_int, default=20)
+    t.add_argument("--audit", default=None)
+    t.add_argument("--json", action="store_true")
+    return ap
+
+
+def _policy(arg: str | None) -> Policy:
+    try:
+        policy = load_policy(arg)
+        if policy.source != "<none>":
+            from ingate.gate.gate import compile_policy
+
+            compile_policy(policy)  # surfaces regex and phrase errors before any model loads
+        return policy
+    except PolicyError as e:
+        raise UserError(str(e), code=2) from None
+
+
+def _params(args: argparse.Namespace):
+    from ingate.loop import GenerationParams
+
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0, got {args.top_k}", code=2)
+    return GenerationParams(max_tokens=args.max_tokens,
+                            sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p,
+                                                    top_k=args.top_k, seed=args.seed))
+
+
+def _runtime(args: argparse.Namespace):
+    from ingate.audit import AuditError
+    from ingate.runtime import Runtime
+
+    try:
+        return Runtime.load(args.model, args.audit)
+    except (EngineError, AuditError) as e:
+        raise UserError(str(e)) from None
+
+
+def _messages(system: str | None, history: list[dict[str, str]], prompt: str) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + history + [{"role": "user", "content": prompt}]
+
+
+def _summary(result) -> str:
+    counts = Counter((d.rule_id, d.action) for d in result.decisions)
+    acts = ", ".join(f"{r} {a} x{n}" for (r, a), n in counts.items())
+    return f"[ingate] finish={result.finish_reason}" + (f"; decisions: {acts}" if acts else "")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise UserError("empty prompt: give the text to generate from", code=2)
+    policy = _policy(args.policy)
+    params = _params(args)
+    rt = _runtime(args)
+    out = None if args.json else _stream_out
+    try:
+        res = rt.run(_messages(args.system, [], args.prompt), policy, params, on_text=out)
+    except EngineError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps({"text": res.text, "finish_reason": res.finish_reason,
+                          "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
+                          "stats": res.stats()}, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        if res.decisions or res.finish_reason == "content_filter":
+            print(_summary(res), file=sys.stderr)
+    return 0
+
+
+def _stream_out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    policy = _policy(args.policy)
+    params = _params(args)
+    rt = _runtime(args)
+    history: list[dict[str, str]] = []
+    print(f"ingate chat: model {rt.engine.name}, policy {policy.name}. Empty line or Ctrl-D to quit.",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if not line.strip():
+            return 0
+        try:
+            res = rt.run(_messages(args.system, history, line), policy, params, on_text=_stream_out)
+        except EngineError as e:
+            print(f"ingate: {e}", file=sys.stderr)
+            history = []
+            continue
+        sys.stdout.write("\n")
+        if res.decisions or res.finish_reason == "content_filter":
+            print(_summary(res), file=sys.stderr)
+        history += [{"role": "user", "content": line}, {"role": "assistant", "content": res.text}]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ingate.gate.gate import compile_policy
+
+    policy = _policy(args.policy)
+    compiled = compile_policy(policy)
+    print(f"policy {policy.name!r} ({policy.source}): valid, {len(policy.rules)} rule(s)")
+    for r in policy.rules:
+        what = []
+        if r.phrases:
+            what.append(f"{len(r.phrases)} phrase(s)" + (" case-sensitive" if r.case_sensitive else ""))
+        if r.patterns:
+            what.append("patterns " + ", ".join(r.patterns))
+        if r.regex:
+            what.append(f"{len(r.regex)} regex")
+        print(f"  - {r.id}: {r.action} on {'; '.join(what)}")
+    for d in compiled.detectors:
+        extra = f", mask states {len(d.search.accept)}" if d.rolls_back else ""
+        print(f"    {d.rule_id}/{d.kind}: {len(d.dfa.trans)} DFA states{extra}")
+    if args.text is not None:
+        data = args.text.encode("utf-8")
+        for d in compiled.detectors:
+            _, ms = d.advance(d.initial(), data, 0)
+            for st, end, labels in ms:
+                names = ", ".join(d.labels[i] for i in sorted(labels))
+                print(f"  match: rule {d.rule_id} ({d.action}) {names}: "
+                      f"{data[st:end].decode('utf-8', errors='replace')!r} at {st}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ingate.audit import AuditError, AuditLog
+
+    try:
+        log = AuditLog(args.audit)
+    except AuditError as e:
+        raise UserError(str(e)) from None
+    rows = log.tail(args.n)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+        return 0
+    if not rows:
+        print(f"no decisions recorded in {log.path}")
+    import datetime as _dt
+
+    for r in rows:
+        ts = _dt.datetime.fromtimestamp(r["ts"]).isoformat(timespec="seconds")
+        text = f" text={r['matched_text']!r}" if r["matched_text"] is not None else ""
+        print(f"{ts} {r['request_id'][:12]} {r['policy']}/{r['rule_id']} {r['action']} "
+              f"tok={r['token_index']} off={r['byte_offset']} sha256={r['matched_sha256'][:12]}{text} "
+              f"- {r['detail']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"generate": cmd_generate, "chat": cmd_chat, "check": cmd_check, "audit": cmd_audit}[args.cmd]
+    try:
+        return handler(args)
+    except UserError as e:
+        print(f"ingate: error: {e}", file=sys.stderr)
+        return e.code
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1100 @@
+"""Forbidden regexes and phrases compiled into DFAs over UTF-8 bytes.
+
+The token-mask engine sees tokens as byte strings (a token may even end in the middle of a
+multi-byte character), so every automaton here reads bytes, not code points.  Character
+semantics follow Python's ``re`` on ``str`` exactly: each single-character item of a regex is
+turned into a set of code points (by asking ``re`` itself where needed), and each code point
+range is split into UTF-8 byte-range sequences.
+
+Pipeline for regexes: ``re._parser`` tree -> Thompson NFA over byte ranges with labelled
+accepts -> subset construction over byte equivalence classes -> pruning and Moore
+minimisation (vectorised with numpy) -> 256-column rows.  Phrases are deterministic by
+construction (a trie over normalised text), so they skip the NFA.
+"""
+
+from __future__ import annotations
+
+import re
+import re._constants as _sc
+import re._parser as _sp
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = [
+    "DEAD",
+    "ByteDFA",
+    "PatternError",
+    "SearchDFA",
+    "compile_phrases",
+    "compile_regexes",
+    "search_dfa",
+]
+
+DEAD: int = -1
+
+_MAX_CP = 0x10FFFF
+_MAX_NFA_STATES = 400_000
+_MAX_DFA_STATES = 200_000
+
+Ranges = tuple[tuple[int, int], ...]
+ByteSeq = tuple[tuple[int, int], ...]
+
+
+class PatternError(ValueError):
+    """A forbidden pattern that cannot be turned into a token mask; the message says what to change."""
+
+
+# --------------------------------------------------------------------------- result types
+
+
+@dataclass(frozen=True)
+class ByteDFA:
+    """Anchored DFA over bytes. State 0 is the start state.
+
+    ``live`` and ``byte_classes`` are derived data; the compilers pass them in, and they are
+    recomputed from ``trans`` when a caller builds a ``ByteDFA`` by hand.
+    """
+
+    trans: list[list[int]]
+    accept: list[frozenset[int]]
+    live: list[bool] = field(default_factory=list, repr=False, compare=False)
+    byte_classes: tuple[int, ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.live:
+            object.__setattr__(self, "live", _compute_live(self.trans, self.accept))
+        if not self.byte_classes:
+            object.__setattr__(self, "byte_classes", _column_classes(self.trans))
+
+    def fullmatch(self, data: bytes) -> frozenset[int]:
+        """Labels whose alternative matches all of ``data`` (empty set if none)."""
+        state = 0
+        trans = self.trans
+        for b in data:
+            state = trans[state][b]
+            if state == DEAD:
+                return frozenset()
+        return self.accept[state]
+
+    def can_continue(self, state: int) -> bool:
+        """True if some non-empty continuation from ``state`` reaches an accepting state."""
+        return state != DEAD and self.live[state]
+
+    @property
+    def n_states(self) -> int:
+        return len(self.trans)
+
+
+@dataclass(frozen=True)
+class SearchDFA:
+    """Unanchored (search) DFA for Σ*·(union).
+
+    A state is the set of live anchored states reached by the suffixes of the text read so far
+    (the anchored start state is always implicitly included).  The mask engine walks every
+    vocabulary token's bytes from one search state, so ``table`` is dense and never DEAD.
+    """
+
+    table: np.ndarray
+    accept: list[frozenset[int]]
+    members: list[frozenset[int]]
+    index: dict[frozenset[int], int]
+
+    @property
+    def n_states(self) -> int:
+        return len(self.members)
+
+    def run(self, data: bytes, state: int = 0) -> int:
+        """Search state after reading ``data`` from ``state``."""
+        table = self.table
+        for b in data:
+            state = int(table[state, b])
+        return state
+
+
+def _compute_live(trans: list[list[int]], accept: list[frozenset[int]]) -> list[bool]:
+    """live[s]: a non-empty path from s reaches an accepting state (generic, for hand-built DFAs)."""
+    n = len(trans)
+    rev: list[list[int]] = [[] for _ in range(n)]
+    for s, row in enumerate(trans):
+        for t in set(row):
+            if t != DEAD:
+                rev[t].append(s)
+    coreach = [bool(a) for a in accept]
+    stack = [s for s in range(n) if coreach[s]]
+    while stack:
+        t = stack.pop()
+        for s in rev[t]:
+            if not coreach[s]:
+                coreach[s] = True
+                stack.append(s)
+    return [any(t != DEAD and coreach[t] for t in set(row)) for row in trans]
+
+
+def _column_classes(trans: list[list[int]]) -> tuple[int, ...]:
+    """Byte -> class id, where two bytes share a class iff every state moves the same on them."""
+    if not trans:
+        return (0,) * 256
+    arr = np.asarray(trans, dtype=np.int64)
+    _, inv = np.unique(arr.T, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    # renumber in order of first appearance so class ids are stable and small
+    ids: dict[int, int] = {}
+    return tuple(ids.setdefault(int(c), len(ids)) for c in inv)
+
+
+# --------------------------------------------------------------------------- UTF-8 ranges
+
+
+def _utf8_sequences(lo: int, hi: int) -> list[ByteSeq]:
+    """Split code point range [lo, hi] (surrogates excluded) into UTF-8 byte-range sequences.
+
+    Every returned sequence is a "rectangle": all byte strings b1..bn with bi in its i-th range
+    are valid UTF-8 for code points in [lo, hi], and together they cover exactly that range.
+    """
+    out: list[ByteSeq] = []
+    stack = [(lo, hi)]
+    while stack:
+        s, e = stack.pop()
+        if s > e:
+            continue
+        if s <= 0xDFFF and e >= 0xD800:
+            stack.append((0xE000, e))
+            stack.append((s, 0xD7FF))
+            continue
+        split = False
+        for limit in (0x7F, 0x7FF, 0xFFFF):  # never mix encoded lengths
+            if s <= limit < e:
+                stack.append((limit + 1, e))
+                stack.append((s, limit))
+                split = True
+                break
+        if split:
+            continue
+        if e <= 0x7F:
+            out.append(((s, e),))
+            continue
+        n = 2 if e <= 0x7FF else 3 if e <= 0xFFFF else 4
+        for i in range(1, n):
+            m = (1 << (6 * i)) - 1
+            if (s & ~m) != (e & ~m):
+                if s & m:
+                    stack.append(((s | m) + 1, e))
+                    stack.append((s, s | m))
+                    split = True
+                    break
+                if (e & m) != m:
+                    stack.append((e & ~m, e))
+                    stack.append((s, (e & ~m) - 1))
+                    split = True
+                    break
+        if split:
+            continue
+        out.append(tuple(zip(chr(s).encode(), chr(e).encode(), strict=True)))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _ranges_to_seqs(ranges: Ranges) -> tuple[ByteSeq, ...]:
+    seqs: list[ByteSeq] = []
+    for lo, hi in ranges:
+        seqs.extend(_utf8_sequences(lo, hi))
+    return tuple(seqs)
+
+
+def _normalize_ranges(ranges: Iterable[tuple[int, int]]) -> Ranges:
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return tuple((a, b) for a, b in out)
+
+
+def _complement(ranges: Ranges) -> Ranges:
+    out: list[tuple[int, int]] = []
+    nxt = 0
+    for lo, hi in ranges:
+        if lo > nxt:
+            out.append((nxt, lo - 1))
+        nxt = hi + 1
+    if nxt <= _MAX_CP:
+        out.append((nxt, _MAX_CP))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- regex leaves
+
+
+@lru_cache(maxsize=1)
+def _all_chars() -> str:
+    """Every code point once, in order: lets ``re`` itself tell which ones a class matches."""
+    return "".join(map(chr, range(_MAX_CP + 1)))
+
+
+@lru_cache(maxsize=1024)
+def _ranges_by_re(class_src: str, flags: int) -> Ranges:
+    """Code point ranges matched by a one-character regex, exactly as Python ``re`` decides."""
+    rx = re.compile(class_src + "+", flags)
+    return tuple((m.start(), m.end() - 1) for m in rx.finditer(_all_chars()))
+
+
+_CATEGORY_SRC = {
+    _sc.CATEGORY_DIGIT: r"\d",
+    _sc.CATEGORY_NOT_DIGIT: r"\D",
+    _sc.CATEGORY_SPACE: r"\s",
+    _sc.CATEGORY_NOT_SPACE: r"\S",
+    _sc.CATEGORY_WORD: r"\w",
+    _sc.CATEGORY_NOT_WORD: r"\W",
+}
+
+
+def _cp_src(cp: int) -> str:
+    return f"\\U{cp:08x}"
+
+
+def _class_src(items: Sequence[tuple[object, object]]) -> str:
+    parts = []
+    for op, av in items:
+        if op is _sc.NEGATE:
+            parts.insert(0, "^")
+        elif op is _sc.LITERAL:
+            parts.append(_cp_src(av))  # type: ignore[arg-type]
+        elif op is _sc.RANGE:
+            lo, hi = av  # type: ignore[misc]
+            parts.append(f"{_cp_src(lo)}-{_cp_src(hi)}")
+        elif op is _sc.CATEGORY:
+            parts.append(_CATEGORY_SRC[av])  # type: ignore[index]
+        else:  # pragma: no cover - the parser emits nothing else inside [...]
+            raise ValueError(f"unexpected class item {op}")
+    return "[" + "".join(parts) + "]"
+
+
+_CHAR_FLAGS = re.IGNORECASE | re.ASCII | re.DOTALL
+
+
+def _leaf_ranges(op: object, av: object, flags: int) -> Ranges:
+    """Code points matched by one single-character item of the parse tree."""
+    icase = bool(flags & re.IGNORECASE)
+    if op is _sc.ANY:
+        return ((0, _MAX_CP),) if flags & re.DOTALL else ((0, 9), (11, _MAX_CP))
+    if not icase:
+        if op is _sc.LITERAL:
+            return ((av, av),)  # type: ignore[return-value]
+        if op is _sc.NOT_LITERAL:
+            return _complement(((av, av),))  # type: ignore[arg-type]
+        items = av  # IN
+        if all(o in (_sc.LITERAL, _sc.RANGE, _sc.NEGATE) for o, _ in items):  # type: ignore[attr-defined]
+            rs = []
+            negate = False
+            for o, v in items:  # type: ignore[attr-defined]
+                if o is _sc.NEGATE:
+                    negate = True
+                elif o is _sc.LITERAL:
+                    rs.append((v, v))
+                else:
+                    rs.append(tuple(v))
+            norm = _normalize_ranges(rs)
+            return _complement(norm) if negate else norm
+    if op is _sc.LITERAL:
+        src = "[" + _cp_src(av) + "]"  # type: ignore[arg-type]
+    elif op is _sc.NOT_LITERAL:
+        src = "[^" + _cp_src(av) + "]"  # type: ignore[arg-type]
+    else:
+        src = _class_src(av)  # type: ignore[arg-type]
+    return _ranges_by_re(src, flags & _CHAR_FLAGS)
+
+
+# --------------------------------------------------------------------------- NFA
+
+
+class _NFA:
+    """Thompson NFA over byte ranges; accept states carry the label of their alternative."""
+
+    def __init__(self) -> None:
+        self.eps: list[list[int]] = []
+        self.edges: list[list[tuple[int, int, int]]] = []
+        self.label: dict[int, int] = {}
+
+    def new(self) -> int:
+        if len(self.eps) >= _MAX_NFA_STATES:
+            raise _TooBig
+        self.eps.append([])
+        self.edges.append([])
+        return len(self.eps) - 1
+
+    def add_seqs(self, start: int, end: int, seqs: tuple[ByteSeq, ...]) -> None:
+        """Byte-range sequences from start to end, sharing common suffixes (tails repeat a lot)."""
+        tails: dict[ByteSeq, int] = {}
+        for seq in seqs:
+            nxt = end
+            for k in range(len(seq) - 1, 0, -1):
+                suffix = seq[k:]
+                st = tails.get(suffix)
+                if st is None:
+                    st = self.new()
+                    lo, hi = seq[k]
+                    self.edges[st].append((lo, hi, nxt))
+                    tails[suffix] = st
+                nxt = st
+            lo, hi = seq[0]
+            self.edges[start].append((lo, hi, nxt))
+
+
+class _TooBig(Exception):
+    pass
+
+
+_AT_NAMES = {
+    _sc.AT_BEGINNING: "'^'",
+    _sc.AT_BEGINNING_STRING: "'\\A'",
+    _sc.AT_END: "'$'",
+    _sc.AT_END_STRING: "'\\Z'",
+    _sc.AT_BOUNDARY: "word boundary '\\b'",
+    _sc.AT_NON_BOUNDARY: "non-boundary '\\B'",
+}
+
+
+class _RegexBuilder:
+    def __init__(self, nfa: _NFA, source: str) -> None:
+        self.nfa = nfa
+        self.source = source
+
+    def fail(self, what: str, fix: str) -> PatternError:
+        return PatternError(f"regex {self.source!r}: {what} is not supported in a token mask; {fix}")
+
+    def seq(self, items: Iterable[tuple[object, object]], flags: int) -> tuple[int, int]:
+        nfa = self.nfa
+        start = end = nfa.new()
+        for op, av in items:
+            a, b = self.item(op, av, flags)
+            nfa.eps[end].append(a)
+            end = b
+        return start, end
+
+    def item(self, op: object, av: object, flags: int) -> tuple[int, int]:
+        nfa = self.nfa
+        if op in (_sc.LITERAL, _sc.NOT_LITERAL, _sc.ANY, _sc.IN):
+            s, e = nfa.new(), nfa.new()
+            nfa.add_seqs(s, e, _ranges_to_seqs(_leaf_ranges(op, av, flags)))
+            return s, e
+        if op is _sc.SUBPATTERN:
+            _group, add_flags, del_flags, sub = av  # type: ignore[misc]
+            return self.seq(sub, (flags | add_flags) & ~del_flags)
+        if op is _sc.BRANCH:
+            s, e = nfa.new(), nfa.new()
+            for alt in av[1]:  # type: ignore[index]
+                a, b = self.seq(alt, flags)
+                nfa.eps[s].append(a)
+                nfa.eps[b].append(e)
+            return s, e
+        if op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT):
+            lo, hi, sub = av  # type: ignore[misc]
+            s = e = nfa.new()
+            for _ in range(lo):
+                a, b = self.seq(sub, flags)
+                nfa.eps[e].append(a)
+                e = b
+            if hi is _sc.MAXREPEAT:
+                x = nfa.new()
+                nfa.eps[e].append(x)
+                a, b = self.seq(sub, flags)
+                nfa.eps[x].append(a)
+                nfa.eps[b].append(x)
+                e = x
+            else:
+                for _ in range(hi - lo):
+                    a, b = self.seq(sub, flags)
+                    x = nfa.new()
+                    nfa.eps[e] += [a, x]
+                    nfa.eps[b].append(x)
+                    e = x
+            return s, e
+        if op is _sc.POSSESSIVE_REPEAT:
+            raise self.fail("a possessive quantifier (*+, ++, ?+, {m,n}+)", "use the plain quantifier instead")
+        if op is _sc.ATOMIC_GROUP:
+            raise self.fail("an atomic group (?>...)", "use a plain group (?:...) instead")
+        if op is _sc.AT:
+            name = _AT_NAMES.get(av, "an anchor")  # type: ignore[call-overload]
+            raise PatternError(
+                f"regex {self.source!r}: anchor {name} is not supported; token masks match anywhere "
+                "in the output; drop the anchor"
+            )
+        if op is _sc.GROUPREF:
+            raise self.fail(
+                "a backreference (\\1 or (?P=name))",
+                "rewrite the pattern without it, e.g. repeat the group's sub-pattern",
+            )
+        if op is _sc.GROUPREF_EXISTS:
+            raise self.fail("a conditional group (?(id)yes|no)", "rewrite it as an alternation (yes|no)")
+        if op in (_sc.ASSERT, _sc.ASSERT_NOT):
+            direction = av[0]  # type: ignore[index]
+            kind = "lookbehind" if direction < 0 else "lookahead"
+            if op is _sc.ASSERT_NOT:
+                kind = "negative " + kind
+            raise self.fail(kind, "rewrite the pattern without it")
+        raise self.fail(f"the construct {op}", "rewrite the pattern without it")
+
+
+def _parse(pattern: str, flags: int) -> _sp.SubPattern:
+    if not isinstance(pattern, str):
+        raise PatternError(f"regex {pattern!r}: a forbidden regex must be a str")
+    try:
+        re.compile(pattern, flags)
+        return _sp.parse(pattern, flags)
+    except re.error as exc:
+        where = f" at position {exc.pos}" if exc.pos is not None else ""
+        raise PatternError(
+            f"regex {pattern!r} does not compile in Python re: {exc.msg}{where}; fix the syntax"
+        ) from exc
+    except (RecursionError, OverflowError) as exc:
+        raise PatternError(f"regex {pattern!r} is too complex to parse; simplify it") from exc
+
+
+def _closure(nfa: _NFA, start: int, important: list[bool]) -> frozenset[int]:
+    """Epsilon closure restricted to states that matter after closing (byte edges or accept)."""
+    seen = {start}
+    stack = [start]
+    out = []
+    eps = nfa.eps
+    while stack:
+        s = stack.pop()
+        if important[s]:
+            out.append(s)
+        for t in eps[s]:
+            if t not in seen:
+                seen.add(t)
+                stack.append(t)
+    return frozenset(out)
+
+
+def _byte_partition(ranges: Iterable[tuple[int, int]]) -> list[int]:
+    """Byte -> class id: the coarsest partition into intervals that no range boundary cuts."""
+    cuts = {0, 256}
+    for lo, hi in ranges:
+        cuts.add(lo)
+        cuts.add(hi + 1)
+    classes = [0] * 256
+    cid = -1
+    for b in range(256):
+        if b in cuts:
+            cid += 1
+        classes[b] = cid
+    return classes
+
+
+def _determinize(nfa: _NFA, start: int) -> tuple[list[list[int]], list[frozenset[int]], list[int]]:
+    """Subset construction over byte classes. Returns (class table, accept labels, byte classes)."""
+    classes = _byte_partition((lo, hi) for es in nfa.edges for lo, hi, _ in es)
+    n_cls = classes[-1] + 1
+    label = nfa.label
+    important = [bool(es) or (s in label) for s, es in enumerate(nfa.edges)]
+    moves: list[list[tuple[int, int]]] = [
+        [(c, t) for lo, hi, t in es for c in range(classes[lo], classes[hi] + 1)] for es in nfa.edges
+    ]
+    clos_cache: dict[int, frozenset[int]] = {}
+
+    def clos(s: int) -> frozenset[int]:
+        c = clos_cache.get(s)
+        if c is None:
+            c = clos_cache[s] = _closure(nfa, s, important)
+        return c
+
+    first = clos(start)
+    index = {first: 0}
+    sets = [first]
+    table: list[list[int]] = []
+    accept: list[frozenset[int]] = []
+    i = 0
+    while i < len(sets):
+        cur = sets[i]
+        i += 1
+        buckets: dict[int, set[int]] = {}
+        for s in cur:
+            for c, t in moves[s]:
+                b = buckets.get(c)
+                if b is None:
+                    buckets[c] = {t}
+                else:
+                    b.add(t)
+        row = [DEAD] * n_cls
+        for c, targets in buckets.items():
+            nxt = frozenset().union(*[clos(t) for t in targets])
+            j = index.get(nxt)
+            if j is None:
+                j = len(sets)
+                if j >= _MAX_DFA_STATES:
+                    raise _TooBig
+                index[nxt] = j
+                sets.append(nxt)
+            row[c] = j
+        table.append(row)
+        accept.append(frozenset(label[s] for s in cur if s in label))
+    return table, accept, classes
+
+
+def _prune(table: list[list[int]], accept: list[frozenset[int]]) -> tuple[list[list[int]], list[frozenset[int]]]:
+    """Drop states that are unreachable or cannot reach an accept; renumber with start = 0."""
+    n = len(table)
+    rev: list[list[int]] = [[] for _ in range(n)]
+    for s, row in enumerate(table):
+        for t in set(row):
+            if t != DEAD:
+                rev[t].append(s)
+    coreach = [bool(a) for a in accept]
+    stack = [s for s in range(n) if coreach[s]]
+    while stack:
+        t = stack.pop()
+        for s in rev[t]:
+            if not coreach[s]:
+                coreach[s] = True
+                stack.append(s)
+    n_cls = len(table[0]) if table else 0
+    if not n or not coreach[0]:
+        return [[DEAD] * n_cls], [frozenset()]
+    new_id = {0: 0}
+    order = [0]
+    i = 0
+    while i < len(order):
+        s = order[i]
+        i += 1
+        for t in table[s]:
+            if t != DEAD and coreach[t] and t not in new_id:
+                new_id[t] = len(order)
+                order.append(t)
+    out = [[new_id.get(t, DEAD) if t != DEAD else DEAD for t in table[s]] for s in order]
+    return out, [accept[s] for s in order]
+
+
+def _minimize(table: list[list[int]], accept: list[frozenset[int]]) -> tuple[list[list[int]], list[frozenset[int]]]:
+    """Moore partition refinement, one numpy ``unique`` per round (input must be pruned)."""
+    n = len(table)
+    if n <= 1:
+        return table, accept
+    arr = np.asarray(table, dtype=np.int64)
+    arr[arr == DEAD] = n  # the implicit dead sink
+    acc_ids: dict[frozenset[int], int] = {}
+    block = np.array([acc_ids.setdefault(a, len(acc_ids)) for a in accept], dtype=np.int64)
+    n_blocks = len(acc_ids)
+    while True:
+        ext = np.append(block, -1)
+        sig = np.concatenate([block[:, None], ext[arr]], axis=1)
+        _, inv = np.unique(sig, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        new_n = int(inv.max()) + 1
+        block = inv
+        if new_n == n_blocks:
+            break
+        n_blocks = new_n
+    if n_blocks == n:
+        return table, accept
+    rep: dict[int, int] = {}
+    for s in range(n):
+        rep.setdefault(int(block[s]), s)
+    # renumber blocks in BFS order from the start block
+    start_b = int(block[0])
+    new_id = {start_b: 0}
+    order = [start_b]
+    i = 0
+    out: list[list[int]] = []
+    while i < len(order):
+        b = order[i]
+        i += 1
+        row = []
+        for t in table[rep[b]]:
+            if t == DEAD:
+                row.append(DEAD)
+                continue
+            tb = int(block[t])
+            j = new_id.get(tb)
+            if j is None:
+                j = new_id[tb] = len(order)
+                order.append(tb)
+            row.append(j)
+        out.append(row)
+    return out, [accept[rep[b]] for b in order]
+
+
+def _class_table_to_dfa(table: list[list[int]], accept: list[frozenset[int]], classes: list[int]) -> ByteDFA:
+    # byte classes of the result: bytes whose class columns are identical
+    col_ids: dict[tuple[int, ...], int] = {}
+    cls_of_col = [col_ids.setdefault(tuple(row[c] for row in table), len(col_ids)) for c in range(len(table[0]))]
+    byte_classes = tuple(cls_of_col[classes[b]] for b in range(256))
+    trans = [[row[c] for c in classes] for row in table]
+    live = [any(t != DEAD for t in row) for row in table]
+    return ByteDFA(trans=trans, accept=accept, live=live, byte_classes=byte_classes)
+
+
+def compile_regexes(patterns: list[str], *, ignore_case: bool = False) -> ByteDFA:
+    """Anchored DFA for the union of ``patterns``; label i = ``patterns[i]``.
+
+    Python ``re`` syntax and character semantics.  Anchors, lookaround, backreferences,
+    conditionals, possessive quantifiers and atomic groups are rejected, as are patterns that
+    match the empty string (a forbidden pattern must forbid some output).
+    """
+    base_flags = re.IGNORECASE if ignore_case else 0
+    nfa = _NFA()
+    start = nfa.new()
+    for i, pattern in enumerate(patterns):
+        tree = _parse(pattern, base_flags)
+        builder = _RegexBuilder(nfa, pattern)
+        try:
+            s, e = builder.seq(tree, tree.state.flags | base_flags)
+        except _TooBig:
+            raise PatternError(
+                f"regex {pattern!r} is too complex for a token mask (bounded repeats expand to more than "
+                f"{_MAX_NFA_STATES} automaton states); use smaller repeat counts"
+            ) from None
+        acc = nfa.new()
+        nfa.eps[e].append(acc)
+        nfa.label[acc] = i
+        if acc in _reach_eps(nfa, s):
+            raise PatternError(
+                f"regex {pattern!r} matches the empty string; a forbidden pattern must match at least "
+                "one character (use + instead of *, or drop the optional parts)"
+            )
+        nfa.eps[start].append(s)
+    try:
+        table, accept, classes = _determinize(nfa, start)
+    except _TooBig:
+        raise PatternError(
+            f"regexes {patterns!r} are too complex: the DFA exceeds {_MAX_DFA_STATES} states; "
+            "split them into several smaller sets"
+        ) from None
+    table, accept = _prune(table, accept)
+    table, accept = _minimize(table, accept)
+    return _class_table_to_dfa(table, accept, classes)
+
+
+def _reach_eps(nfa: _NFA, start: int) -> set[int]:
+    seen = {start}
+    stack = [start]
+    while stack:
+        for t in nfa.eps[stack.pop()]:
+            if t not in seen:
+                seen.add(t)
+                stack.append(t)
+    return seen
+
+
+# --------------------------------------------------------------------------- phrases
+
+
+def _norm_char(ch: str, casefold: bool) -> str:
+    if casefold:
+        return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", ch).casefold())
+    return unicodedata.normalize("NFKC", ch)
+
+
+def normalize_text(text: str, *, case_sensitive: bool = False) -> str:
+    """The normal form phrase matching compares: per-code-point norm, whitespace runs -> one space."""
+    out: list[str] = []
+    in_space = False
+    for c in "".join(_norm_char(ch, not case_sensitive) for ch in text):
+        if c.isspace():
+            if not in_space:
+                out.append(" ")
+            in_space = True
+        else:
+            out.append(c)
+            in_space = False
+    return "".join(out)
+
+
+_SPACE_KEY = " "
+
+
+@lru_cache(maxsize=2)
+def _norm_index(casefold: bool) -> tuple[dict[str, list[str]], dict[str, tuple[bytes, ...]]]:
+    """Reverse normalisation map: (first char -> norm strings, norm string -> UTF-8 encodings).
+
+    Whitespace-initial strings are grouped under ``' '``.  Covers every assigned code point
+    (general category Cn and surrogates are skipped); building it takes about 0.6-1.2 s per
+    mode on a 2-core machine, once per process, so no plane restriction is needed.
+    """
+    normalize = unicodedata.normalize
+    category = unicodedata.category
+    rev: dict[str, list[int]] = {}
+    for cp in range(_MAX_CP + 1):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        cat = category(ch)
+        if cat == "Cn":
+            continue
+        if cat == "Co":  # private use: no decomposition, no case
+            n = ch
+        else:
+            n = normalize("NFKC", ch)
+            if casefold:
+                n = normalize("NFKC", n.casefold())
+            if not n:
+                continue
+        lst = rev.get(n)
+        if lst is None:
+            rev[n] = [cp]
+        else:
+            lst.append(cp)
+    byfirst: dict[str, list[str]] = {}
+    encs: dict[str, tuple[bytes, ...]] = {}
+    for n in sorted(rev, key=lambda x: (len(x), x)):
+        byfirst.setdefault(_SPACE_KEY if n[0].isspace() else n[0], []).append(n)
+        encs[n] = tuple(chr(cp).encode() for cp in rev[n])
+    return byfirst, encs
+
+
+def compile_phrases(phrases: list[str], *, case_sensitive: bool = False) -> ByteDFA:
+    """Anchored DFA for the union of ``phrases``; label i = ``phrases[i]``.
+
+    A text span matches a phrase iff mapping each of its code points x through
+    norm(x) = NFKC(casefold(NFKC(x))) (just NFKC when ``case_sensitive``) and collapsing every
+    whitespace run to one space gives the phrase normalised the same way (and stripped).
+    So 'Ｆｉｎａｎｃｅ', 'ﬁnance' and 'FINANCE' all match 'finance', 'STRASSE' matches 'straße',
+    and 'credit\\t\\n card' matches 'credit card'.  A span never starts or ends with extra space.
+    """
+    casefold = not case_sensitive
+    # character-level trie over normalised phrases; a ' ' edge stands for any whitespace run
+    children: list[dict[str, int]] = [{}]
+    is_space = [False]
+    labels: list[set[int]] = [set()]
+    for i, phrase in enumerate(phrases):
+        if not isinstance(phrase, str):
+            raise PatternError(f"phrase {phrase!r}: a forbidden phrase must be a str")
+        norm = normalize_text(phrase, case_sensitive=case_sensitive).strip(" ")
+        if not norm:
+            raise PatternError(
+                f"phrase {phrase!r} is empty after normalisation; a forbidden phrase must contain "
+                "at least one non-space character"
+            )
+        q = 0
+        for ch in norm:
+            nxt = children[q].get(ch)
+            if nxt is None:
+                nxt = len(children)
+                children[q][ch] = nxt
+                children.append({})
+                is_space.append(ch == " ")
+                labels.append(set())
+            q = nxt
+        labels[q].add(i)
+
+    def walk(q: int, w: str) -> int | None:
+        for ch in w:
+            if ch.isspace():
+                if is_space[q]:
+                    continue
+                ch = " "
+            nq = children[q].get(ch)
+            if nq is None:
+                return None
+            q = nq
+        return q
+
+    byfirst, encs_of = _norm_index(casefold)
+    n_trie = len(children)
+    sparse: list[dict[int, int]] = [{} for _ in range(n_trie)]
+    templates_used: dict[tuple[str, ...], _Template] = {}
+    all_realized = True
+    for q in range(n_trie):
+        kids = children[q]
+        keys = set(kids)
+        if is_space[q]:
+            keys.add(_SPACE_KEY)
+        if not keys:
+            continue
+        ws: list[str] = []
+        targets: list[int] = []
+        for key in sorted(keys):
+            if key != _SPACE_KEY and key not in encs_of:
+                all_realized = False  # no code point normalises to this character alone
+            for w in byfirst.get(key, ()):
+                t = kids.get(w) if key == w and key != _SPACE_KEY else walk(q, w)
+                if t is not None:
+                    ws.append(w)
+                    targets.append(t)
+        wkey = tuple(ws)
+        tpl = templates_used.get(wkey)
+        if tpl is None:
+            tpl = templates_used[wkey] = _template(casefold, wkey)
+        # instantiate: local node 0 is q itself, the others are fresh intermediate states
+        base = len(sparse) - 1
+        for local, items in enumerate(tpl.nodes):
+            d = {bt: (base + dst if dst > 0 else targets[-1 - dst]) for bt, dst in items}
+            if local == 0:
+                sparse[q] = d
+            else:
+                sparse.append(d)
+    accept = [frozenset(labels[q]) for q in range(n_trie)] + [frozenset()] * (len(sparse) - n_trie)
+    if not all_realized:
+        return _sparse_to_dfa(sparse, accept)
+    # every trie edge is realised, so every state is reachable and can reach an accept: no pruning
+    dead_row = [DEAD] * 256
+    trans: list[list[int]] = []
+    for d in sparse:
+        row = dead_row.copy()
+        for bt, t in d.items():
+            row[bt] = t
+        trans.append(row)
+    classes = [0] * 256
+    for groups in {g for tpl in templates_used.values() for g in tpl.partitions}:
+        classes = _refine(classes, groups)
+    return ByteDFA(trans=trans, accept=accept, live=[bool(d) for d in sparse], byte_classes=tuple(classes))
+
+
+@dataclass(frozen=True)
+class _Template:
+    """UTF-8 byte trie of every code point whose norm is one of a node's realised strings.
+
+    ``nodes[i]`` lists (byte, dst) with dst > 0 another local node and dst < 0 the exit for
+    string number -1 - dst; node 0 is the trie node itself.  ``partitions`` holds, per local
+    node, its bytes grouped by destination (to derive byte classes without scanning rows).
+    """
+
+    nodes: tuple[tuple[tuple[int, int], ...], ...]
+    partitions: tuple[tuple[tuple[int, ...], ...], ...]
+
+
+@lru_cache(maxsize=4096)
+def _template(casefold: bool, ws: tuple[str, ...]) -> _Template:
+    encs_of = _norm_index(casefold)[1]
+    nodes: list[dict[int, int]] = [{}]
+    prefix_node: dict[bytes, int] = {}
+    exit_of: dict[str, int] = {}
+    for xi, w in enumerate(ws):
+        # single whitespace characters always lead to the same place: share their exit id
+        exit_id = -1 - exit_of.setdefault(" " if w.isspace() and len(w) == 1 else w, xi)
+        for enc in encs_of[w]:
+            cur = 0
+            for k in range(1, len(enc)):
+                prefix = enc[:k]
+                nxt = prefix_node.get(prefix)
+                if nxt is None:
+                    nxt = prefix_node[prefix] = len(nodes)
+                    nodes.append({})
+                    nodes[cur][enc[k - 1]] = nxt
+                cur = nxt
+            nodes[cur][enc[-1]] = exit_id
+    parts = []
+    for d in nodes:
+        groups: dict[int, list[int]] = {}
+        for bt, dst in d.items():
+            groups.setdefault(dst, []).append(bt)
+        parts.append(tuple(tuple(g) for g in groups.values()))
+    return _Template(nodes=tuple(tuple(d.items()) for d in nodes), partitions=tuple(parts))
+
+
+def _refine(classes: list[int], groups: tuple[tuple[int, ...], ...]) -> list[int]:
+    """Split byte classes so that bytes in different groups (or in none) never share a class."""
+    gid = [-1] * 256
+    for g, bts in enumerate(groups):
+        for bt in bts:
+            gid[bt] = g
+    ids: dict[tuple[int, int], int] = {}
+    return [ids.setdefault((c, g), len(ids)) for c, g in zip(classes, gid, strict=True)]
+
+
+def _sparse_to_dfa(sparse: list[dict[int, int]], accept: list[frozenset[int]]) -> ByteDFA:
+    """Prune a deterministic sparse automaton and expand it to 256-column rows."""
+    n = len(sparse)
+    rev: list[list[int]] = [[] for _ in range(n)]
+    for s, d in enumerate(sparse):
+        for t in d.values():
+            rev[t].append(s)
+    coreach = [bool(a) for a in accept]
+    stack = [s for s in range(n) if coreach[s]]
+    while stack:
+        t = stack.pop()
+        for s in rev[t]:
+            if not coreach[s]:
+                coreach[s] = True
+                stack.append(s)
+    if not coreach[0]:
+        return ByteDFA(trans=[[DEAD] * 256], accept=[frozenset()], live=[False], byte_classes=(0,) * 256)
+    new_id = {0: 0}
+    order = [0]
+    i = 0
+    while i < len(order):
+        for t in sparse[order[i]].values():
+            if coreach[t] and t not in new_id:
+                new_id[t] = len(order)
+                order.append(t)
+        i += 1
+    dead_row = [DEAD] * 256
+    trans: list[list[int]] = []
+    cols: list[list[tuple[int, int]]] = [[] for _ in range(256)]
+    for new_s, s in enumerate(order):
+        row = dead_row.copy()
+        for b, t in sparse[s].items():
+            j = new_id.get(t)
+            if j is not None:
+                row[b] = j
+                cols[b].append((new_s, j))
+        trans.append(row)
+    col_ids: dict[tuple[tuple[int, int], ...], int] = {}
+    byte_classes = tuple(col_ids.setdefault(tuple(c), len(col_ids)) for c in cols)
+    live = [any(coreach[t] for t in sparse[s].values()) for s in order]
+    return ByteDFA(trans=trans, accept=[accept[s] for s in order], live=live, byte_classes=byte_classes)
+
+
+# --------------------------------------------------------------------------- search DFA
+
+
+_MAX_COSETS = 50_000
+_MAX_COSET_ANCHORED = 30_000
+
+
+def _coset_masks(
+    crow: Callable[[int], list[int]], n: int, n_cls: int, accept: list[frozenset[int]]
+) -> list[int] | None:
+    """Per anchored state, a bitmask over the "co-sets" that contain it (None if too many).
+
+    A co-set Y(v, i) is the set of anchored states from which the word v completes label i.
+    Two search subsets S, S' have the same future iff they hit the same co-sets, so the OR of
+    the masks over S is a canonical key for the minimal search DFA (Brzozowski's argument),
+    computed without building the unminimised subset automaton first.  Co-sets holding the
+    start state are skipped: the start is in every search state, so they never distinguish.
+    """
+    if n > _MAX_COSET_ANCHORED:
+        return None
+    incoming: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for q in range(n):
+        for c, t in enumerate(crow(q)):
+            if t != DEAD:
+                incoming[t].append((c, q))
+    labels = sorted(set().union(*accept))
+    seen: dict[frozenset[int], int] = {}
+    queue: list[frozenset[int]] = []
+    for lab in labels:
+        y = frozenset(q for q in range(n) if lab in accept[q])
+        if 0 not in y and y not in seen:
+            seen[y] = len(queue)
+            queue.append(y)
+    i = 0
+    while i < len(queue):
+        y = queue[i]
+        i += 1
+        preds: dict[int, set[int]] = {}
+        for t in y:
+            for c, q in incoming[t]:
+                ps = preds.get(c)
+                if ps is None:
+                    preds[c] = {q}
+                else:
+                    ps.add(q)
+        for ps in preds.values():
+            if 0 in ps:
+                continue
+            fp = frozenset(ps)
+            if fp not in seen:
+                if len(queue) >= _MAX_COSETS:
+                    return None
+                seen[fp] = len(queue)
+                queue.append(fp)
+    masks = [0] * n
+    for j, y in enumerate(queue):
+        bit = 1 << j
+        for q in y:
+            masks[q] |= bit
+    return masks
+
+
+def search_dfa(dfa: ByteDFA, max_states: int = 50_000) -> SearchDFA:
+    """Minimal DFA for Σ*·L(dfa) (with labels), built as a subset construction.
+
+    Each search state keeps one representative set of anchored states (``members``); subsets
+    with the same future are merged on the fly using co-set signatures (see ``_coset_masks``),
+    so e.g. all the overlapping partial IBANs that end up equivalent share one state.  ``index``
+    maps every subset met during the construction to its state.  Falls back to the plain
+    (unmerged) construction when the anchored DFA is very large.  Works on byte classes and
+    expands to 256 columns at the end.  PatternError when more than ``max_states`` are needed.
+    """
+    classes = dfa.byte_classes
+    n_cls = max(classes) + 1
+    reps = [0] * n_cls
+    seen_cls: set[int] = set()
+    for b, c in enumerate(classes):
+        if c not in seen_cls:
+            seen_cls.add(c)
+            reps[c] = b
+    trans = dfa.trans
+    crow_cache: dict[int, list[int]] = {}
+
+    def crow(q: int) -> list[int]:
+        r = crow_cache.get(q)
+        if r is None:
+            row = trans[q]
+            r = crow_cache[q] = [row[b] for b in reps]
+        return r
+
+    masks = _coset_masks(crow, len(trans), n_cls, dfa.accept)
+    sparse_cache: dict[int, list[tuple[int, int]]] = {}
+
+    def sparse_row(q: int) -> list[tuple[int, int]]:
+        r = sparse_cache.get(q)
+        if r is None:
+            r = sparse_cache[q] = [(c, t) for c, t in enumerate(crow(q)) if t != DEAD]
+        return r
+
+    start_row = crow(0)
+    empty: frozenset[int] = frozenset()
+    members = [empty]
+    index = {empty: 0}
+    by_sig: dict[object, int] = {0 if masks is not None else empty: 0}
+    rows: list[list[int]] = []
+
+    def state_of(key: frozenset[int]) -> int:
+        j = index.get(key)
+        if j is None:
+            if masks is None:
+                sig: object = key
+            else:
+                m = 0
+                for q in key:
+                    m |= masks[q]
+                sig = m
+            j = by_sig.get(sig)
+            if j is None:
+                j = len(members)
+                if j >= max_states:
+                    raise PatternError(
+                        f"the forbidden patterns are too complex: the search automaton needs more "
+                        f"than {max_states} states (anchored DFA has {len(trans)}); split them into "
+                        "several smaller sets or simplify them"
+                    )
+                by_sig[sig] = j
+                members.append(key)
+            index[key] = j
+        return j
+
+    # from the empty set only the implicit start moves; every other row starts as a copy of it
+    base_row = [state_of(frozenset({t}) if t != DEAD else empty) for t in start_row]
+    rows.append(base_row)
+    i = 1
+    while i < len(members):
+        cur = members[i]
+        i += 1
+        touched: dict[int, set[int]] = {}
+        for q in cur:
+            for c, t in sparse_row(q):
+                ts = touched.get(c)
+                if ts is None:
+                    touched[c] = {t}
+                else:
+                    ts.add(t)
+        out = base_row.copy()
+        for c, ts in touched.items():
+            t0 = start_row[c]
+            if t0 != DEAD:
+                ts.add(t0)
+            out[c] = state_of(frozenset(ts))
+        rows.append(out)
+    ctab = np.asarray(rows, dtype=np.int32)
+    table = np.ascontiguousarray(ctab[:, np.asarray(classes, dtype=np.intp)])
+    acc = dfa.accept
+    base = acc[0]
+    accept = [base.union(*[acc[q] for q in m]) for m in members]
+    return SearchDFA(table=table, accept=accept, members=members, index=index)

@@ -1,0 +1,345 @@
+"""The gate: a compiled policy applied to one stream.
+
+It answers the loop's three questions:
+  * `mask()`: which tokens may not be sampled here (prevent rules and bans, on bytes);
+  * `admit(token)`: is this token admitted, or must the engine resample or roll back;
+  * `release()`: how much text may the client see now (the provably admissible prefix).
+
+Every byte of the output ends released, held, or rolled back. Threads of each detector mark
+where undecided partial matches begin; nothing at or after the earliest of them is released.
+A prevent rule may roll the engine back to a token boundary, so its holds begin at the start
+of the token holding the partial match: the client never sees a byte that could be taken back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from ingate.gate.automaton import PatternError, compile_regexes
+from ingate.gate.detector import Match, PatternDetector, compile_phrase_detector
+from ingate.gate.masks import MaskCache, TokenTable
+from ingate.holdback import HoldBack, Span
+from ingate.patterns import BUILTIN_PATTERNS
+from ingate.policy import Policy, PolicyError, RuleSpec
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One act of the gate, audited before the text it concerns is released."""
+
+    rule_id: str
+    action: str  # prevent | redact | stop | error
+    token_index: int
+    byte_offset: int
+    matched: bytes
+    detail: str
+
+    def to_dict(self, store_text: bool = False) -> dict:
+        d = {"rule": self.rule_id, "action": self.action, "token_index": self.token_index,
+             "byte_offset": self.byte_offset, "detail": self.detail,
+             "matched_sha256": hashlib.sha256(self.matched).hexdigest()}
+        if store_text:
+            d["matched"] = self.matched.decode("utf-8", errors="replace")
+        return d
+
+
+class Verdict(Enum):
+    ADMIT = "admit"
+    RESAMPLE = "resample"  # sample again with mask() applied
+    ROLLBACK = "rollback"  # roll the engine back `rollback` tokens, then sample again
+    STOP = "stop"  # end the stream with finish_reason content_filter
+
+
+@dataclass(frozen=True)
+class Admission:
+    verdict: Verdict
+    rollback: int = 0
+
+
+class CompiledPolicy:
+    """A policy's detectors and token-mask caches: built once, shared by every stream."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.detectors: list[PatternDetector] = []
+        problems: list[str] = []
+        for rule in policy.rules:
+            try:
+                self.detectors.extend(_compile_rule(policy.source, rule))
+            except PolicyError as e:
+                problems.extend(e.problems)
+        if problems:
+            raise PolicyError(problems)
+        self.prevent_indices = [i for i, d in enumerate(self.detectors) if d.action == "prevent"]
+        self._masks: dict[int, MaskCache] = {}
+
+    def masks_for(self, table: TokenTable) -> MaskCache:
+        mc = self._masks.get(id(table))
+        if mc is None or mc.table is not table:
+            mc = self._masks[id(table)] = MaskCache(table)
+        return mc
+
+
+def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
+    where = f"{source}, rule {rule.id!r}"
+    out: list[PatternDetector] = []
+    if rule.phrases:
+        try:
+            out.append(compile_phrase_detector(rule.id, rule.action, list(rule.phrases), rule.case_sensitive,
+                                               rule.placeholder or "[REDACTED]"))
+        except PatternError as e:
+            raise PolicyError([f"{where}, field forbid.phrases: {e}"]) from None
+    regexes = [BUILTIN_PATTERNS[p][0] for p in rule.patterns] + list(rule.regex)
+    if regexes:
+        for i, rx in enumerate(rule.regex):  # locate a bad regex before compiling the union
+            try:
+                compile_regexes([rx])
+            except PatternError as e:
+                raise PolicyError([f"{where}, field forbid.regex[{i}]: {e}"]) from None
+        try:
+            dfa = compile_regexes(regexes)
+        except PatternError as e:
+            raise PolicyError([f"{where}, field forbid: {e}"]) from None
+        labels = list(rule.patterns) + [f"regex[{i}]" for i in range(len(rule.regex))]
+        phs = [rule.placeholder or BUILTIN_PATTERNS[p][1] for p in rule.patterns]
+        phs += [rule.placeholder or "[REDACTED]"] * len(rule.regex)
+        out.append(PatternDetector(rule.id, rule.action, dfa, labels, phs))
+    for d in out:
+        if d.rolls_back:
+            try:
+                _ = d.search  # masks need the search DFA: build it now, not on the first request
+            except PatternError as e:
+                raise PolicyError([f"{where}, field forbid: {e}"]) from None
+    return out
+
+
+_COMPILED: dict[str, CompiledPolicy] = {}
+
+
+def compile_policy(policy: Policy) -> CompiledPolicy:
+    """Compile once per content hash; later calls return the cached automata and masks."""
+    key = policy.digest or str(id(policy))
+    c = _COMPILED.get(key)
+    if c is None:
+        c = _COMPILED[key] = CompiledPolicy(policy)
+    return c
+
+
+@dataclass
+class _Snap:
+    threads: list
+    spans: tuple[Span, ...]
+    sstate: list[int]
+
+
+class Gate:
+    """The compiled policy applied to one stream. Not thread-safe; one per generation."""
+
+    def __init__(self, compiled: CompiledPolicy, table: TokenTable):
+        self.compiled = compiled
+        self.detectors = compiled.detectors
+        self.masks = compiled.masks_for(table)
+        self.token_bytes = table.token_bytes
+        self.vocab_size = table.size
+        self.raw = bytearray()
+        self.tokens: list[int] = []
+        self.tok_start: list[int] = []
+        self.threads: list = [d.initial() for d in self.detectors]  # per detector scan state
+        self.sstate: list = [d.search_initial() for d in self.detectors]  # mask key of prevent detectors
+        self.spans: list[Span] = []
+        self._snaps: list[_Snap] = []
+        self.hold = HoldBack()
+        self.bans: dict[int, set[int]] = {}
+        self.decisions: list[Decision] = []
+        self._unaudited = 0
+        self.rollbacks = 0
+        self.held_max_chars = 0
+        self._cap: int | None = None  # after a stop: nothing at or beyond this byte is ever released
+
+    # ---- before sampling ------------------------------------------------------------------
+    @property
+    def position(self) -> int:
+        return len(self.tokens)
+
+    def banned(self) -> np.ndarray | None:
+        """Tokens banned at this position by earlier rollbacks (None when there are none)."""
+        b = self.bans.get(len(self.tokens))
+        return np.fromiter(b, dtype=np.int64, count=len(b)) if b else None
+
+    def mask(self) -> np.ndarray:
+        """bool per token: True where sampling the token would complete a prevented match."""
+        forbidden = np.zeros(self.vocab_size, dtype=bool)
+        for i in self.compiled.prevent_indices:
+            d = self.detectors[i]
+            forbidden |= self.masks.row(i, d, self.sstate[i])
+        b = self.bans.get(len(self.tokens))
+        if b:
+            forbidden[list(b)] = True
+        return forbidden
+
+    # ---- after sampling --------------------------------------------------------------------
+    def admit(self, token: int) -> Admission:
+        data = self.token_bytes[token]
+        p0 = len(self.raw)
+        new_threads: list = []
+        found: list[tuple[PatternDetector, list[Match]]] = []
+        for d, th in zip(self.detectors, self.threads, strict=True):
+            if not data:
+                new_threads.append(th)
+                continue
+            nt, ms = d.advance(th, data, p0)
+            if ms:
+                if d.action == "prevent":
+                    return self._prevent(d, ms, token, p0, data)
+                found.append((d, ms))
+            new_threads.append(nt)
+        self._snaps.append(_Snap(self.threads, tuple(self.spans), self.sstate))
+        self.threads = new_threads
+        if data and self.compiled.prevent_indices:
+            self.sstate = list(self.sstate)
+            for i in self.compiled.prevent_indices:
+                self.sstate[i] = self.detectors[i].advance_search(self.sstate[i], data)
+        self.tok_start.append(p0)
+        self.tokens.append(token)
+        self.raw += data
+        stop: tuple[PatternDetector, Match] | None = None
+        for d, ms in found:
+            if d.action == "redact":
+                for m in ms:
+                    self._add_span(d, m)
+            elif stop is None or min(m[0] for m in ms) < stop[1][0]:
+                stop = (d, min(ms, key=lambda m: m[0]))
+        if stop is not None:
+            d, (st, end, labels) = stop
+            self._cap = st
+            self._decide(d.rule_id, "stop", st, bytes(self.raw[st:end]),
+                         f"matched {self._label(d, labels)}; stream ended")
+            return Admission(Verdict.STOP)
+        return Admission(Verdict.ADMIT)
+
+    def _prevent(self, d: PatternDetector, ms: list[Match], token: int, p0: int, data: bytes) -> Admission:
+        st, end, labels = min(ms, key=lambda m: m[0])
+        matched = bytes(self.raw[st:]) + data[: end - p0]
+        what = self._label(d, labels)
+        if st >= p0:
+            self._decide(d.rule_id, "prevent", st, matched, f"{what}: masked before sampling")
+            return Admission(Verdict.RESAMPLE)
+        k = bisect_right(self.tok_start, st) - 1
+        if self.tok_start[k] < self.hold.released:
+            # The match began in text already released: that can happen only after a rollback
+            # revived a partial match whose later text had let the release move on. Take back
+            # what is still held, and never what was released.
+            k = bisect_left(self.tok_start, self.hold.released)
+            if k >= len(self.tokens):
+                self._decide(d.rule_id, "prevent", st, matched, f"{what}: masked before sampling")
+                return Admission(Verdict.RESAMPLE)
+        if self.rollbacks >= self.compiled.policy.max_rollbacks:
+            self._cap = self.tok_start[k]
+            self._decide(d.rule_id, "stop", st, matched,
+                         f"{what}: rollback budget ({self.compiled.policy.max_rollbacks}) spent; stream ended")
+            return Admission(Verdict.STOP)
+        n = len(self.tokens) - k
+        self._decide(d.rule_id, "prevent", st, matched,
+                     f"{what}: held partial match rolled back {n} token(s) and resampled")
+        self._rollback_to(k)
+        return Admission(Verdict.ROLLBACK, rollback=n)
+
+    def _rollback_to(self, k: int) -> None:
+        if self.tok_start[k] < self.hold.released:
+            raise AssertionError("rollback would take back released text")
+        banned_tok = self.tokens[k]
+        self.bans = {p: s for p, s in self.bans.items() if p <= k}
+        self.bans.setdefault(k, set()).add(banned_tok)
+        snap = self._snaps[k]
+        self.threads = snap.threads
+        self.spans = list(snap.spans)
+        self.sstate = snap.sstate
+        del self.raw[self.tok_start[k]:]
+        del self.tokens[k:], self.tok_start[k:], self._snaps[k:]
+        self.rollbacks += 1
+
+    def _add_span(self, d: PatternDetector, m: Match) -> None:
+        st, end, labels = m
+        lab = min(labels)
+        new = Span(st, end, d.placeholders[lab], d.rule_id, d.labels[lab])
+        keep: list[Span] = []
+        for sp in self.spans:
+            if sp.end > new.start and sp.start < new.end:  # overlap: merge, first placeholder wins
+                first = sp if sp.start <= new.start else new
+                new = Span(min(sp.start, new.start), max(sp.end, new.end), first.placeholder,
+                           first.rule_id, first.label)
+            else:
+                keep.append(sp)
+        keep.append(new)
+        keep.sort(key=lambda s: s.start)
+        self.spans = keep
+
+    # ---- release ---------------------------------------------------------------------------
+    def boundary(self, final: bool = False) -> int:
+        """Raw offset below which every byte is decided."""
+        b = len(self.raw)
+        if not final:
+            for d, th in zip(self.detectors, self.threads, strict=True):
+                s = d.earliest(th, b)
+                if s is not None:
+                    if d.rolls_back:
+                        s = self.tok_start[bisect_right(self.tok_start, s) - 1]
+                    if s < b:
+                        b = s
+        if self._cap is not None and self._cap < b:
+            b = self._cap
+        for sp in self.spans:
+            if sp.start < b < sp.end:
+                b = sp.start
+        return max(b, self.hold.released)  # released text is final, whatever a rollback revived
+
+    def release(self, final: bool = False) -> str:
+        """Advance the release point; returns the newly releasable client text.
+
+        Redactions in the released stretch are recorded as decisions first; the caller must
+        audit `take_decisions()` before showing the text (invariant 5).
+        """
+        b = self.boundary(final)
+        for sp in self.spans:
+            if self.hold.released < sp.end <= b:
+                k = bisect_right(self.tok_start, sp.start) - 1
+                self.decisions.append(Decision(sp.rule_id, "redact", k, sp.start,
+                                               bytes(self.raw[sp.start:sp.end]),
+                                               f"{sp.label} replaced by {sp.placeholder}"))
+        text = self.hold.release(self.raw, b, self.spans)
+        if final or self._cap is not None:
+            text += self.hold.flush()
+        if len(self.raw) - self.hold.released > self.held_max_chars:  # bytes >= chars: cheap pre-check
+            held = len(bytes(self.raw[self.hold.released:]).decode("utf-8", errors="ignore"))
+            self.held_max_chars = max(self.held_max_chars, held)
+        return text
+
+    def take_decisions(self) -> list[Decision]:
+        """Decisions not yet handed to the audit trail."""
+        new = self.decisions[self._unaudited:]
+        self._unaudited = len(self.decisions)
+        return new
+
+    def fail(self, rule_id: str, err: BaseException) -> None:
+        """Fail closed: an error inside a check ends the stream and releases nothing more."""
+        self._cap = self.hold.released
+        self._decide(rule_id, "error", self.hold.released, b"", f"{type(err).__name__}: {err}")
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _decide(self, rule_id: str, action: str, offset: int, matched: bytes, detail: str) -> None:
+        k = max(0, bisect_right(self.tok_start, offset) - 1) if self.tok_start else 0
+        self.decisions.append(Decision(rule_id, action, k, offset, matched, detail))
+
+    @staticmethod
+    def _label(d: PatternDetector, labels: frozenset[int]) -> str:
+        names = [d.labels[i] for i in sorted(labels)]
+        return ("phrase " if d.kind == "phrases" else "pattern ") + ", ".join(repr(n) for n in names[:3])
+
+    @property
+    def text(self) -> str:
+        return self.hold.text

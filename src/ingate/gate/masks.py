@@ -1,0 +1,96 @@
+"""Token masks computed on bytes: which vocabulary tokens would complete a forbidden match.
+
+A mask depends only on the detector's search-DFA state, so it is computed once per state and
+cached for the life of the compiled policy (shared by every request on the same vocabulary).
+Computing one walks every token's bytes through the search DFA in numpy, tokens sorted by
+length so that step i touches only the tokens that are longer than i.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ingate.gate.detector import PatternDetector, normalized_vocab
+
+
+class TokenTable:
+    """The vocabulary as a byte matrix, laid out for vectorised DFA walks."""
+
+    def __init__(self, token_bytes: list[bytes]):
+        self.size = len(token_bytes)
+        lens = np.fromiter((len(b) for b in token_bytes), dtype=np.int64, count=self.size)
+        self.order = np.argsort(lens, kind="stable")
+        sorted_lens = lens[self.order]
+        self.maxlen = int(sorted_lens[-1]) if self.size else 0
+        self.mat = np.zeros((self.size, max(self.maxlen, 1)), dtype=np.uint8)
+        for row, t in enumerate(self.order):
+            b = token_bytes[t]
+            if b:
+                self.mat[row, : len(b)] = np.frombuffer(b, dtype=np.uint8)
+        # starts[i]: first sorted row whose token is longer than i
+        self.starts = np.searchsorted(sorted_lens, np.arange(self.maxlen), side="right")
+        self.token_bytes = token_bytes
+        self._views: dict[tuple, TokenTable] = {}
+        self._lock = threading.Lock()
+
+    def view(self, casefold: bool, pending: bytes = b"") -> TokenTable:
+        """The vocabulary as phrase automata read it (normalized; after `pending` bytes of an
+        unfinished character). Built once per vocabulary and shared by every policy."""
+        key = (casefold, pending)
+        t = self._views.get(key)
+        if t is None:
+            t = TokenTable(normalized_vocab(self.token_bytes, casefold, pending))
+            with self._lock:
+                self._views[key] = t
+        return t
+
+    def completes(self, table: np.ndarray, accepting: np.ndarray, state: int) -> np.ndarray:
+        """bool per token id: walking the token from `state` passes through an accepting state."""
+        cur = np.full(self.size, state, dtype=np.int32)
+        hit = np.zeros(self.size, dtype=bool)
+        for i in range(self.maxlen):
+            s = self.starts[i]
+            nxt = table[cur[s:], self.mat[s:, i]]
+            cur[s:] = nxt
+            hit[s:] |= accepting[nxt]
+        out = np.empty(self.size, dtype=bool)
+        out[self.order] = hit
+        return out
+
+
+class MaskCache:
+    """Per-(detector, search state) forbidden-token rows for one vocabulary. Thread-safe.
+
+    Phrase detectors read tokens normalized (`normalize.py`), so they walk a normalized view of
+    the vocabulary (`TokenTable.view`).
+    """
+
+    def __init__(self, table: TokenTable):
+        self.table = table
+        self._rows: dict[tuple, np.ndarray] = {}
+        self._accepting: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def row(self, det_index: int, det: PatternDetector, sstate) -> np.ndarray:
+        state, view = det.mask_view(sstate)
+        key = (det_index, state, view)
+        row = self._rows.get(key)
+        if row is None:
+            sd = det.search
+            acc = self._accepting.get(det_index)
+            if acc is None:
+                acc = np.fromiter((bool(a) for a in sd.accept), dtype=bool, count=len(sd.accept))
+                self._accepting[det_index] = acc
+            row = self._view(view).completes(sd.table, acc, state)
+            with self._lock:
+                self._rows[key] = row
+        return row
+
+    def _view(self, view) -> TokenTable:
+        return self.table if view is None else self.table.view(*view)
+
+    @property
+    def cached_rows(self) -> int:
+        return len(self._rows)

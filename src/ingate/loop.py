@@ -1,0 +1,191 @@
+"""The governed generation loop, engine-agnostic.
+
+    logits = engine.step()
+    token  = sample(logits minus bans)           # unmasked draw: transparent when no rule bites
+    verdict = gate.admit(token)                  # bytes through every detector
+      RESAMPLE -> token = sample(logits minus gate.mask())    # prevented before it is accepted
+      ROLLBACK -> engine.rollback(n); continue                # held partial match taken back
+      STOP     -> release the admissible prefix; finish content_filter
+    engine.accept(token)
+    audit(decisions) ; client <- gate.release()  # decisions are durable before their text is seen
+
+The gate never lets an inadmissible token reach the engine or a byte of a possible match
+reach the client. An error inside the gate ends the stream closed (invariant 3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ingate.engines.base import Engine
+from ingate.gate.gate import Decision, Gate, Verdict
+from ingate.sampling import Sampler, SamplingParams
+
+TextSink = Callable[[str], None]
+DecisionSink = Callable[[list[Decision]], None]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 256
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens
+
+    def __post_init__(self) -> None:
+        if self.max_tokens <= 0:
+            raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: str  # stop | length | content_filter
+    decisions: list[Decision]
+    completion_tokens: int
+    elapsed_s: float
+    ttft_s: float | None
+    gate_us: list[float]  # per step: time in the gate, sampling excluded
+    held_max_chars: int
+    rollbacks: int
+    held_bytes: list[int] = field(default_factory=list)  # per step: bytes held back after release
+
+    def stats(self) -> dict:
+        g = np.asarray(self.gate_us) if self.gate_us else np.zeros(1)
+        return {
+            "completion_tokens": self.completion_tokens,
+            "tokens_per_s": round(self.completion_tokens / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0,
+            "gate_us_p50": round(float(np.percentile(g, 50)), 1),
+            "gate_us_p99": round(float(np.percentile(g, 99)), 1),
+            "held_max_chars": self.held_max_chars,
+            "rollbacks": self.rollbacks,
+            "ttft_ms": round(self.ttft_s * 1000, 1) if self.ttft_s is not None else None,
+        }
+
+
+def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: Gate | None = None,
+             on_text: TextSink | None = None, on_decisions: DecisionSink | None = None) -> Result:
+    """Generate up to max_tokens after `prompt`. Without a gate the loop is ungoverned (baseline)."""
+    if gate is None:
+        return _ungoverned(engine, prompt, params, on_text)
+    sampler = Sampler(params.sampling)
+    gate_us: list[float] = []
+    t0 = time.perf_counter()
+    ttft: float | None = None
+    finish = "length"
+
+    def emit(text: str) -> None:
+        nonlocal ttft
+        new = gate.take_decisions()
+        if new and on_decisions:
+            on_decisions(new)  # durable before the text it concerns is seen (invariant 5)
+        if text:
+            ttft = ttft if ttft is not None else time.perf_counter() - t0
+            if on_text:
+                on_text(text)
+
+    eos = _eos_ban(engine, params)
+    engine.start(prompt)
+    held: list[int] = []
+    while gate.position < params.max_tokens:
+        logits = engine.step()
+        g = time.perf_counter()
+        sampling = 0.0  # sampling is not gate work: the ungoverned loop samples too
+        try:
+            s = time.perf_counter()
+            token = sampler.sample(logits, _join(gate.banned(), eos))
+            sampling += time.perf_counter() - s
+            if token < 0:
+                gate.fail("ingate", RuntimeError("every token is banned at this position"))
+                finish = "content_filter"
+                break
+            if engine.is_eog(token):
+                finish = "stop"
+                break
+            adm = gate.admit(token)
+            if adm.verdict is Verdict.RESAMPLE:
+                mask = gate.mask()
+                if eos is not None:
+                    mask[eos] = True
+                s = time.perf_counter()
+                token = sampler.sample(logits, mask)
+                sampling += time.perf_counter() - s
+                if token < 0 or engine.is_eog(token):
+                    finish = "stop" if token >= 0 else "content_filter"
+                    break
+                adm = gate.admit(token)
+                if adm.verdict not in (Verdict.ADMIT, Verdict.STOP):
+                    raise AssertionError(f"masked resample was not admitted ({adm.verdict.value})")
+            if adm.verdict is Verdict.ROLLBACK:
+                engine.rollback(adm.rollback)
+                gate_us.append((time.perf_counter() - g - sampling) * 1e6)
+                continue
+            text = gate.release()
+        except Exception as e:  # fail closed: nothing more is released
+            gate.fail("ingate", e)
+            finish = "content_filter"
+            break
+        gate_us.append((time.perf_counter() - g - sampling) * 1e6)
+        held.append(len(gate.raw) - gate.hold.released)
+        if adm.verdict is Verdict.STOP:
+            emit(text)
+            finish = "content_filter"
+            break
+        engine.accept(token)
+        emit(text)
+    if finish != "content_filter":
+        emit(gate.release(final=True))
+    else:
+        emit("")
+    elapsed = time.perf_counter() - t0
+    return Result(gate.text, finish, gate.decisions, gate.position, elapsed, ttft, gate_us,
+                  gate.held_max_chars, gate.rollbacks, held)
+
+
+def _eos_ban(engine: Engine, params: GenerationParams) -> np.ndarray | None:
+    if not params.ignore_eos:
+        return None
+    return np.fromiter((t for t in range(engine.vocab_size) if engine.is_eog(t)), dtype=np.int64)
+
+
+def _join(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return np.concatenate([a, b])
+
+
+def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
+                on_text: TextSink | None) -> Result:
+    import codecs
+
+    sampler = Sampler(params.sampling)
+    table = engine.token_bytes()
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    parts: list[str] = []
+    t0 = time.perf_counter()
+    ttft: float | None = None
+    finish, n = "length", 0
+    eos = _eos_ban(engine, params)
+    engine.start(prompt)
+    while n < params.max_tokens:
+        token = sampler.sample(engine.step(), eos)
+        if engine.is_eog(token):
+            finish = "stop"
+            break
+        engine.accept(token)
+        n += 1
+        text = dec.decode(table[token])
+        if text:
+            ttft = ttft if ttft is not None else time.perf_counter() - t0
+            parts.append(text)
+            if on_text:
+                on_text(text)
+    tail = dec.decode(b"", final=True)
+    if tail:
+        parts.append(tail)
+        if on_text:
+            on_text(tail)
+    return Result("".join(parts), finish, [], n, time.perf_counter() - t0, ttft, [], 0, 0)

@@ -1,0 +1,51 @@
+"""What a process loads once and keeps: the engine, its token table, compiled policies.
+
+The CLI and (later) the server build requests on top of a `Runtime`; a request never pays to
+load a model or compile a policy.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingate.audit import AuditLog
+from ingate.engines.llamacpp import LlamaCppEngine
+from ingate.gate.gate import CompiledPolicy, Gate, compile_policy
+from ingate.gate.masks import TokenTable
+from ingate.loop import GenerationParams, Result, generate
+from ingate.policy import Policy
+
+
+@dataclass
+class Runtime:
+    engine: LlamaCppEngine
+    table: TokenTable
+    audit: AuditLog | None
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, audit: str | Path | None = None,
+             use_audit: bool = True) -> Runtime:
+        engine = LlamaCppEngine(model)
+        return cls(engine, TokenTable(engine.token_bytes()), AuditLog(audit) if use_audit else None)
+
+    def gate_for(self, policy: Policy) -> Gate | None:
+        """A fresh gate for one stream; None for `--policy none` (ungoverned baseline)."""
+        if policy.source == "<none>":
+            return None
+        compiled: CompiledPolicy = compile_policy(policy)
+        return Gate(compiled, self.table)
+
+    def run(self, messages: list[dict[str, str]], policy: Policy, params: GenerationParams,
+            on_text: Callable[[str], None] | None = None, request_id: str | None = None) -> Result:
+        rid = request_id or uuid.uuid4().hex
+        prompt = self.engine.chat_prompt(messages)
+        gate = self.gate_for(policy)
+
+        def on_decisions(ds) -> None:
+            if self.audit is not None:
+                self.audit.record(rid, policy.name, ds, policy.store_text)
+
+        return generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions)

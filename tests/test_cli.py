@@ -1,0 +1,97 @@
+"""The CLI as a user runs it: real processes, the real model, one clear line per bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import INGATE, PII_PROMPT
+
+
+def run(*args: str, audit=None, input: str | None = None, timeout: float = 120):
+    env = dict(os.environ)
+    if audit is not None:
+        env["INGATE_AUDIT"] = str(audit)
+    return subprocess.run([INGATE, *args], capture_output=True, text=True, env=env, input=input,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["generate", ""], ["empty prompt"]),
+    (["generate", "hi", "--max-tokens", "0"], ["--max-tokens", "> 0"]),
+    (["generate", "hi", "--max-tokens", "-3"], ["--max-tokens", "> 0"]),
+    (["generate", "hi", "--temperature", "-1"], ["--temperature", "between"]),
+    (["generate", "hi", "--model", "/nonexistent/model.gguf"], ["does not exist", "--model"]),
+    (["generate", "hi", "--policy", "/nonexistent/policy.yaml"], ["does not exist"]),
+    (["check", "/nonexistent/policy.yaml"], ["does not exist"]),
+])
+def test_bad_input_gets_one_line_and_nonzero_exit(tmp_path, args, words):
+    r = run(*args, audit=tmp_path / "a.sqlite3")
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("ingate: error: ") and "Traceback" not in r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
+def test_bad_policy_files(tmp_path):
+    bad_regex = tmp_path / "rx.yaml"
+    bad_regex.write_text("version: 1\nname: x\nrules:\n  - id: r\n    forbid: {regex: ['[a-']}\n"
+                         "    action: prevent\n")
+    r = run("generate", "hi", "--policy", str(bad_regex), audit=tmp_path / "a.sqlite3")
+    assert r.returncode == 2 and "rule 'r'" in r.stderr and "forbid.regex[0]" in r.stderr
+    no_file = tmp_path / "nf.yaml"
+    no_file.write_text("version: 1\nname: x\nrules:\n  - id: w\n    forbid: {phrases_file: missing.txt}\n"
+                       "    action: stop\n")
+    r = run("generate", "hi", "--policy", str(no_file), audit=tmp_path / "a.sqlite3")
+    assert r.returncode == 2 and "missing.txt" in r.stderr and "does not exist" in r.stderr
+    unreadable = tmp_path / "dir.yaml"
+    unreadable.mkdir()
+    r = run("check", str(unreadable))
+    assert r.returncode == 2 and "directory" in r.stderr
+    not_gguf = tmp_path / "m.gguf"
+    not_gguf.write_bytes(b"not a model")
+    r = run("generate", "hi", "--model", str(not_gguf), audit=tmp_path / "a.sqlite3")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "GGUF" in r.stderr
+
+
+@pytest.mark.slow
+def test_generate_json_shape_and_audit_tail(tmp_path):
+    audit = tmp_path / "a.sqlite3"
+    r = run("generate", PII_PROMPT, "--json", "--max-tokens", "48", audit=audit)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out) == {"text", "finish_reason", "decisions", "stats"}
+    assert set(out["stats"]) >= {"completion_tokens", "tokens_per_s", "gate_us_p50", "gate_us_p99",
+                                 "held_max_chars", "rollbacks"}
+    assert "[PHONE]" in out["text"] and "0132" not in out["text"]
+    d = out["decisions"][0]
+    assert d["rule"] == "pii" and d["action"] == "redact" and "matched" not in d  # hashed by default
+    r = run("audit", "tail", "-n", "5", audit=audit)
+    assert r.returncode == 0 and "pii redact" in r.stdout and "[PHONE]" in r.stdout
+    r = run("audit", "tail", "--json", audit=audit)
+    row = json.loads(r.stdout.splitlines()[-1])
+    assert row["matched_text"] is None and len(row["matched_sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_generate_streams_text_and_chat_repl_answers(tmp_path):
+    r = run("generate", "Say hello.", "--max-tokens", "16", "--policy", "none", audit=tmp_path / "a.sqlite3")
+    assert r.returncode == 0 and r.stdout.strip()
+    r = run("chat", "--max-tokens", "16", audit=tmp_path / "a.sqlite3", input="Say hello.\nAnd again.\n\n")
+    assert r.returncode == 0 and r.stdout.count("> ") >= 2
+
+
+@pytest.mark.slow
+def test_store_text_keeps_the_matched_text(tmp_path):
+    pol = tmp_path / "p.yaml"
+    pol.write_text("version: 1\nname: keep\naudit: {store_text: true}\nrules:\n  - id: pii\n"
+                   "    forbid: {patterns: [phone]}\n    action: redact\n")
+    audit = tmp_path / "a.sqlite3"
+    r = run("generate", PII_PROMPT, "--policy", str(pol), "--max-tokens", "48", "--json", audit=audit)
+    assert json.loads(r.stdout)["decisions"][0]["matched"] == "415-555-0132"
+    r = run("audit", "tail", "--json", audit=audit)
+    assert json.loads(r.stdout.splitlines()[-1])["matched_text"] == "415-555-0132"

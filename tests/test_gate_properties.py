@@ -1,0 +1,205 @@
+"""Release safety, by property: random text, random tokenizations, an adversarial "model".
+
+No engine here: the gate is fed token streams drawn by hypothesis, so every split of a
+forbidden phrase or pattern across tokens is tried. The oracle is independent of the gate:
+Python's `re` over every span of the final text, and a per-character normalization for phrases.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingate.gate.gate import Gate, Verdict, compile_policy
+from ingate.gate.masks import TokenTable
+from ingate.patterns import BUILTIN_PATTERNS
+from ingate.policy import parse_policy
+
+FRAGMENTS = ["acme corp", "ACME  Corp", "Ａｃｍｅ\tcorp", "acme", " corp", "globex", "Glob", "ex",
+             "john.smith@example.com", "a@b.io", "@", ".", "415-555-0132", "415", "-555-", "0132",
+             "secret-123456", "secret-", "123", " ", "  ", "x", "é", "ß", "the ", "call ", "\n"]
+BYTES_ALPHABET = [bytes([b]) for b in b" .-@0123456789abcdeghijklmnoprstxACEGS"]
+
+
+def _norm(ch: str) -> str:
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", ch).casefold())
+
+
+def _phrase_spans(text: str, phrases: list[str]) -> list[tuple[int, int]]:
+    """(start, end) character spans whose normalized form equals a normalized phrase."""
+    def norm(s: str) -> str:
+        return re.sub(r"\s+", " ", "".join(_norm(c) for c in s))
+    targets = {norm(p).strip() for p in phrases}
+    out = []
+    for i in range(len(text)):
+        for j in range(i + 1, len(text) + 1):
+            if norm(text[i:j]) in targets:
+                out.append((i, j))
+    return out
+
+
+def _regex_spans(text: str, regexes: list[str]) -> list[tuple[int, int]]:
+    out = []
+    for rx in regexes:
+        c = re.compile(rx)
+        for i in range(len(text)):
+            for j in range(i + 1, len(text) + 1):
+                if c.fullmatch(text, i, j):
+                    out.append((i, j))
+    return out
+
+
+def _bad_bytes(raw: bytes, phrases: list[str], regexes: list[str]) -> list[tuple[int, int]]:
+    """Byte spans of every match in raw (decoded leniently; the tests' texts are valid UTF-8)."""
+    text = raw.decode("utf-8", errors="surrogateescape")  # a dropped token can split a character
+    offs = [len(text[:i].encode("utf-8", errors="surrogateescape")) for i in range(len(text) + 1)]
+    spans = _phrase_spans(text, phrases) + _regex_spans(text, regexes)
+    return sorted((offs[i], offs[j]) for i, j in spans)
+
+
+def _redact(raw: bytes, spans: list[tuple[int, int]], upto: int) -> str:
+    merged: list[list[int]] = []
+    for s, e in sorted(spans):
+        if merged and s < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    out, pos = [], 0
+    for s, e in merged:
+        if e > upto:
+            break
+        out.append(raw[pos:s].decode())
+        out.append("■")
+        pos = e
+    out.append(raw[pos:upto].decode())
+    return "".join(out)
+
+
+POLICIES = {
+    "phrases": (["Acme Corp", "Globex"], []),
+    "patterns": ([], [BUILTIN_PATTERNS["email"][0], BUILTIN_PATTERNS["phone"][0], r"secret-[0-9]{6}"]),
+    "both": (["Acme Corp", "Globex"], [BUILTIN_PATTERNS["email"][0], BUILTIN_PATTERNS["phone"][0]]),
+}
+
+
+def _policy_yaml(kind: str, action: str) -> str:
+    phrases, regexes = POLICIES[kind]
+    rules = []
+    if phrases:
+        rules.append(f"  - id: words\n    forbid: {{phrases: {phrases!r}}}\n    action: {action}\n"
+                     + ("    placeholder: '■'\n" if action == "redact" else ""))
+    if regexes:
+        rx = ", ".join("'" + r.replace("'", "''") + "'" for r in regexes)
+        rules.append(f"  - id: pats\n    forbid: {{regex: [{rx}]}}\n    action: {action}\n"
+                     + ("    placeholder: '■'\n" if action == "redact" else ""))
+    return "version: 1\nname: prop\nmax_rollbacks: 1000\nrules:\n" + "".join(rules)
+
+
+_TABLES: dict[int, TokenTable] = {}
+
+
+@st.composite
+def token_streams(draw):
+    pieces = draw(st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=10))
+    text = "".join(pieces).encode()
+    # a random tokenization of the text: cut points anywhere, even inside a UTF-8 character
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(text) - 1)), max_size=len(text)))))
+    toks, prev = [], 0
+    for c in [*cuts, len(text)]:
+        if c > prev:
+            toks.append(text[prev:c])
+            prev = c
+    return toks
+
+
+def _table(vocab: list[bytes]) -> TokenTable:
+    return TokenTable(vocab)
+
+
+def _run(kind: str, action: str, stream: list[bytes]):
+    policy = parse_policy(_policy_yaml(kind, action), source="prop.yaml")
+    compiled = compile_policy(policy)
+    vocab = sorted(set(stream) | set(BYTES_ALPHABET))
+    ids = {b: i for i, b in enumerate(vocab)}
+    gate = Gate(compiled, _table(vocab))
+    released_prefix = b""
+    outputs: list[str] = []
+    stopped = False
+    queue = [ids[t] for t in stream]
+    steps = 0
+    while queue and steps < 400:
+        steps += 1
+        tok = queue.pop(0)
+        banned = gate.banned()
+        if banned is not None and tok in set(banned.tolist()):
+            continue  # a sampler with this ban would not choose it
+        mask = gate.mask() if compiled.prevent_indices else None
+        adm = gate.admit(tok)
+        if mask is not None:  # the mask and admission agree on every token the model proposes
+            assert bool(mask[tok]) == (adm.verdict in (Verdict.RESAMPLE, Verdict.ROLLBACK)), (tok, adm)
+        if adm.verdict in (Verdict.RESAMPLE, Verdict.ROLLBACK):
+            continue
+        outputs.append(gate.release())
+        # release is monotonic: what was released is still the prefix of the text, even after rollbacks
+        assert bytes(gate.raw[: len(released_prefix)]) == released_prefix
+        released_prefix = bytes(gate.raw[: gate.hold.released])
+        if adm.verdict is Verdict.STOP:
+            stopped = True
+            break
+    if not stopped:
+        outputs.append(gate.release(final=True))
+    return policy, gate, "".join(outputs), stopped
+
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(token_streams(), st.sampled_from(list(POLICIES)))
+def test_redact_releases_exactly_the_oracle_redaction(stream, kind):
+    phrases, regexes = POLICIES[kind]
+    _, gate, out, _ = _run(kind, "redact", stream)
+    raw = bytes(gate.raw)
+    assert raw == b"".join(stream)  # redact never rolls back or drops text
+    assert gate.hold.released == len(raw)  # everything admissible is released by the end
+    assert out == _redact(raw, _bad_bytes(raw, phrases, regexes), len(raw))
+
+
+@SETTINGS
+@given(token_streams(), st.sampled_from(list(POLICIES)))
+def test_prevent_never_releases_a_match_or_a_prevented_partial(stream, kind):
+    phrases, regexes = POLICIES[kind]
+    _, gate, out, stopped = _run(kind, "prevent", stream)
+    raw = bytes(gate.raw)
+    assert not stopped
+    assert _bad_bytes(raw, phrases, regexes) == []  # no match was ever admitted
+    assert out == raw.decode("utf-8", errors="replace")  # and everything admitted is released at the end
+
+
+@SETTINGS
+@given(token_streams(), st.sampled_from(list(POLICIES)))
+def test_stop_releases_only_what_precedes_the_match(stream, kind):
+    phrases, regexes = POLICIES[kind]
+    _, gate, out, stopped = _run(kind, "stop", stream)
+    raw = bytes(gate.raw)
+    bad = _bad_bytes(raw, phrases, regexes)
+    if not bad:
+        assert not stopped and out == raw.decode()
+        return
+    assert stopped
+    first = min(s for s, _ in bad)
+    assert gate.hold.released <= first
+    released = raw[: gate.hold.released]
+    assert out == released.decode("utf-8", errors="replace")
+    assert _bad_bytes(released, phrases, regexes) == []
+
+
+def test_the_phone_number_is_never_released_nine_digits_deep():
+    """DESIGN.md: masking only the completing token released '415-555-013'. Hold-back forbids it."""
+    stream = [b"Call ", b"415", b"-", b"555", b"-", b"013", b"2", b" now"]
+    _, gate, out, _ = _run("patterns", "prevent", stream)
+    assert "555" not in out and "013" not in out
+    assert gate.rollbacks >= 1

@@ -1,0 +1,183 @@
+"""Governed generation with the real embedded model: the issue's scenarios and the invariants."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+
+from conftest import PARIS_PROMPT, PII_PROMPT, policy, user
+from ingate.gate.gate import Gate, compile_policy
+from ingate.loop import GenerationParams, generate
+from ingate.policy import NONE_POLICY
+from ingate.sampling import SamplingParams
+
+pytestmark = pytest.mark.slow
+
+EIFFEL = policy("""
+version: 1
+name: no-eiffel
+rules:
+  - id: tower
+    forbid: {phrases: [Eiffel]}
+    action: prevent
+""")
+PII_PREVENT = policy("""
+version: 1
+name: pii-prevent
+rules:
+  - id: pii
+    forbid: {patterns: [email, phone]}
+    action: prevent
+""")
+PII_REDACT = policy("""
+version: 1
+name: pii-redact
+rules:
+  - id: pii
+    forbid: {patterns: [email, phone]}
+    action: redact
+""")
+EMPTY = policy("version: 1\nname: empty\nrules: []\n")
+
+
+def params(max_tokens: int = 96, temperature: float = 0.0, seed: int = 0, top_p: float = 1.0):
+    return GenerationParams(max_tokens=max_tokens,
+                            sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
+
+
+def test_ungoverned_paris_mentions_eiffel(runtime):
+    res = runtime.run(user(PARIS_PROMPT), NONE_POLICY, params())
+    assert "Eiffel" in res.text
+
+
+def test_prevented_phrase_never_appears_in_any_case(runtime):
+    res = runtime.run(user(PARIS_PROMPT), EIFFEL, params(160))
+    assert "eiffel" not in res.text.lower()
+    assert any(d.action == "prevent" and d.rule_id == "tower" for d in res.decisions)
+    assert len(res.text) > 200  # the model went on writing about Paris
+
+
+@pytest.mark.parametrize("seed,temperature", [(0, 0.0), (3, 0.7), (0, 0.7), (11, 0.9)])
+def test_prevented_pii_releases_no_digits_run_and_no_address(runtime, seed, temperature):
+    res = runtime.run(user(PII_PROMPT), PII_PREVENT, params(80, temperature, seed))
+    digits = re.sub(r"\D", "", res.text)
+    for i in range(len("4155550132") - 6):
+        assert "4155550132"[i:i + 7] not in digits, res.text
+    low = res.text.lower()
+    assert "@" not in low and "john.smith" not in low and "smith@" not in low, res.text
+    assert not re.search(r"\d{3}\D?\d{3}\D?\d{4}", res.text)
+
+
+def test_redacted_pii_is_replaced_by_placeholders(runtime):
+    res = runtime.run(user(PII_PROMPT), PII_REDACT, params(80))
+    assert "[PHONE]" in res.text and "415-555" not in res.text
+    res = runtime.run(user(PII_PROMPT), PII_REDACT, params(80, 0.7, 3))
+    assert "[EMAIL]" in res.text and "@example" not in res.text, res.text
+    assert {d.action for d in res.decisions} == {"redact"}
+
+
+@pytest.mark.parametrize("temperature,top_p,seed", [(0.0, 1.0, 0), (0.8, 0.95, 1), (1.0, 1.0, 7)])
+def test_transparency_empty_policy_equals_ungoverned(runtime, temperature, top_p, seed):
+    """Invariant 4: with no rule firing, the same seed gives the same text as ungoverned."""
+    p = params(64, temperature, seed, top_p)
+    base = runtime.run(user(PARIS_PROMPT), NONE_POLICY, p)
+    empty = runtime.run(user(PARIS_PROMPT), EMPTY, p)
+    assert empty.text == base.text and empty.finish_reason == base.finish_reason
+    # the default policy has rules that do not fire on this prompt: still transparent
+    from ingate.policy import load_policy
+
+    default = runtime.run(user(PARIS_PROMPT), load_policy(None), p)
+    assert default.decisions == []
+    assert default.text == base.text
+
+
+class _Recorder:
+    """Spy on the real engine: records what enters the model's context (not a mock)."""
+
+    def __init__(self, engine):
+        self.engine, self.tokens, self.snapshots = engine, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def accept(self, token):
+        self.tokens.append(token)
+        self.snapshots.append(list(self.tokens))
+        self.engine.accept(token)
+
+    def rollback(self, n):
+        del self.tokens[len(self.tokens) - n:]
+        self.engine.rollback(n)
+
+
+def test_forbidden_text_never_enters_the_engine(runtime):
+    """Invariant 2: what a mask can prevent is prevented before the token is accepted."""
+    rec = _Recorder(runtime.engine)
+    gate = Gate(compile_policy(EIFFEL), runtime.table)
+    prompt = runtime.engine.chat_prompt(user(PARIS_PROMPT))
+    res = generate(rec, prompt, params(160), gate)
+    assert res.rollbacks + sum(d.action == "prevent" for d in res.decisions) > 0
+    tb = runtime.table.token_bytes
+    for snap in rec.snapshots:
+        assert b"eiffel" not in b"".join(tb[t] for t in snap).lower()
+
+
+def test_fail_closed_on_a_check_error(runtime, monkeypatch):
+    """Invariant 3: an error inside a check ends the stream, audited, and releases nothing more.
+
+    The fault is injected into a real detector (no real check fails on demand)."""
+    compiled = compile_policy(PII_REDACT)
+    gate = Gate(compiled, runtime.table)
+    det = gate.detectors[0]
+    calls = {"n": 0}
+    real = det.advance
+
+    def flaky(threads, data, pos):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("injected detector fault")
+        return real(threads, data, pos)
+
+    monkeypatch.setattr(det, "advance", flaky)
+    seen: list[str] = []
+    prompt = runtime.engine.chat_prompt(user(PARIS_PROMPT))
+    res = generate(runtime.engine, prompt, params(64), gate, on_text=seen.append)
+    assert res.finish_reason == "content_filter"
+    assert res.decisions[-1].action == "error" and "injected" in res.decisions[-1].detail
+    assert res.completion_tokens == 5
+    assert "".join(seen) == res.text
+    assert len(res.text.encode()) <= len(bytes(gate.raw))
+
+
+def test_decisions_are_durable_before_their_text_is_seen(runtime):
+    """Invariant 5: when a placeholder reaches the client, its decision is already committed."""
+    db = runtime.audit.path
+    checks: list[int] = []
+
+    def on_text(text: str) -> None:
+        if "[PHONE]" in text:
+            with sqlite3.connect(db) as con:  # a separate connection sees only committed rows
+                n = con.execute("SELECT COUNT(*) FROM decisions WHERE action='redact' AND rule_id='pii'"
+                                " AND detail LIKE '%[PHONE]%'").fetchone()[0]
+            checks.append(n)
+
+    runtime.run(user(PII_PROMPT), PII_REDACT, params(80), on_text=on_text)
+    assert checks and all(n >= 1 for n in checks)
+
+
+def test_stop_ends_with_content_filter_and_releases_only_the_prefix(runtime):
+    stop = policy("""
+version: 1
+name: stop-tower
+rules:
+  - id: tower
+    forbid: {phrases: [Eiffel Tower]}
+    action: stop
+""")
+    base = runtime.run(user(PARIS_PROMPT), NONE_POLICY, params(120))
+    res = runtime.run(user(PARIS_PROMPT), stop, params(120))
+    assert res.finish_reason == "content_filter"
+    assert "eiffel" not in res.text.lower()
+    assert base.text.startswith(res.text) and base.text.index("Eiffel") >= len(res.text)

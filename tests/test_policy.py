@@ -1,0 +1,140 @@
+"""Policy files: valid ones compile and cache; each malformed one exits 2 naming rule and field."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest
+
+from conftest import INGATE
+from ingate.cli import main
+from ingate.gate.gate import compile_policy
+from ingate.policy import load_policy, parse_policy
+
+GOOD = """
+version: 1
+name: support-bot
+rules:
+  - id: competitors
+    forbid:
+      phrases: ["Acme Corp", "Globex"]
+    action: prevent
+  - id: pii
+    forbid:
+      patterns: [email, phone, credit_card, us_ssn, iban, ipv4, api_key]
+      regex: ['secret-[0-9]{6}']
+    action: redact
+  - id: profanity
+    forbid: {phrases_file: words.txt}
+    action: stop
+"""
+
+# (yaml body of one bad rule or policy, words that must appear in the message)
+BAD = {
+    "unknown_action": ("rules:\n  - id: r1\n    forbid: {phrases: [x]}\n    action: block\n",
+                       ["rule 'r1'", "field action", "prevent, redact, stop"]),
+    "missing_action": ("rules:\n  - id: r2\n    forbid: {phrases: [x]}\n", ["rule 'r2'", "field action", "missing"]),
+    "unknown_pattern": ("rules:\n  - id: r3\n    forbid: {patterns: [emial]}\n    action: redact\n",
+                        ["rule 'r3'", "field forbid.patterns", "emial", "email"]),
+    "bad_regex": ("rules:\n  - id: r4\n    forbid: {regex: ['a(b']}\n    action: prevent\n",
+                  ["rule 'r4'", "field forbid.regex[0]", "a(b"]),
+    "lookbehind": ("rules:\n  - id: r5\n    forbid: {regex: ['(?<=x)y']}\n    action: prevent\n",
+                   ["rule 'r5'", "field forbid.regex[0]", "lookbehind"]),
+    "empty_forbid": ("rules:\n  - id: r6\n    forbid: {}\n    action: stop\n", ["rule 'r6'", "field forbid",
+                                                                              "phrases"]),
+    "empty_phrase": ("rules:\n  - id: r7\n    forbid: {phrases: ['  ']}\n    action: stop\n",
+                     ["rule 'r7'", "field forbid.phrases", "empty"]),
+    "missing_file": ("rules:\n  - id: r8\n    forbid: {phrases_file: nope.txt}\n    action: stop\n",
+                     ["rule 'r8'", "field forbid.phrases_file", "nope.txt", "does not exist"]),
+    "unknown_field": ("rules:\n  - id: r9\n    forbid: {phrase: [x]}\n    action: stop\n",
+                      ["rule 'r9'", "field forbid.phrase", "unknown field"]),
+    "duplicate_id": ("rules:\n  - id: dup\n    forbid: {phrases: [x]}\n    action: stop\n"
+                     "  - id: dup\n    forbid: {phrases: [y]}\n    action: stop\n", ["dup", "twice"]),
+    "empty_match_regex": ("rules:\n  - id: r11\n    forbid: {regex: ['a*']}\n    action: prevent\n",
+                          ["rule 'r11'", "field forbid.regex[0]", "empty string"]),
+    "placeholder_not_redact": ("rules:\n  - id: r12\n    forbid: {phrases: [x]}\n    action: stop\n"
+                               "    placeholder: '[X]'\n", ["rule 'r12'", "placeholder", "redact"]),
+    "bad_id": ("rules:\n  - id: 'has space'\n    forbid: {phrases: [x]}\n    action: stop\n",
+               ["rules[0]", "field id"]),
+    "anchor": ("rules:\n  - id: r14\n    forbid: {regex: ['^secret']}\n    action: redact\n",
+               ["rule 'r14'", "field forbid.regex[0]", "anchor"]),
+}
+
+
+def _write(tmp_path, body: str, header: str = "version: 1\nname: t\n"):
+    p = tmp_path / "policy.yaml"
+    p.write_text(header + body)
+    return p
+
+
+def test_the_issue_policy_shape_validates_and_compiles(tmp_path, capsys):
+    (tmp_path / "words.txt").write_text("# comment\nfoo bar\n\nbaz\n")
+    p = _write(tmp_path, textwrap.dedent(GOOD), header="")
+    pol = load_policy(p)
+    assert [r.id for r in pol.rules] == ["competitors", "pii", "profanity"]
+    assert pol.rules[2].phrases == ("foo bar", "baz")
+    assert main(["check", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "valid, 3 rule(s)" in out and "competitors: prevent" in out
+
+
+def test_compiled_policies_are_cached_by_content(tmp_path):
+    (tmp_path / "words.txt").write_text("foo\n")
+    p = _write(tmp_path, textwrap.dedent(GOOD), header="")
+    a, b = compile_policy(load_policy(p)), compile_policy(load_policy(p))
+    assert a is b
+    (tmp_path / "words.txt").write_text("other\n")  # a file it reads is part of its content
+    assert compile_policy(load_policy(p)) is not a
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_malformed_policy_exits_2_naming_rule_and_field(tmp_path, capsys, case):
+    body, words = BAD[case]
+    p = _write(tmp_path, body)
+    assert main(["check", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ingate: error: ") and str(p) in err
+    for w in words:
+        assert w in err, (w, err)
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("text,words", [
+    ("version: 1\nname: x\nrules: [\n", ["not valid YAML", "line"]),
+    ("- a\n- b\n", ["mapping"]),
+    ("version: 2\nname: x\nrules: []\n", ["field version", "must be 1"]),
+    ("name: x\nrules: []\n", ["field version", "missing"]),
+])
+def test_malformed_policy_documents(tmp_path, capsys, text, words):
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    assert main(["check", str(p)]) == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_check_is_a_real_command_with_exit_codes(tmp_path):
+    p = _write(tmp_path, BAD["unknown_action"][0])
+    r = subprocess.run([INGATE, "check", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    r = subprocess.run([INGATE, "check", "default", "--text", "mail me: a.b@example.org"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "email" in r.stdout and "a.b@example.org" in r.stdout
+
+
+def test_default_policy_and_none():
+    d = load_policy(None)
+    assert d.name == "default" and {r.id for r in d.rules} == {"pii", "example-bans"}
+    assert load_policy("none").is_empty
+
+
+def test_phrase_matching_normalizes_case_width_and_spacing():
+    pol = parse_policy("version: 1\nname: n\nrules:\n  - id: c\n    forbid: {phrases: ['Acme Corp']}\n"
+                       "    action: prevent\n")
+    det = compile_policy(pol).detectors[0]
+    for text in ["acme corp", "ACME   CORP", "Ａｃｍｅ\tＣｏｒｐ", "aCmE\n corp"]:
+        assert det.first_match(text.encode()) is not None, text
+    for text in ["acmecorp", "acme-corp", "acm corp"]:
+        assert det.first_match(text.encode()) is None, text
