@@ -40,6 +40,7 @@ lint: install-test
 bench: install-test
 	$(PIP) install -e ".[bench]"
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/masks.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis

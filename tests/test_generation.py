@@ -181,3 +181,29 @@ rules:
     assert res.finish_reason == "content_filter"
     assert "eiffel" not in res.text.lower()
     assert base.text.startswith(res.text) and base.text.index("Eiffel") >= len(res.text)
+
+
+def test_engine_failure_mid_stream_is_audited_and_releases_nothing_more(runtime, monkeypatch):
+    """An engine that dies mid-stream: the error is audited, held text stays held, the caller hears.
+
+    The failure is injected into the real engine's step() (a real decode cannot be made to fail)."""
+    from ingate.engines.base import EngineError
+
+    gate = Gate(compile_policy(PII_REDACT), runtime.table)
+    real_step, calls = runtime.engine.step, {"n": 0}
+
+    def dying_step():
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise EngineError("injected: decode failed")
+        return real_step()
+
+    monkeypatch.setattr(runtime.engine, "step", dying_step)
+    audited: list = []
+    seen: list[str] = []
+    prompt = runtime.engine.chat_prompt(user(PII_PROMPT))
+    with pytest.raises(EngineError):
+        generate(runtime.engine, prompt, params(64), gate, on_text=seen.append, on_decisions=audited.extend)
+    assert audited[-1].action == "error" and audited[-1].rule_id == "engine"
+    assert "".join(seen) == gate.text
+    assert "415-555-01" not in gate.text

@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -90,8 +90,14 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     eos = _eos_ban(engine, params)
     engine.start(prompt)
     held: list[int] = []
-    while gate.position < params.max_tokens:
-        logits = engine.step()
+    limit = min(params.max_tokens, engine.n_ctx - len(prompt))  # a full context ends with "length"
+    while gate.position < limit:
+        try:
+            logits = engine.step()
+        except Exception as e:  # the engine died: audit it, release nothing more, tell the caller
+            gate.fail("engine", e)
+            emit("")
+            raise
         g = time.perf_counter()
         sampling = 0.0  # sampling is not gate work: the ungoverned loop samples too
         try:
@@ -170,7 +176,8 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
     finish, n = "length", 0
     eos = _eos_ban(engine, params)
     engine.start(prompt)
-    while n < params.max_tokens:
+    limit = min(params.max_tokens, engine.n_ctx - len(prompt))
+    while n < limit:
         token = sampler.sample(engine.step(), eos)
         if engine.is_eog(token):
             finish = "stop"

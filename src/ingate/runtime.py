@@ -35,8 +35,14 @@ class Runtime:
         """A fresh gate for one stream; None for `--policy none` (ungoverned baseline)."""
         if policy.source == "<none>":
             return None
-        compiled: CompiledPolicy = compile_policy(policy)
-        return Gate(compiled, self.table)
+        return Gate(self.prepare(policy), self.table)
+
+    def prepare(self, policy: Policy) -> CompiledPolicy:
+        """Compile (cached by content) and warm the policy's masks for this model's vocabulary."""
+        compiled = compile_policy(policy)
+        if not compiled.masks_for(self.table).cached_rows:
+            compiled.prepare(self.table)
+        return compiled
 
     def run(self, messages: list[dict[str, str]], policy: Policy, params: GenerationParams,
             on_text: Callable[[str], None] | None = None, request_id: str | None = None) -> Result:

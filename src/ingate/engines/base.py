@@ -14,6 +14,7 @@ class EngineError(RuntimeError):
 class Engine(Protocol):
     name: str
     vocab_size: int
+    n_ctx: int  # context length in tokens: prompt plus output
 
     def token_bytes(self) -> list[bytes]:
         """The text bytes of every token id (empty for control tokens): what masks are computed on."""
