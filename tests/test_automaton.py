@@ -1,11 +1,10 @@
-"""Byte-level DFAs for forbidden regexes and phrases, checked against Python ``re`` and a phrase oracle."""
+"""Byte-level DFAs for forbidden regexes, checked against Python ``re``; search DFAs against brute force."""
 
 from __future__ import annotations
 
 import random
 import re
 import string
-import unicodedata
 from functools import cache
 
 import numpy as np
@@ -19,7 +18,6 @@ from ingate.gate.automaton import (
     ByteDFA,
     PatternError,
     SearchDFA,
-    compile_phrases,
     compile_regexes,
     search_dfa,
 )
@@ -217,107 +215,6 @@ def test_pattern_error_is_value_error() -> None:
     assert issubclass(PatternError, ValueError)
 
 
-# --------------------------------------------------------------------------- phrases
-
-
-def _norm(ch: str, case_sensitive: bool) -> str:
-    n = unicodedata.normalize("NFKC", ch)
-    return n if case_sensitive else unicodedata.normalize("NFKC", n.casefold())
-
-
-def _canon(text: str, case_sensitive: bool) -> str:
-    mapped = "".join(_norm(c, case_sensitive) for c in text)
-    out: list[str] = []
-    for c in mapped:
-        if c.isspace():
-            if not out or out[-1] != " ":
-                out.append(" ")
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def _oracle(span: str, phrase: str, case_sensitive: bool) -> bool:
-    return _canon(span, case_sensitive) == _canon(phrase, case_sensitive).strip(" ")
-
-
-PHRASES = [
-    "credit card",
-    "ﬁnance",
-    "Straße",
-    "Ｐａｓｓ word",
-    "naïve",
-    " top   secret ",
-    "İstanbul",
-    "fish",
-    "ss",
-]
-
-SPACES = [" ", "\t", "\n", "  ", "\u3000", "\xa0", " \n\t", "\u2003"]
-
-
-def _variants(c: str) -> list[str]:
-    out = [c, c.upper(), c.lower()]
-    if c.isascii() and c.isalnum():
-        out.append(chr(ord(c) + 0xFEE0))  # fullwidth
-    if c.isascii() and c.isalpha():
-        out.append(chr(0x1D41A + ord(c.lower()) - ord("a")))  # mathematical bold small
-        out.append(chr(0x1D400 + ord(c.lower()) - ord("a")))  # mathematical bold capital
-    if c.isspace():
-        out.extend(SPACES)
-    return out
-
-
-@st.composite
-def phrase_spans(draw: st.DrawFn) -> str:
-    text = draw(st.sampled_from(PHRASES))
-    for a, b in [("fi", "ﬁ"), ("ss", "ß"), ("ß", "ss"), ("ß", "ẞ"), ("ﬁ", "FI")]:
-        if a in text and draw(st.booleans()):
-            text = text.replace(a, b)
-    chars = [draw(st.sampled_from(_variants(c))) for c in text]
-    if draw(st.booleans()):
-        chars = list("".join(chars).strip())
-    return draw(mutated(st.just("".join(chars))))
-
-
-@pytest.mark.parametrize("case_sensitive", [False, True])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_phrases_agree_with_oracle(case_sensitive: bool, data: st.DataObject) -> None:
-    span = data.draw(st.one_of(phrase_spans(), texts))
-    dfa = _phrases(case_sensitive)
-    expected = frozenset(i for i, p in enumerate(PHRASES) if _oracle(span, p, case_sensitive))
-    assert dfa.fullmatch(span.encode()) == expected
-
-
-@cache
-def _phrases(case_sensitive: bool) -> ByteDFA:
-    return compile_phrases(PHRASES, case_sensitive=case_sensitive)
-
-
-def test_phrase_examples() -> None:
-    dfa = _phrases(False)
-    assert dfa.fullmatch(b"CREDIT\t\n  card") == {0}
-    assert dfa.fullmatch("ＦＩＮＡＮＣＥ".encode()) == {1}
-    assert dfa.fullmatch(b"finance") == {1}
-    assert dfa.fullmatch(b"STRASSE") == {2}
-    assert dfa.fullmatch(b"pass word") == {3}
-    assert dfa.fullmatch(b"top secret") == {5}
-    assert dfa.fullmatch(b" top secret") == frozenset()  # the span does not swallow extra space
-    assert dfa.fullmatch("ﬁsh".encode()) == {7}
-    assert dfa.fullmatch("ß".encode()) == {8}
-    sensitive = _phrases(True)
-    assert sensitive.fullmatch(b"finance") == {1}
-    assert sensitive.fullmatch(b"FINANCE") == frozenset()
-    assert sensitive.fullmatch(b"Strasse") == frozenset()
-
-
-@pytest.mark.parametrize("phrase", ["", "   ", "\t\n", "\u3000"])
-def test_empty_phrase_rejected(phrase: str) -> None:
-    with pytest.raises(PatternError, match="empty"):
-        compile_phrases(["ok", phrase])
-
-
 # --------------------------------------------------------------------------- search DFA
 
 
@@ -350,18 +247,6 @@ def test_search_dfa_matches_brute_force(patterns: tuple[str, ...], data: st.Data
     parts = data.draw(st.lists(st.one_of(texts, *[st.from_regex(p, fullmatch=True) for p in patterns]), max_size=3))
     text = "".join(p for p in parts if _encodable(p))[:60]
     _check_search(_dfa(patterns), _search(patterns), text)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_search_dfa_phrases(data: st.DataObject) -> None:
-    text = "".join(data.draw(st.lists(st.one_of(phrase_spans(), texts), max_size=3)))
-    _check_search(_phrases(False), _phrase_search(), text)
-
-
-@cache
-def _phrase_search() -> SearchDFA:
-    return search_dfa(_phrases(False))
 
 
 def test_search_dfa_shape_and_index() -> None:

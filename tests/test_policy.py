@@ -138,3 +138,11 @@ def test_phrase_matching_normalizes_case_width_and_spacing():
         assert det.first_match(text.encode()) is not None, text
     for text in ["acmecorp", "acme-corp", "acm corp"]:
         assert det.first_match(text.encode()) is None, text
+
+
+def test_prevent_on_the_whole_pii_pack_compiles_one_small_mask_automaton_per_pattern():
+    pol = parse_policy("version: 1\nname: p\nrules:\n  - id: pii\n    forbid:\n      patterns: [email, phone, "
+                       "credit_card, us_ssn, iban, ipv4, api_key]\n    action: prevent\n")
+    dets = compile_policy(pol).detectors
+    assert len(dets) == 7
+    assert all(len(d.search.accept) < 5000 for d in dets)

@@ -1,4 +1,4 @@
-"""Forbidden regexes and phrases compiled into DFAs over UTF-8 bytes.
+"""Forbidden regexes compiled into DFAs over UTF-8 bytes.
 
 The token-mask engine sees tokens as byte strings (a token may even end in the middle of a
 multi-byte character), so every automaton here reads bytes, not code points.  Character
@@ -8,8 +8,10 @@ range is split into UTF-8 byte-range sequences.
 
 Pipeline for regexes: ``re._parser`` tree -> Thompson NFA over byte ranges with labelled
 accepts -> subset construction over byte equivalence classes -> pruning and Moore
-minimisation (vectorised with numpy) -> 256-column rows.  Phrases are deterministic by
-construction (a trie over normalised text), so they skip the NFA.
+minimisation (vectorised with numpy) -> 256-column rows.  Phrases come here too, as literal
+regexes over normalized text (see ``normalize.py``).  ``search_dfa`` builds the
+minimal unanchored automaton directly (subsets keyed by the co-sets they hit), which keeps
+counting patterns such as IBANs at hundreds of states instead of ~10^5.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import re
 import re._constants as _sc
 import re._parser as _sp
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -29,7 +30,6 @@ __all__ = [
     "ByteDFA",
     "PatternError",
     "SearchDFA",
-    "compile_phrases",
     "compile_regexes",
     "search_dfa",
 ]
@@ -94,7 +94,9 @@ class SearchDFA:
     """Unanchored (search) DFA for Σ*·(union).
 
     A state is the set of live anchored states reached by the suffixes of the text read so far
-    (the anchored start state is always implicitly included).  The mask engine walks every
+    (the anchored start state is always implicitly included).  Sets with the same future are
+    merged, so the automaton is minimal: ``members[i]`` is one representative set, and
+    ``index`` maps every set met while building to its state.  The mask engine walks every
     vocabulary token's bytes from one search state, so ``table`` is dense and never DEAD.
     """
 
@@ -571,25 +573,34 @@ def _prune(table: list[list[int]], accept: list[frozenset[int]]) -> tuple[list[l
 
 
 def _minimize(table: list[list[int]], accept: list[frozenset[int]]) -> tuple[list[list[int]], list[frozenset[int]]]:
-    """Moore partition refinement, one numpy ``unique`` per round (input must be pruned)."""
+    """Moore partition refinement, vectorised with numpy (input must be pruned).
+
+    Minimisation only shrinks the search DFA, so it is best effort: long counting chains
+    (e.g. 'a{5000}') need one round per state, and past a work budget the input is returned
+    unchanged (it is still correct, just not minimal).
+    """
     n = len(table)
     if n <= 1:
         return table, accept
     arr = np.asarray(table, dtype=np.int64)
     arr[arr == DEAD] = n  # the implicit dead sink
+    k = arr.shape[1]
     acc_ids: dict[frozenset[int], int] = {}
     block = np.array([acc_ids.setdefault(a, len(acc_ids)) for a in accept], dtype=np.int64)
     n_blocks = len(acc_ids)
-    while True:
+    weights = np.random.default_rng(0x5EED).integers(1, 1 << 62, size=k + 1, dtype=np.int64) | 1
+    max_rounds = min(256, max(32, 20_000_000 // (n * (k + 1))))
+    for _ in range(max_rounds):
         ext = np.append(block, -1)
         sig = np.concatenate([block[:, None], ext[arr]], axis=1)
-        _, inv = np.unique(sig, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
+        inv = _row_ids(sig, weights)
         new_n = int(inv.max()) + 1
         block = inv
         if new_n == n_blocks:
             break
         n_blocks = new_n
+    else:
+        return table, accept
     if n_blocks == n:
         return table, accept
     rep: dict[int, int] = {}
@@ -619,10 +630,24 @@ def _minimize(table: list[list[int]], accept: list[frozenset[int]]) -> tuple[lis
     return out, [accept[rep[b]] for b in order]
 
 
+def _row_ids(sig: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Dense ids of the distinct rows of ``sig`` (hash rows, then check that no hash collided)."""
+    h = sig @ weights  # wraps around in int64, which is fine for a hash
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    rows = sig[order]
+    same_hash = hs[1:] == hs[:-1]
+    if np.any(same_hash & np.any(rows[1:] != rows[:-1], axis=1)):  # pragma: no cover - 2**-60 odds
+        _, inv = np.unique(sig, axis=0, return_inverse=True)
+        return inv.reshape(-1)
+    _, inv = np.unique(h, return_inverse=True)
+    return inv.reshape(-1)
+
+
 def _class_table_to_dfa(table: list[list[int]], accept: list[frozenset[int]], classes: list[int]) -> ByteDFA:
     # byte classes of the result: bytes whose class columns are identical
     col_ids: dict[tuple[int, ...], int] = {}
-    cls_of_col = [col_ids.setdefault(tuple(row[c] for row in table), len(col_ids)) for c in range(len(table[0]))]
+    cls_of_col = [col_ids.setdefault(col, len(col_ids)) for col in zip(*table, strict=True)]
     byte_classes = tuple(cls_of_col[classes[b]] for b in range(256))
     trans = [[row[c] for c in classes] for row in table]
     live = [any(t != DEAD for t in row) for row in table]
@@ -681,269 +706,11 @@ def _reach_eps(nfa: _NFA, start: int) -> set[int]:
     return seen
 
 
-# --------------------------------------------------------------------------- phrases
-
-
-def _norm_char(ch: str, casefold: bool) -> str:
-    if casefold:
-        return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", ch).casefold())
-    return unicodedata.normalize("NFKC", ch)
-
-
-def normalize_text(text: str, *, case_sensitive: bool = False) -> str:
-    """The normal form phrase matching compares: per-code-point norm, whitespace runs -> one space."""
-    out: list[str] = []
-    in_space = False
-    for c in "".join(_norm_char(ch, not case_sensitive) for ch in text):
-        if c.isspace():
-            if not in_space:
-                out.append(" ")
-            in_space = True
-        else:
-            out.append(c)
-            in_space = False
-    return "".join(out)
-
-
-_SPACE_KEY = " "
-
-
-@lru_cache(maxsize=2)
-def _norm_index(casefold: bool) -> tuple[dict[str, list[str]], dict[str, tuple[bytes, ...]]]:
-    """Reverse normalisation map: (first char -> norm strings, norm string -> UTF-8 encodings).
-
-    Whitespace-initial strings are grouped under ``' '``.  Covers every assigned code point
-    (general category Cn and surrogates are skipped); building it takes about 0.6-1.2 s per
-    mode on a 2-core machine, once per process, so no plane restriction is needed.
-    """
-    normalize = unicodedata.normalize
-    category = unicodedata.category
-    rev: dict[str, list[int]] = {}
-    for cp in range(_MAX_CP + 1):
-        if 0xD800 <= cp <= 0xDFFF:
-            continue
-        ch = chr(cp)
-        cat = category(ch)
-        if cat == "Cn":
-            continue
-        if cat == "Co":  # private use: no decomposition, no case
-            n = ch
-        else:
-            n = normalize("NFKC", ch)
-            if casefold:
-                n = normalize("NFKC", n.casefold())
-            if not n:
-                continue
-        lst = rev.get(n)
-        if lst is None:
-            rev[n] = [cp]
-        else:
-            lst.append(cp)
-    byfirst: dict[str, list[str]] = {}
-    encs: dict[str, tuple[bytes, ...]] = {}
-    for n in sorted(rev, key=lambda x: (len(x), x)):
-        byfirst.setdefault(_SPACE_KEY if n[0].isspace() else n[0], []).append(n)
-        encs[n] = tuple(chr(cp).encode() for cp in rev[n])
-    return byfirst, encs
-
-
-def compile_phrases(phrases: list[str], *, case_sensitive: bool = False) -> ByteDFA:
-    """Anchored DFA for the union of ``phrases``; label i = ``phrases[i]``.
-
-    A text span matches a phrase iff mapping each of its code points x through
-    norm(x) = NFKC(casefold(NFKC(x))) (just NFKC when ``case_sensitive``) and collapsing every
-    whitespace run to one space gives the phrase normalised the same way (and stripped).
-    So 'Ｆｉｎａｎｃｅ', 'ﬁnance' and 'FINANCE' all match 'finance', 'STRASSE' matches 'straße',
-    and 'credit\\t\\n card' matches 'credit card'.  A span never starts or ends with extra space.
-    """
-    casefold = not case_sensitive
-    # character-level trie over normalised phrases; a ' ' edge stands for any whitespace run
-    children: list[dict[str, int]] = [{}]
-    is_space = [False]
-    labels: list[set[int]] = [set()]
-    for i, phrase in enumerate(phrases):
-        if not isinstance(phrase, str):
-            raise PatternError(f"phrase {phrase!r}: a forbidden phrase must be a str")
-        norm = normalize_text(phrase, case_sensitive=case_sensitive).strip(" ")
-        if not norm:
-            raise PatternError(
-                f"phrase {phrase!r} is empty after normalisation; a forbidden phrase must contain "
-                "at least one non-space character"
-            )
-        q = 0
-        for ch in norm:
-            nxt = children[q].get(ch)
-            if nxt is None:
-                nxt = len(children)
-                children[q][ch] = nxt
-                children.append({})
-                is_space.append(ch == " ")
-                labels.append(set())
-            q = nxt
-        labels[q].add(i)
-
-    def walk(q: int, w: str) -> int | None:
-        for ch in w:
-            if ch.isspace():
-                if is_space[q]:
-                    continue
-                ch = " "
-            nq = children[q].get(ch)
-            if nq is None:
-                return None
-            q = nq
-        return q
-
-    byfirst, encs_of = _norm_index(casefold)
-    n_trie = len(children)
-    sparse: list[dict[int, int]] = [{} for _ in range(n_trie)]
-    templates_used: dict[tuple[str, ...], _Template] = {}
-    all_realized = True
-    for q in range(n_trie):
-        kids = children[q]
-        keys = set(kids)
-        if is_space[q]:
-            keys.add(_SPACE_KEY)
-        if not keys:
-            continue
-        ws: list[str] = []
-        targets: list[int] = []
-        for key in sorted(keys):
-            if key != _SPACE_KEY and key not in encs_of:
-                all_realized = False  # no code point normalises to this character alone
-            for w in byfirst.get(key, ()):
-                t = kids.get(w) if key == w and key != _SPACE_KEY else walk(q, w)
-                if t is not None:
-                    ws.append(w)
-                    targets.append(t)
-        wkey = tuple(ws)
-        tpl = templates_used.get(wkey)
-        if tpl is None:
-            tpl = templates_used[wkey] = _template(casefold, wkey)
-        # instantiate: local node 0 is q itself, the others are fresh intermediate states
-        base = len(sparse) - 1
-        for local, items in enumerate(tpl.nodes):
-            d = {bt: (base + dst if dst > 0 else targets[-1 - dst]) for bt, dst in items}
-            if local == 0:
-                sparse[q] = d
-            else:
-                sparse.append(d)
-    accept = [frozenset(labels[q]) for q in range(n_trie)] + [frozenset()] * (len(sparse) - n_trie)
-    if not all_realized:
-        return _sparse_to_dfa(sparse, accept)
-    # every trie edge is realised, so every state is reachable and can reach an accept: no pruning
-    dead_row = [DEAD] * 256
-    trans: list[list[int]] = []
-    for d in sparse:
-        row = dead_row.copy()
-        for bt, t in d.items():
-            row[bt] = t
-        trans.append(row)
-    classes = [0] * 256
-    for groups in {g for tpl in templates_used.values() for g in tpl.partitions}:
-        classes = _refine(classes, groups)
-    return ByteDFA(trans=trans, accept=accept, live=[bool(d) for d in sparse], byte_classes=tuple(classes))
-
-
-@dataclass(frozen=True)
-class _Template:
-    """UTF-8 byte trie of every code point whose norm is one of a node's realised strings.
-
-    ``nodes[i]`` lists (byte, dst) with dst > 0 another local node and dst < 0 the exit for
-    string number -1 - dst; node 0 is the trie node itself.  ``partitions`` holds, per local
-    node, its bytes grouped by destination (to derive byte classes without scanning rows).
-    """
-
-    nodes: tuple[tuple[tuple[int, int], ...], ...]
-    partitions: tuple[tuple[tuple[int, ...], ...], ...]
-
-
-@lru_cache(maxsize=4096)
-def _template(casefold: bool, ws: tuple[str, ...]) -> _Template:
-    encs_of = _norm_index(casefold)[1]
-    nodes: list[dict[int, int]] = [{}]
-    prefix_node: dict[bytes, int] = {}
-    exit_of: dict[str, int] = {}
-    for xi, w in enumerate(ws):
-        # single whitespace characters always lead to the same place: share their exit id
-        exit_id = -1 - exit_of.setdefault(" " if w.isspace() and len(w) == 1 else w, xi)
-        for enc in encs_of[w]:
-            cur = 0
-            for k in range(1, len(enc)):
-                prefix = enc[:k]
-                nxt = prefix_node.get(prefix)
-                if nxt is None:
-                    nxt = prefix_node[prefix] = len(nodes)
-                    nodes.append({})
-                    nodes[cur][enc[k - 1]] = nxt
-                cur = nxt
-            nodes[cur][enc[-1]] = exit_id
-    parts = []
-    for d in nodes:
-        groups: dict[int, list[int]] = {}
-        for bt, dst in d.items():
-            groups.setdefault(dst, []).append(bt)
-        parts.append(tuple(tuple(g) for g in groups.values()))
-    return _Template(nodes=tuple(tuple(d.items()) for d in nodes), partitions=tuple(parts))
-
-
-def _refine(classes: list[int], groups: tuple[tuple[int, ...], ...]) -> list[int]:
-    """Split byte classes so that bytes in different groups (or in none) never share a class."""
-    gid = [-1] * 256
-    for g, bts in enumerate(groups):
-        for bt in bts:
-            gid[bt] = g
-    ids: dict[tuple[int, int], int] = {}
-    return [ids.setdefault((c, g), len(ids)) for c, g in zip(classes, gid, strict=True)]
-
-
-def _sparse_to_dfa(sparse: list[dict[int, int]], accept: list[frozenset[int]]) -> ByteDFA:
-    """Prune a deterministic sparse automaton and expand it to 256-column rows."""
-    n = len(sparse)
-    rev: list[list[int]] = [[] for _ in range(n)]
-    for s, d in enumerate(sparse):
-        for t in d.values():
-            rev[t].append(s)
-    coreach = [bool(a) for a in accept]
-    stack = [s for s in range(n) if coreach[s]]
-    while stack:
-        t = stack.pop()
-        for s in rev[t]:
-            if not coreach[s]:
-                coreach[s] = True
-                stack.append(s)
-    if not coreach[0]:
-        return ByteDFA(trans=[[DEAD] * 256], accept=[frozenset()], live=[False], byte_classes=(0,) * 256)
-    new_id = {0: 0}
-    order = [0]
-    i = 0
-    while i < len(order):
-        for t in sparse[order[i]].values():
-            if coreach[t] and t not in new_id:
-                new_id[t] = len(order)
-                order.append(t)
-        i += 1
-    dead_row = [DEAD] * 256
-    trans: list[list[int]] = []
-    cols: list[list[tuple[int, int]]] = [[] for _ in range(256)]
-    for new_s, s in enumerate(order):
-        row = dead_row.copy()
-        for b, t in sparse[s].items():
-            j = new_id.get(t)
-            if j is not None:
-                row[b] = j
-                cols[b].append((new_s, j))
-        trans.append(row)
-    col_ids: dict[tuple[tuple[int, int], ...], int] = {}
-    byte_classes = tuple(col_ids.setdefault(tuple(c), len(col_ids)) for c in cols)
-    live = [any(coreach[t] for t in sparse[s].values()) for s in order]
-    return ByteDFA(trans=trans, accept=[accept[s] for s in order], live=live, byte_classes=byte_classes)
-
-
 # --------------------------------------------------------------------------- search DFA
 
 
 _MAX_COSETS = 50_000
+_MAX_MEMBER_TOTAL = 5_000_000  # total size of the stored subsets, to bound memory
 _MAX_COSET_ANCHORED = 30_000
 
 
@@ -1046,9 +813,20 @@ def search_dfa(dfa: ByteDFA, max_states: int = 50_000) -> SearchDFA:
     by_sig: dict[object, int] = {0 if masks is not None else empty: 0}
     rows: list[list[int]] = []
 
+    budget = [_MAX_MEMBER_TOTAL]
+
+    def too_complex(what: str) -> PatternError:
+        return PatternError(
+            f"the forbidden patterns are too complex: the search automaton needs more than {what} "
+            f"(anchored DFA has {len(trans)} states); split them into several smaller sets or simplify them"
+        )
+
     def state_of(key: frozenset[int]) -> int:
         j = index.get(key)
         if j is None:
+            budget[0] -= len(key) + 1
+            if budget[0] < 0:
+                raise too_complex(f"{_MAX_MEMBER_TOTAL} stored anchored states")
             if masks is None:
                 sig: object = key
             else:
@@ -1060,11 +838,7 @@ def search_dfa(dfa: ByteDFA, max_states: int = 50_000) -> SearchDFA:
             if j is None:
                 j = len(members)
                 if j >= max_states:
-                    raise PatternError(
-                        f"the forbidden patterns are too complex: the search automaton needs more "
-                        f"than {max_states} states (anchored DFA has {len(trans)}); split them into "
-                        "several smaller sets or simplify them"
-                    )
+                    raise too_complex(f"{max_states} states")
                 by_sig[sig] = j
                 members.append(key)
             index[key] = j

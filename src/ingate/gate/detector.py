@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingate.gate.automaton import ByteDFA, SearchDFA, compile_regexes, search_dfa
+from ingate.gate.automaton import ByteDFA, PatternError, SearchDFA, compile_regexes, search_dfa
 from ingate.gate.normalize import feed, norm_text, normalize_token
 
 Threads = dict[int, int]  # anchored state -> earliest start (raw offset); insertion order = start order
@@ -59,7 +59,8 @@ class PatternDetector:
 
     def advance(self, state: Any, data: bytes, pos: int) -> tuple[Any, list[Match]]:
         """Feed `data` (which starts at raw offset `pos`); return the new state and completed matches."""
-        return self._scan(state, ((b, p, p + 1) for p, b in enumerate(data, pos)))
+        n = len(data)
+        return self._scan(state, zip(data, range(pos, pos + n), range(pos + 1, pos + n + 1), strict=True))
 
     def _scan(self, threads: Threads, stream) -> tuple[Threads, list[Match]]:
         trans, acc = self._trans, self._acc
@@ -123,7 +124,11 @@ class PhraseDetector(PatternDetector):
     def advance(self, state: Any, data: bytes, pos: int) -> tuple[Any, list[Match]]:
         threads, pending = state
         pending, pieces = feed(pending, data, pos, self.casefold)
-        threads, ms = self._scan(threads, ((b, st, end) for nb, st, end in pieces for b in nb))
+        if all(len(nb) == 1 for nb, _, _ in pieces):  # the common case: one byte per character
+            stream = ((nb[0], st, end) for nb, st, end in pieces)
+        else:
+            stream = ((b, st, end) for nb, st, end in pieces for b in nb)
+        threads, ms = self._scan(threads, stream)
         return (threads, pending), ms
 
     def search_initial(self) -> Any:
@@ -150,6 +155,8 @@ def compile_phrase_detector(rule_id: str, action: str, phrases: list[str], case_
     rx = []
     for p in phrases:
         n = norm_text(p, casefold)
+        if not n:
+            raise PatternError(f"phrase {p!r} is empty once normalized (whitespace only); remove it")
         rx.append(" +".join(re.escape(w) for w in n.split(" ")))
     return PhraseDetector(rule_id, action, compile_regexes(rx), list(phrases), [placeholder] * len(phrases),
                           case_sensitive=case_sensitive)

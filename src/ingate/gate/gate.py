@@ -112,14 +112,19 @@ def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
                 compile_regexes([rx])
             except PatternError as e:
                 raise PolicyError([f"{where}, field forbid.regex[{i}]: {e}"]) from None
-        try:
-            dfa = compile_regexes(regexes)
-        except PatternError as e:
-            raise PolicyError([f"{where}, field forbid: {e}"]) from None
         labels = list(rule.patterns) + [f"regex[{i}]" for i in range(len(rule.regex))]
         phs = [rule.placeholder or BUILTIN_PATTERNS[p][1] for p in rule.patterns]
         phs += [rule.placeholder or "[REDACTED]"] * len(rule.regex)
-        out.append(PatternDetector(rule.id, rule.action, dfa, labels, phs))
+        # One automaton scans the union for redact and stop. A prevent rule also needs a search
+        # DFA per automaton for its masks, and the union's can explode (IBAN x api_key: 10^5+
+        # states) where each pattern's alone stays small, so prevent gets one per pattern.
+        groups = [list(range(len(regexes)))] if rule.action != "prevent" else [[i] for i in range(len(regexes))]
+        for g in groups:
+            try:
+                dfa = compile_regexes([regexes[i] for i in g])
+            except PatternError as e:
+                raise PolicyError([f"{where}, field forbid: {e}"]) from None
+            out.append(PatternDetector(rule.id, rule.action, dfa, [labels[i] for i in g], [phs[i] for i in g]))
     for d in out:
         if d.rolls_back:
             try:
