@@ -143,12 +143,46 @@ def main() -> int:
         flat[name] = [{"tokens": f"{i}-{min(i + b, len(g))}", "p50": round(pct(g[i:i + b], 50), 1),
                        "p99": round(pct(g[i:i + b], 99), 1)} for i in range(0, len(g), b)]
     out["flatness"] = flat
+    out["acting"] = acting(rt, args.quick)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "throughput.json").write_text(json.dumps(out, indent=2) + "\n")
     md = render(out)
     (RESULTS / "summary.md").write_text(md)
     print(md)
     return 0
+
+
+ACTING = {
+    "Eiffel prevented": ("Write a short paragraph about Paris and its famous tower.",
+                         "rules:\n  - id: tower\n    forbid: {phrases: [Eiffel]}\n    action: prevent\n"),
+    "email+phone prevented": ("Repeat exactly this line: Contact John at john.smith@example.com or 415-555-0132.",
+                              "rules:\n  - id: pii\n    forbid: {patterns: [email, phone]}\n    action: prevent\n"),
+    "email+phone redacted": ("Repeat exactly this line: Contact John at john.smith@example.com or 415-555-0132.",
+                             "rules:\n  - id: pii\n    forbid: {patterns: [email, phone]}\n    action: redact\n"),
+}
+
+
+def acting(rt: Runtime, quick: bool) -> dict:
+    """What governance costs when it acts: rollbacks and resamples, against the same seeds ungoverned."""
+    res = {}
+    for name, (text, rules) in ACTING.items():
+        pol = parse_policy(f"version: 1\nname: acting\n{rules}", source=f"<bench:{name}>")
+        rt.prepare(pol)
+        prompt = rt.engine.chat_prompt([{"role": "user", "content": text}])
+        ratios, rollbacks, decisions, held = [], [], [], []
+        for seed in range(2 if quick else 8):
+            params = GenerationParams(max_tokens=96, ignore_eos=True,
+                                      sampling=SamplingParams(temperature=0.7, top_p=0.95, seed=seed))
+            base = run_one(rt, prompt, None, params)
+            gov = run_one(rt, prompt, pol, params)
+            ratios.append((gov.completion_tokens / gov.elapsed_s) / (base.completion_tokens / base.elapsed_s))
+            rollbacks.append(gov.rollbacks)
+            decisions.append(len(gov.decisions))
+            held.append(gov.held_max_chars)
+        res[name] = {"ratio": summarize_ratio(ratios), "rollbacks_median": pct(rollbacks, 50),
+                     "rollbacks_max": max(rollbacks), "decisions_median": pct(decisions, 50),
+                     "held_max_chars": max(held), "runs": len(ratios)}
+    return res
 
 
 def render(out: dict) -> str:
@@ -172,6 +206,12 @@ def render(out: dict) -> str:
               "| tokens | default | 1,000 phrases |", "|---|---|---|"]
     for a, b in zip(out["flatness"]["default"], out["flatness"]["1000_phrases"], strict=True):
         lines.append(f"| {a['tokens']} | {a['p50']} / {a['p99']} | {b['p50']} / {b['p99']} |")
+    lines += ["", "When the policy acts (96 tokens, temperature 0.7, seeds 0..7, each against the same seed "
+              "ungoverned):", "", "| scenario | tokens/s ratio median (min) | rollbacks median / max | "
+              "decisions median | max chars held |", "|---|---|---|---|---|"]
+    for name, a in out["acting"].items():
+        lines.append(f"| {name} | {a['ratio']['median']} ({a['ratio']['min']}) | {a['rollbacks_median']:.0f} / "
+                     f"{a['rollbacks_max']} | {a['decisions_median']:.0f} | {a['held_max_chars']} |")
     return "\n".join(lines) + "\n"
 
 

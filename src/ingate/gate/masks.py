@@ -31,6 +31,8 @@ class TokenTable:
                 self.mat[row, : len(b)] = np.frombuffer(b, dtype=np.uint8)
         # starts[i]: first sorted row whose token is longer than i
         self.starts = np.searchsorted(sorted_lens, np.arange(self.maxlen), side="right")
+        # cols[i]: byte i of every token longer than i, contiguous, as int32 (ready to add to state*256)
+        self.cols = [np.ascontiguousarray(self.mat[self.starts[i]:, i]).astype(np.int32) for i in range(self.maxlen)]
         self.token_bytes = token_bytes
         self._views: dict[tuple, TokenTable] = {}
         self._lock = threading.Lock()
@@ -48,13 +50,14 @@ class TokenTable:
 
     def completes(self, table: np.ndarray, accepting: np.ndarray, state: int) -> np.ndarray:
         """bool per token id: walking the token from `state` passes through an accepting state."""
+        flat = np.ascontiguousarray(table, dtype=np.int32).ravel()  # 1-D takes beat 2-D fancy indexing
         cur = np.full(self.size, state, dtype=np.int32)
         hit = np.zeros(self.size, dtype=bool)
         for i in range(self.maxlen):
             s = self.starts[i]
-            nxt = table[cur[s:], self.mat[s:, i]]
+            nxt = flat.take(cur[s:] * 256 + self.cols[i])
             cur[s:] = nxt
-            hit[s:] |= accepting[nxt]
+            hit[s:] |= accepting.take(nxt)
         out = np.empty(self.size, dtype=bool)
         out[self.order] = hit
         return out
