@@ -119,6 +119,12 @@ class SearchDFA:
 
 def _compute_live(trans: list[list[int]], accept: list[frozenset[int]]) -> list[bool]:
     """live[s]: a non-empty path from s reaches an accepting state (generic, for hand-built DFAs)."""
+    coreach = _coreachable(trans, accept)
+    return [any(t != DEAD and coreach[t] for t in set(row)) for row in trans]
+
+
+def _coreachable(trans: list[list[int]], accept: list[frozenset[int]]) -> list[bool]:
+    """coreach[s]: some path (maybe empty) from s reaches an accepting state."""
     n = len(trans)
     rev: list[list[int]] = [[] for _ in range(n)]
     for s, row in enumerate(trans):
@@ -133,7 +139,7 @@ def _compute_live(trans: list[list[int]], accept: list[frozenset[int]]) -> list[
             if not coreach[s]:
                 coreach[s] = True
                 stack.append(s)
-    return [any(t != DEAD and coreach[t] for t in set(row)) for row in trans]
+    return coreach
 
 
 def _column_classes(trans: list[list[int]]) -> tuple[int, ...]:
@@ -542,19 +548,7 @@ def _determinize(nfa: _NFA, start: int) -> tuple[list[list[int]], list[frozenset
 def _prune(table: list[list[int]], accept: list[frozenset[int]]) -> tuple[list[list[int]], list[frozenset[int]]]:
     """Drop states that are unreachable or cannot reach an accept; renumber with start = 0."""
     n = len(table)
-    rev: list[list[int]] = [[] for _ in range(n)]
-    for s, row in enumerate(table):
-        for t in set(row):
-            if t != DEAD:
-                rev[t].append(s)
-    coreach = [bool(a) for a in accept]
-    stack = [s for s in range(n) if coreach[s]]
-    while stack:
-        t = stack.pop()
-        for s in rev[t]:
-            if not coreach[s]:
-                coreach[s] = True
-                stack.append(s)
+    coreach = _coreachable(table, accept)
     n_cls = len(table[0]) if table else 0
     if not n or not coreach[0]:
         return [[DEAD] * n_cls], [frozenset()]

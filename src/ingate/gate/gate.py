@@ -240,10 +240,10 @@ class Gate:
 
     def _prevent(self, d: PatternDetector, ms: list[Match], token: int, p0: int, data: bytes) -> Admission:
         st, end, labels = min(ms, key=lambda m: m[0])
-        matched = bytes(self.raw[st:]) + data[: end - p0]
+        matched = bytes(self.raw[st:]) + data[max(0, st - p0): end - p0]
         what = self._label(d, labels)
         if st >= p0:
-            self._decide(d.rule_id, "prevent", st, matched, f"{what}: masked before sampling")
+            self._decide(d.rule_id, "prevent", st, matched, f"{what}: would complete inside the token; resampled under the mask")
             return Admission(Verdict.RESAMPLE)
         k = bisect_right(self.tok_start, st) - 1
         if self.tok_start[k] < self.hold.released:
@@ -252,7 +252,7 @@ class Gate:
             # what is still held, and never what was released.
             k = bisect_left(self.tok_start, self.hold.released)
             if k >= len(self.tokens):
-                self._decide(d.rule_id, "prevent", st, matched, f"{what}: masked before sampling")
+                self._decide(d.rule_id, "prevent", st, matched, f"{what}: resampled under the mask")
                 return Admission(Verdict.RESAMPLE)
         if self.rollbacks >= self.compiled.policy.max_rollbacks:
             self._cap = self.tok_start[k]
