@@ -243,7 +243,8 @@ class Gate:
         matched = bytes(self.raw[st:]) + data[max(0, st - p0): end - p0]
         what = self._label(d, labels)
         if st >= p0:
-            self._decide(d.rule_id, "prevent", st, matched, f"{what}: would complete inside the token; resampled under the mask")
+            self._decide(d.rule_id, "prevent", st, matched,
+                         f"{what}: would complete inside the token; resampled under the mask")
             return Admission(Verdict.RESAMPLE)
         k = bisect_right(self.tok_start, st) - 1
         if self.tok_start[k] < self.hold.released:
