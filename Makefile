@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 serve: install
-	$(BIN)/ingate chat
+	$(BIN)/ingate serve $(SERVE_ARGS)
 
 test: install-test
 	$(BIN)/ruff check src tests bench

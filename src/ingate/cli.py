@@ -74,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     c = sub.add_parser("chat", help="interactive governed chat")
     _gen_flags(c)
+    s = sub.add_parser("serve", help="serve the OpenAI-compatible governed API")
+    s.add_argument("--policy", action="append", default=None,
+                   help="policy YAML, 'default' or 'none'; repeat to load several (the first is the default)")
+    s.add_argument("--model", default=None, help="path to a GGUF model (default: embedded SmolLM2-135M)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=_positive_int, default=8000)
+    s.add_argument("--api-key", action="append", default=None,
+                   help="require this bearer key; KEY:POLICY+POLICY restricts it to those policies "
+                        "(also $INGATE_API_KEYS, comma-separated)")
+    s.add_argument("--max-queue", type=_positive_int, default=16, help="requests waiting before 429")
+    s.add_argument("--max-tokens-cap", type=_positive_int, default=2048)
+    s.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000)
+    s.add_argument("--audit", default=None)
     k = sub.add_parser("check", help="validate a policy and print a summary")
     k.add_argument("policy")
     k.add_argument("--text", default=None, help="also report what the policy would match in TEXT")
@@ -212,6 +225,49 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_keys(flags: list[str] | None) -> dict[str, set[str] | None]:
+    import os
+
+    specs = list(flags or []) + [k for k in os.environ.get("INGATE_API_KEYS", "").split(",") if k.strip()]
+    keys: dict[str, set[str] | None] = {}
+    for spec in specs:
+        key, _, pols = spec.strip().partition(":")
+        if not key:
+            raise UserError(f"API key spec {spec!r} has no key; write KEY or KEY:POLICY+POLICY", code=2)
+        keys[key] = {p for p in pols.split("+") if p} or None if pols else None
+    return keys
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    policies: dict[str, Policy] = {}
+    for arg in args.policy or [None]:
+        p = _policy(arg)
+        if p.name in policies:
+            raise UserError(f"two policies are named {p.name!r}; give each loaded policy its own name", code=2)
+        policies[p.name] = p
+    keys = _api_keys(args.api_key)
+    for key, allowed in keys.items():
+        unknown = sorted((allowed or set()) - set(policies))
+        if unknown:
+            raise UserError(f"API key {key[:4]}...: unknown policy {unknown[0]!r}; loaded: {', '.join(policies)}",
+                            code=2)
+    rt = _runtime(args)
+    import uvicorn
+
+    from ingate.server import ServerConfig, create_app
+
+    app = create_app(rt, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
+                                      max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes))
+    url = f"http://{args.host}:{args.port}"
+    auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
+    print(f"ingate: serving {rt.engine.name} with policies {', '.join(policies)} on {url}\n"
+          f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
+          f"    -d '{{\"model\": \"{rt.engine.name}\", \"messages\": [{{\"role\": \"user\", "
+          f"\"content\": \"Hello\"}}]}}'", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from ingate.audit import AuditError, AuditLog
 
@@ -239,7 +295,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"generate": cmd_generate, "chat": cmd_chat, "check": cmd_check, "audit": cmd_audit}[args.cmd]
+    handler = {"generate": cmd_generate, "chat": cmd_chat, "check": cmd_check, "audit": cmd_audit,
+               "serve": cmd_serve}[args.cmd]
     try:
         return handler(args)
     except UserError as e:

@@ -52,6 +52,7 @@ class Result:
     held_max_chars: int
     rollbacks: int
     held_bytes: list[int] = field(default_factory=list)  # per step: bytes held back after release
+    prompt_tokens: int = 0
 
     def stats(self) -> dict:
         g = np.asarray(self.gate_us) if self.gate_us else np.zeros(1)
@@ -67,10 +68,15 @@ class Result:
 
 
 def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: Gate | None = None,
-             on_text: TextSink | None = None, on_decisions: DecisionSink | None = None) -> Result:
-    """Generate up to max_tokens after `prompt`. Without a gate the loop is ungoverned (baseline)."""
+             on_text: TextSink | None = None, on_decisions: DecisionSink | None = None,
+             cancelled: Callable[[], bool] | None = None) -> Result:
+    """Generate up to max_tokens after `prompt`. Without a gate the loop is ungoverned (baseline).
+
+    `cancelled` is polled once per token: a client that went away stops generation within one
+    token, releases nothing more, and the cancellation is audited.
+    """
     if gate is None:
-        return _ungoverned(engine, prompt, params, on_text)
+        return _ungoverned(engine, prompt, params, on_text, cancelled)
     sampler = Sampler(params.sampling)
     gate_us: list[float] = []
     t0 = time.perf_counter()
@@ -92,6 +98,10 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     held: list[int] = []
     limit = min(params.max_tokens, engine.n_ctx - len(prompt))  # a full context ends with "length"
     while gate.position < limit:
+        if cancelled is not None and cancelled():
+            gate.halt("client", "cancel", "client went away; generation cancelled")
+            finish = "cancelled"
+            break
         try:
             logits = engine.step()
         except Exception as e:  # the engine died: audit it, release nothing more, tell the caller
@@ -123,12 +133,15 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                     finish = "stop" if token >= 0 else "content_filter"
                     break
                 adm = gate.admit(token)
-                if adm.verdict not in (Verdict.ADMIT, Verdict.STOP):
+                if adm.verdict not in (Verdict.ADMIT, Verdict.STOP, Verdict.END):
                     raise AssertionError(f"masked resample was not admitted ({adm.verdict.value})")
             if adm.verdict is Verdict.ROLLBACK:
                 engine.rollback(adm.rollback)
                 gate_us.append((time.perf_counter() - g - sampling) * 1e6)
                 continue
+            if adm.verdict is Verdict.END:
+                finish = "stop"
+                break
             text = gate.release()
         except Exception as e:  # fail closed: nothing more is released
             gate.fail("ingate", e)
@@ -142,13 +155,13 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
             break
         engine.accept(token)
         emit(text)
-    if finish != "content_filter":
+    if finish not in ("content_filter", "cancelled"):
         emit(gate.release(final=True))
     else:
         emit("")
     elapsed = time.perf_counter() - t0
     return Result(gate.text, finish, gate.decisions, gate.position, elapsed, ttft, gate_us,
-                  gate.held_max_chars, gate.rollbacks, held)
+                  gate.held_max_chars, gate.rollbacks, held, len(prompt))
 
 
 def _eos_ban(engine: Engine, params: GenerationParams) -> np.ndarray | None:
@@ -164,7 +177,7 @@ def _join(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
 
 
 def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
-                on_text: TextSink | None) -> Result:
+                on_text: TextSink | None, cancelled: Callable[[], bool] | None = None) -> Result:
     import codecs
 
     sampler = Sampler(params.sampling)
@@ -178,6 +191,9 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
     engine.start(prompt)
     limit = min(params.max_tokens, engine.n_ctx - len(prompt))
     while n < limit:
+        if cancelled is not None and cancelled():
+            finish = "cancelled"
+            break
         token = sampler.sample(engine.step(), eos)
         if engine.is_eog(token):
             finish = "stop"
@@ -195,4 +211,4 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
         parts.append(tail)
         if on_text:
             on_text(tail)
-    return Result("".join(parts), finish, [], n, time.perf_counter() - t0, ttft, [], 0, 0)
+    return Result("".join(parts), finish, [], n, time.perf_counter() - t0, ttft, [], 0, 0, [], len(prompt))

@@ -7,7 +7,7 @@ load a model or compile a policy.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +31,12 @@ class Runtime:
         engine = LlamaCppEngine(model)
         return cls(engine, TokenTable(engine.token_bytes()), AuditLog(audit) if use_audit else None)
 
-    def gate_for(self, policy: Policy) -> Gate | None:
-        """A fresh gate for one stream; None for `--policy none` (ungoverned baseline)."""
-        if policy.source == "<none>":
+    def gate_for(self, policy: Policy, stop: Sequence[str] = ()) -> Gate | None:
+        """A fresh gate for one stream; None for `--policy none` (ungoverned) unless stop sequences
+        need one (they are held back like any partial match)."""
+        if policy.source == "<none>" and not stop:
             return None
-        return Gate(self.prepare(policy), self.table)
+        return Gate(self.prepare(policy), self.table, stop)
 
     def prepare(self, policy: Policy) -> CompiledPolicy:
         """Compile (cached by content) and warm the policy's masks for this model's vocabulary."""
@@ -44,14 +45,20 @@ class Runtime:
             compiled.prepare(self.table)
         return compiled
 
-    def run(self, messages: list[dict[str, str]], policy: Policy, params: GenerationParams,
-            on_text: Callable[[str], None] | None = None, request_id: str | None = None) -> Result:
+    def run(self, messages: list[dict[str, str]] | str, policy: Policy, params: GenerationParams,
+            on_text: Callable[[str], None] | None = None, request_id: str | None = None,
+            stop: Sequence[str] = (), cancelled: Callable[[], bool] | None = None) -> Result:
+        """One governed generation. `messages` is a chat, or a raw prompt string (completions)."""
         rid = request_id or uuid.uuid4().hex
-        prompt = self.engine.chat_prompt(messages)
-        gate = self.gate_for(policy)
+        if isinstance(messages, str):
+            prompt = self.engine.tokenize(messages, add_bos=True)
+        else:
+            prompt = self.engine.chat_prompt(messages)
+        gate = self.gate_for(policy, stop)
 
         def on_decisions(ds) -> None:
             if self.audit is not None:
                 self.audit.record(rid, policy.name, ds, policy.store_text)
 
-        return generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions)
+        return generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
+                        cancelled=cancelled)

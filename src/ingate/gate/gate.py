@@ -14,7 +14,9 @@ of the token holding the partial match: the client never sees a byte that could 
 from __future__ import annotations
 
 import hashlib
+import re
 from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -53,6 +55,7 @@ class Verdict(Enum):
     RESAMPLE = "resample"  # sample again with mask() applied
     ROLLBACK = "rollback"  # roll the engine back `rollback` tokens, then sample again
     STOP = "stop"  # end the stream with finish_reason content_filter
+    END = "end"  # a stop sequence: end the stream with finish_reason stop, the sequence withheld
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,16 @@ def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
     return out
 
 
+def stop_sequences(stop: Sequence[str]) -> PatternDetector:
+    """The caller's stop sequences as one exact-bytes detector, so a sequence split across tokens
+    is held back like any partial match and never half-released."""
+    empty = [i for i, x in enumerate(stop) if not x]
+    if empty:
+        raise ValueError(f"stop[{empty[0]}] is empty; remove it")
+    dfa = compile_regexes([re.escape(x) for x in stop])
+    return PatternDetector("stop_sequence", "end", dfa, list(stop), list(stop))
+
+
 _COMPILED: dict[str, CompiledPolicy] = {}
 
 
@@ -156,9 +169,9 @@ class _Snap:
 class Gate:
     """The compiled policy applied to one stream. Not thread-safe; one per generation."""
 
-    def __init__(self, compiled: CompiledPolicy, table: TokenTable):
+    def __init__(self, compiled: CompiledPolicy, table: TokenTable, stop: Sequence[str] = ()):
         self.compiled = compiled
-        self.detectors = compiled.detectors
+        self.detectors = compiled.detectors + ([stop_sequences(stop)] if stop else [])
         self.masks = compiled.masks_for(table)
         self.token_bytes = table.token_bytes
         self.vocab_size = table.size
@@ -233,6 +246,8 @@ class Gate:
         if stop is not None:
             d, (st, end, labels) = stop
             self._cap = st
+            if d.action == "end":  # a stop sequence is the caller's request, not a governance decision
+                return Admission(Verdict.END)
             self._decide(d.rule_id, "stop", st, bytes(self.raw[st:end]),
                          f"matched {self._label(d, labels)}; stream ended")
             return Admission(Verdict.STOP)
@@ -344,8 +359,12 @@ class Gate:
 
     def fail(self, rule_id: str, err: BaseException) -> None:
         """Fail closed: an error inside a check ends the stream and releases nothing more."""
+        self.halt(rule_id, "error", f"{type(err).__name__}: {err}")
+
+    def halt(self, rule_id: str, action: str, detail: str) -> None:
+        """End the stream where it stands: nothing held is released, and the reason is audited."""
         self._cap = self.hold.released
-        self._decide(rule_id, "error", self.hold.released, b"", f"{type(err).__name__}: {err}")
+        self._decide(rule_id, action, self.hold.released, b"", detail)
 
     # ---- helpers ---------------------------------------------------------------------------
     def _decide(self, rule_id: str, action: str, offset: int, matched: bytes, detail: str) -> None:

@@ -1,0 +1,311 @@
+"""OpenAI-compatible HTTP API over the governed loop.
+
+Every existing OpenAI client works unchanged; what governance did rides along in a
+`governance` field (in the final chunk when streaming). Extensions: the body field `policy`
+(or header `X-Ingate-Policy`) picks one of the policies loaded at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ingate.loop import GenerationParams, Result
+from ingate.policy import Policy
+from ingate.runtime import Runtime
+from ingate.sampling import SamplingParams
+from ingate.worker import Job, QueueFull, Worker
+
+
+@dataclass
+class ServerConfig:
+    policies: dict[str, Policy]  # name -> policy; the first is the default
+    api_keys: dict[str, set[str] | None] = field(default_factory=dict)  # key -> allowed policies (None: all)
+    max_queue: int = 16
+    max_tokens_cap: int = 2048
+    default_max_tokens: int = 256
+    max_body_bytes: int = 1_000_000
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
+                                       "code": self.code}}, status_code=self.status, headers=self.headers)
+
+
+# ---- request shapes ----------------------------------------------------------------------------
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use; ignore, do not fail
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+
+
+class Message(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text or "" for p in self.content if p.type == "text")
+        return self.content or ""
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class _Common(_Lenient):
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1)
+    logprobs: bool | int | None = None
+    user: str | None = None
+    policy: str | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    top_logprobs: int | None = None
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str]
+
+
+# ---- the app -----------------------------------------------------------------------------------
+def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
+    if not config.policies:
+        raise ValueError("at least one policy is needed")
+    for p in config.policies.values():
+        runtime.prepare(p)  # compile and warm every policy now: requests never pay for it
+    worker = Worker(runtime, config.max_queue)
+    model_id = runtime.engine.name
+    app = FastAPI(title="ingate", version="0.1.0")
+    app.state.worker = worker
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "model": model_id, "policies": list(config.policies), "queue": worker.depth}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        _auth(request, config)
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "ingate"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        key_policies = _auth(request, config)
+        req = await _parse(request, ChatRequest, config)
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages if m.role != "tool"]
+        return await _serve(request, req, messages, max_tokens, key_policies, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        key_policies = _auth(request, config)
+        req = await _parse(request, CompletionRequest, config)
+        prompt = req.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise ApiError(400, "only one prompt per request is supported; send one string", "prompt")
+            prompt = prompt[0]
+        if not prompt.strip():
+            raise ApiError(400, "prompt is empty; give the text to complete", "prompt")
+        return await _serve(request, req, prompt, req.max_tokens, key_policies, chat=False)
+
+    async def _serve(request: Request, req: _Common, messages, max_tokens: int | None,
+                     key_policies: set[str] | None, chat: bool):
+        policy = _choose_policy(request, req, config, key_policies)
+        if req.n != 1:
+            raise ApiError(400, "n > 1 is not supported: ingate generates one governed choice per request; "
+                                "send n separate requests", "n")
+        if req.logprobs:
+            raise ApiError(400, "logprobs is not supported yet", "logprobs")
+        mt = max_tokens or config.default_max_tokens
+        if mt > config.max_tokens_cap:
+            raise ApiError(400, f"max_tokens {mt} is over this server's cap of {config.max_tokens_cap}",
+                           "max_tokens")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > 4 or any(not s for s in stop):
+            raise ApiError(400, "stop takes up to 4 non-empty strings", "stop")
+        params = GenerationParams(max_tokens=mt, sampling=SamplingParams(
+            temperature=req.temperature, top_p=req.top_p,
+            seed=req.seed if req.seed is not None else int(time.time_ns() % 2**31)))
+        loop = asyncio.get_running_loop()
+        job = Job(messages, policy, params, stop, loop, asyncio.Queue())
+        try:
+            worker.submit(job)
+        except QueueFull:
+            raise ApiError(429, f"the server is busy ({config.max_queue} requests queued); retry shortly",
+                           code="queue_full", type_="rate_limit_error", headers={"Retry-After": "1"}) from None
+        rid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[:24]
+        created = int(time.time())
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_stream(job, rid, created, model_id, policy, chat, usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        parts: list[str] = []
+        res = await _collect(request, job, parts)
+        text = "".join(parts)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": res.finish_reason, "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": model_id, "choices": [choice], "usage": _usage(res),
+                "governance": _governance(policy, res)}
+
+    return app
+
+
+async def _parse(request: Request, model: type[BaseModel], config: ServerConfig) -> Any:
+    size = request.headers.get("content-length")
+    if size and size.isdigit() and int(size) > config.max_body_bytes:
+        raise ApiError(413, f"request body of {size} bytes is over the limit of {config.max_body_bytes}")
+    body = await request.body()
+    if len(body) > config.max_body_bytes:
+        raise ApiError(413, f"request body of {len(body)} bytes is over the limit of {config.max_body_bytes}")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = "".join(f"[{x}]" if isinstance(x, int) else ("." if i else "") + str(x)
+                      for i, x in enumerate(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = "required field is missing"
+        raise ApiError(400, f"{loc}: {msg}", param=str(err["loc"][0]) if err["loc"] else None) from None
+
+
+def _auth(request: Request, config: ServerConfig) -> set[str] | None:
+    """None when auth is off or the key may use every policy; otherwise the allowed policy names."""
+    if not config.api_keys:
+        return None
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if key not in config.api_keys:
+        raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                       code="invalid_api_key", type_="authentication_error")
+    return config.api_keys[key]
+
+
+def _choose_policy(request: Request, req: _Common, config: ServerConfig, allowed: set[str] | None) -> Policy:
+    name = req.policy or request.headers.get("x-ingate-policy") or next(iter(config.policies))
+    if name not in config.policies:
+        raise ApiError(400, f"unknown policy {name!r}; known: {', '.join(config.policies)}", "policy",
+                       "unknown_policy")
+    if allowed is not None and name not in allowed:
+        raise ApiError(403, f"this API key may not use policy {name!r}; allowed: {', '.join(sorted(allowed))}",
+                       "policy", "policy_not_allowed", type_="permission_error")
+    return config.policies[name]
+
+
+async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
+    """Wait for a non-streaming job, cancelling it if the client goes away."""
+    while True:
+        try:
+            kind, val = await asyncio.wait_for(job.events.get(), timeout=0.25)
+        except TimeoutError:
+            if await request.is_disconnected():
+                job.cancel.set()
+            continue
+        if kind == "text":
+            parts.append(val)
+        elif kind == "done":
+            return val
+        else:
+            raise ApiError(500, f"generation failed: {val}", type_="server_error")
+
+
+async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Policy, chat: bool, usage: bool):
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(delta_text: str | None, finish: str | None = None, role: bool = False,
+              extra: dict | None = None) -> str:
+        if chat:
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if delta_text is not None:
+                delta["content"] = delta_text
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
+        body = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
+        if extra:
+            body.update(extra)
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    done = False
+    try:
+        if chat:
+            yield chunk("", role=True)
+        while True:
+            kind, val = await job.events.get()
+            if kind == "text":
+                yield chunk(val)
+            elif kind == "done":
+                yield chunk(None if chat else "", finish=val.finish_reason,
+                            extra={"governance": _governance(policy, val)})
+                if usage:
+                    body = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [],
+                            "usage": _usage(val)}
+                    yield f"data: {json.dumps(body)}\n\n"
+                break
+            else:
+                err = {"error": {"message": f"generation failed: {val}", "type": "server_error",
+                                 "param": None, "code": None}}
+                yield f"data: {json.dumps(err)}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+        done = True
+    finally:
+        if not done:  # the client went away mid-stream: stop generating within one token
+            job.cancel.set()
+
+
+def _usage(res: Result) -> dict:
+    return {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+            "total_tokens": res.prompt_tokens + res.completion_tokens}
+
+
+def _governance(policy: Policy, res: Result) -> dict:
+    s = res.stats()
+    return {"policy": policy.name, "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
+            "rollbacks": res.rollbacks, "held_max_chars": res.held_max_chars, "gate_us_p50": s["gate_us_p50"]}
+

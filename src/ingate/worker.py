@@ -1,0 +1,80 @@
+"""One model, one generation at a time, fed by a bounded queue.
+
+llama.cpp contexts are not thread-safe, and on a small CPU box concurrent decodes only slow
+each other down; so the server hands every request to this single worker thread. Each job
+streams its released text back to its request's event loop, and can be cancelled between
+two tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ingate.loop import GenerationParams, Result
+from ingate.policy import Policy
+from ingate.runtime import Runtime
+
+
+class QueueFull(Exception):
+    """Every slot is taken: the caller should answer 429 with Retry-After."""
+
+
+@dataclass
+class Job:
+    messages: list[dict[str, str]] | str
+    policy: Policy
+    params: GenerationParams
+    stop: Sequence[str]
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def _put(self, item: tuple) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class Worker:
+    def __init__(self, runtime: Runtime, max_queue: int = 16):
+        self.runtime = runtime
+        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._run, name="ingate-worker", daemon=True)
+        self.running: Job | None = None
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return self._jobs.qsize() + (1 if self.running else 0)
+
+    def submit(self, job: Job) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise QueueFull from None
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if job.cancel.is_set():  # the client left while it waited
+                continue
+            self.running = job
+            try:
+                res: Result = self.runtime.run(job.messages, job.policy, job.params,
+                                               on_text=lambda t, j=job: j._put(("text", t)),
+                                               request_id=job.request_id, stop=job.stop,
+                                               cancelled=job.cancel.is_set)
+                job._put(("done", res))
+            except Exception as e:  # reported to that request; the worker serves the next one
+                job._put(("error", e))
+            finally:
+                self.running = None

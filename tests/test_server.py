@@ -1,0 +1,253 @@
+"""A real `ingate serve` on loopback, driven by the official openai client and by raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import INGATE, PARIS_PROMPT, PII_PROMPT
+
+pytestmark = pytest.mark.slow
+TWO_POLICIES = """version: 1
+name: no-eiffel
+rules:
+  - id: tower
+    forbid: {phrases: [Eiffel]}
+    action: prevent
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, tmp, *args: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.audit = tmp / "audit.sqlite3"
+        env = dict(os.environ, INGATE_AUDIT=str(self.audit))
+        self.proc = subprocess.Popen([INGATE, "serve", "--port", str(self.port), *args], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+        raise RuntimeError("server did not start in 60 s")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def decisions(self, action: str) -> int:
+        with sqlite3.connect(self.audit) as con:
+            return con.execute("SELECT COUNT(*) FROM decisions WHERE action=?", (action,)).fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("srv")
+    pol = tmp / "no-eiffel.yaml"
+    pol.write_text(TWO_POLICIES)
+    s = Server(tmp, "--policy", "default", "--policy", str(pol), "--max-body-bytes", "20000",
+               "--max-tokens-cap", "512")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("locked")
+    pol = tmp / "no-eiffel.yaml"
+    pol.write_text(TWO_POLICIES)
+    s = Server(tmp, "--policy", "default", "--policy", str(pol), "--api-key", "sekret",
+               "--api-key", "narrow:no-eiffel", "--max-queue", "1")
+    yield s
+    s.stop()
+
+
+def client(server, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+
+
+def test_models_and_health(server):
+    models = client(server).models.list()
+    assert [m.id for m in models.data] == ["SmolLM2-135M-Instruct.Q4_1"]
+    h = httpx.get(server.url + "/healthz").json()
+    assert h["status"] == "ok" and h["policies"] == ["default", "no-eiffel"]
+
+
+def test_openai_client_sync_governed(server):
+    r = client(server).chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
+                                                temperature=0, max_tokens=48)
+    assert "[PHONE]" in r.choices[0].message.content and "0132" not in r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+    gov = r.model_extra["governance"]
+    assert gov["policy"] == "default" and gov["decisions"][0]["action"] == "redact"
+
+
+def test_openai_client_stream_with_policy_choice_and_usage(server):
+    stream = client(server).chat.completions.create(
+        model="any", messages=[{"role": "user", "content": PARIS_PROMPT}], temperature=0, max_tokens=120,
+        stream=True, stream_options={"include_usage": True}, extra_body={"policy": "no-eiffel"})
+    text, finish, gov, usage = "", None, None, None
+    for ch in stream:
+        if ch.choices:
+            text += ch.choices[0].delta.content or ""
+            finish = ch.choices[0].finish_reason or finish
+            gov = (ch.model_extra or {}).get("governance") or gov
+        if ch.usage:
+            usage = ch.usage
+    assert "eiffel" not in text.lower() and len(text) > 100
+    assert finish == "length" and usage.completion_tokens == 120
+    assert gov["policy"] == "no-eiffel" and any(d["action"] == "prevent" for d in gov["decisions"])
+
+
+def test_openai_client_async_and_header_policy(server):
+    async def go():
+        c = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        r = await c.chat.completions.create(model="any", messages=[{"role": "user", "content": PARIS_PROMPT}],
+                                            temperature=0, max_tokens=100,
+                                            extra_headers={"X-Ingate-Policy": "no-eiffel"})
+        s = await c.completions.create(model="any", prompt="The capital of France is", max_tokens=8,
+                                       temperature=0, stream=True)
+        parts = [ch.choices[0].text async for ch in s if ch.choices]
+        return r, "".join(parts)
+    r, completion = asyncio.run(go())
+    assert "eiffel" not in r.choices[0].message.content.lower()
+    assert r.model_extra["governance"]["policy"] == "no-eiffel"
+    assert completion.strip()
+
+
+def test_stop_sequences_are_withheld_even_across_tokens(server):
+    base = client(server).completions.create(model="any", prompt="The capital of France is", max_tokens=12,
+                                             temperature=0)
+    words = base.choices[0].text.split()
+    assert len(words) >= 3
+    stop = " " + words[2][:3]  # a stop sequence that may well split inside a token
+    assert stop in base.choices[0].text
+    r = client(server).completions.create(model="any", prompt="The capital of France is", max_tokens=12,
+                                          temperature=0, stop=[stop])
+    assert r.choices[0].finish_reason == "stop"
+    assert stop not in r.choices[0].text and base.choices[0].text.startswith(r.choices[0].text)
+
+
+def test_concurrent_streams_match_their_sequential_runs(server):
+    jobs = [(PARIS_PROMPT if i % 2 else PII_PROMPT, "no-eiffel" if i % 3 else "default", i) for i in range(8)]
+
+    def run(prompt, policy, seed):
+        r = client(server).chat.completions.create(model="any", messages=[{"role": "user", "content": prompt}],
+                                                    temperature=0.8, seed=seed, max_tokens=40,
+                                                    extra_body={"policy": policy})
+        return r.choices[0].message.content
+
+    sequential = [run(*j) for j in jobs]
+    results: dict[int, str] = {}
+
+    def stream(i, prompt, policy, seed):
+        s = client(server).chat.completions.create(
+            model="any", messages=[{"role": "user", "content": prompt}], temperature=0.8, seed=seed,
+            max_tokens=40, stream=True, extra_body={"policy": policy})
+        results[i] = "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices)
+
+    threads = [threading.Thread(target=stream, args=(i, *j)) for i, j in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [results[i] for i in range(8)] == sequential
+
+
+def test_client_disconnect_cancels_within_a_token(server):
+    before = server.decisions("cancel")
+    body = {"messages": [{"role": "user", "content": PARIS_PROMPT}], "max_tokens": 500, "stream": True,
+            "temperature": 0}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 6:
+                break
+    deadline = time.time() + 10
+    while time.time() < deadline and (server.decisions("cancel") == before
+                                      or httpx.get(server.url + "/healthz").json()["queue"]):
+        time.sleep(0.1)
+    assert server.decisions("cancel") == before + 1
+    assert httpx.get(server.url + "/healthz").json()["queue"] == 0
+
+
+@pytest.mark.parametrize("body,status,words", [
+    (b"{not json", 400, ["not valid JSON"]),
+    (b"[1, 2]", 400, ["JSON object"]),
+    (b'{"messages": []}', 400, ["messages"]),
+    (b'{"model": "x"}', 400, ["messages", "missing"]),
+    (b'{"messages": [{"role": "robot", "content": "hi"}]}', 400, ["messages[0].role"]),
+    (b'{"messages": "hi"}', 400, ["messages"]),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 3}', 400, ["temperature"]),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400, ["temperature"]),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, ["max_tokens", "cap"]),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', 400, ["max_tokens"]),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, ["n > 1"]),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "policy": "nope"}', 400, ["nope", "default",
+                                                                                   "no-eiffel"]),
+    (json.dumps({"messages": [{"role": "user", "content": "x" * 30000}]}).encode(), 413, ["over the limit"]),
+])
+def test_bad_input_gets_openai_error_shape(server, body, status, words):
+    r = httpx.post(server.url + "/v1/chat/completions", content=body,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    for w in words:
+        assert w in err["message"], (w, err)
+
+
+def test_auth_and_policy_restricted_keys(locked):
+    with pytest.raises(openai.AuthenticationError):
+        client(locked, "wrong").models.list()
+    r = httpx.post(locked.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert client(locked, "sekret").models.list().data
+    with pytest.raises(openai.PermissionDeniedError):
+        client(locked, "narrow").chat.completions.create(model="any", max_tokens=4,
+                                                         messages=[{"role": "user", "content": "hi"}])
+    r = client(locked, "narrow").chat.completions.create(model="any", max_tokens=4, extra_body={"policy": "no-eiffel"},
+                                                         messages=[{"role": "user", "content": "hi"}])
+    assert r.model_extra["governance"]["policy"] == "no-eiffel"
+
+
+def test_full_queue_answers_429_with_retry_after(locked):
+    codes: list[int] = []
+    retry: list[str | None] = []
+
+    def one():
+        r = httpx.post(locked.url + "/v1/chat/completions", headers={"Authorization": "Bearer sekret"},
+                       json={"messages": [{"role": "user", "content": PARIS_PROMPT}], "max_tokens": 60},
+                       timeout=60)
+        codes.append(r.status_code)
+        retry.append(r.headers.get("retry-after"))
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(120)
+    assert 429 in codes and 200 in codes
+    assert all(r == "1" for c, r in zip(codes, retry, strict=True) if c == 429)
