@@ -251,3 +251,23 @@ def test_full_queue_answers_429_with_retry_after(locked):
         t.join(120)
     assert 429 in codes and 200 in codes
     assert all(r == "1" for c, r in zip(codes, retry, strict=True) if c == 429)
+
+
+def test_sigkill_loses_no_committed_record(tmp_path):
+    s = Server(tmp_path)
+    try:
+        r = client(s).chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
+                                               temperature=0, max_tokens=48)
+        assert r.model_extra["governance"]["decisions"]
+    finally:
+        s.proc.kill()  # SIGKILL: no shutdown hook runs
+        s.proc.wait(10)
+    with sqlite3.connect(s.audit) as con:
+        decisions = con.execute("SELECT rule_id, action FROM decisions").fetchall()
+        requests = con.execute("SELECT policy, finish_reason, completion_tokens FROM requests").fetchall()
+    assert ("pii", "redact") in decisions
+    assert requests == [("default", "stop", r.usage.completion_tokens)]
+    out = subprocess.run([INGATE, "audit", "export", "--since", "2020-01-01T00:00", "--audit", str(s.audit)],
+                         capture_output=True, text=True)
+    kinds = [json.loads(line)["kind"] for line in out.stdout.splitlines()]
+    assert out.returncode == 0 and kinds.count("request") == 1 and "decision" in kinds

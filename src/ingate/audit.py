@@ -31,6 +31,22 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_request ON decisions(request_id);
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    session TEXT,
+    policy TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    finish_reason TEXT NOT NULL,
+    decisions INTEGER NOT NULL,
+    rollbacks INTEGER NOT NULL,
+    elapsed_ms REAL NOT NULL,
+    ttft_ms REAL,
+    gate_us_p50 REAL
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 """
 
 
@@ -80,6 +96,27 @@ class AuditLog:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def record_request(self, request_id: str, policy: str, result, session: str | None = None) -> None:
+        """One row per generation, committed before the response's last byte is sent."""
+        st = result.stats()
+        row = (time.time(), request_id, session, policy, result.prompt_tokens, result.completion_tokens,
+               result.finish_reason, len(result.decisions), result.rollbacks, round(result.elapsed_s * 1000, 2),
+               st["ttft_ms"], st["gate_us_p50"])
+        with self._lock:
+            self._db.execute("INSERT INTO requests (ts, request_id, session, policy, prompt_tokens, completion_tokens,"
+                             " finish_reason, decisions, rollbacks, elapsed_ms, ttft_ms, gate_us_p50)"
+                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+
+    def export(self, since: float = 0.0) -> list[dict]:
+        """Requests and decisions since a Unix time, oldest first, each tagged with its kind."""
+        out: list[dict] = []
+        with self._lock:
+            for kind in ("request", "decision"):
+                cur = self._db.execute(f"SELECT * FROM {kind}s WHERE ts >= ? ORDER BY id", (since,))
+                cols = [c[0] for c in cur.description]
+                out += [{"kind": kind, **dict(zip(cols, r, strict=True))} for r in cur.fetchall()]
+        return sorted(out, key=lambda r: (r["ts"], r["kind"] != "decision"))
 
     def tail(self, n: int = 20) -> list[dict]:
         with self._lock:

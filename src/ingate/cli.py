@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-n", type=_positive_int, default=20)
     t.add_argument("--audit", default=None)
     t.add_argument("--json", action="store_true")
+    x = asub.add_parser("export", help="print requests and decisions since a time, as JSON lines")
+    x.add_argument("--since", default="0", help="ISO 8601 time (2026-11-26T08:00) or Unix seconds")
+    x.add_argument("--audit", default=None)
     return ap
 
 
@@ -275,6 +278,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         log = AuditLog(args.audit)
     except AuditError as e:
         raise UserError(str(e)) from None
+    if args.audit_cmd == "export":
+        for r in log.export(_since(args.since)):
+            print(json.dumps(r, ensure_ascii=False))
+        return 0
     rows = log.tail(args.n)
     if args.json:
         for r in rows:
@@ -291,6 +298,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
               f"tok={r['token_index']} off={r['byte_offset']} sha256={r['matched_sha256'][:12]}{text} "
               f"- {r['detail']}")
     return 0
+
+
+def _since(text: str) -> float:
+    import datetime as _dt
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--since {text!r} is neither Unix seconds nor an ISO 8601 time (2026-11-26T08:00)",
+                        code=2) from None
+    return t.timestamp()  # a time without an offset is local time
 
 
 def main(argv: list[str] | None = None) -> int:

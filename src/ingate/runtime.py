@@ -47,7 +47,8 @@ class Runtime:
 
     def run(self, messages: list[dict[str, str]] | str, policy: Policy, params: GenerationParams,
             on_text: Callable[[str], None] | None = None, request_id: str | None = None,
-            stop: Sequence[str] = (), cancelled: Callable[[], bool] | None = None) -> Result:
+            stop: Sequence[str] = (), cancelled: Callable[[], bool] | None = None,
+            session: str | None = None) -> Result:
         """One governed generation. `messages` is a chat, or a raw prompt string (completions)."""
         rid = request_id or uuid.uuid4().hex
         if isinstance(messages, str):
@@ -60,5 +61,8 @@ class Runtime:
             if self.audit is not None:
                 self.audit.record(rid, policy.name, ds, policy.store_text)
 
-        return generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
-                        cancelled=cancelled)
+        res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
+                       cancelled=cancelled)
+        if self.audit is not None:
+            self.audit.record_request(rid, policy.name, res, session)
+        return res
