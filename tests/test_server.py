@@ -271,3 +271,13 @@ def test_sigkill_loses_no_committed_record(tmp_path):
                          capture_output=True, text=True)
     kinds = [json.loads(line)["kind"] for line in out.stdout.splitlines()]
     assert out.returncode == 0 and kinds.count("request") == 1 and "decision" in kinds
+
+
+def test_metrics_count_requests_decisions_and_latencies(server):
+    client(server).chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
+                                           temperature=0, max_tokens=48)
+    text = httpx.get(server.url + "/metrics").text
+    assert 'ingate_decisions_total{action="redact",policy="default",rule="pii"}' in text
+    assert "ingate_requests_total{" in text and "ingate_gate_microseconds_bucket" in text
+    assert "ingate_time_to_first_token_seconds_count" in text and "ingate_held_bytes_bucket" in text
+    assert "ingate_queue_depth 0.0" in text

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingate.loop import GenerationParams, Result
+from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.runtime import Runtime
 from ingate.sampling import SamplingParams
@@ -101,7 +102,8 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
         raise ValueError("at least one policy is needed")
     for p in config.policies.values():
         runtime.prepare(p)  # compile and warm every policy now: requests never pay for it
-    worker = Worker(runtime, config.max_queue)
+    metrics = Metrics()
+    worker = Worker(runtime, config.max_queue, metrics)
     model_id = runtime.engine.name
     app = FastAPI(title="ingate", version="0.1.0")
     app.state.worker = worker
@@ -113,6 +115,11 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok", "model": model_id, "policies": list(config.policies), "queue": worker.depth}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        metrics.queue.set(worker.depth)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ingate.loop import GenerationParams, Result
+from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.runtime import Runtime
 
@@ -40,8 +41,9 @@ class Job:
 
 
 class Worker:
-    def __init__(self, runtime: Runtime, max_queue: int = 16):
+    def __init__(self, runtime: Runtime, max_queue: int = 16, metrics: Metrics | None = None):
         self.runtime = runtime
+        self.metrics = metrics
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="ingate-worker", daemon=True)
         self.running: Job | None = None
@@ -73,6 +75,8 @@ class Worker:
                                                on_text=lambda t, j=job: j._put(("text", t)),
                                                request_id=job.request_id, stop=job.stop,
                                                cancelled=job.cancel.is_set)
+                if self.metrics is not None:
+                    self.metrics.observe(job.policy.name, res)
                 job._put(("done", res))
             except Exception as e:  # reported to that request; the worker serves the next one
                 job._put(("error", e))

@@ -1,0 +1,42 @@
+"""Prometheus metrics for the server: what was generated, what governance did, what it cost."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ingate.loop import Result
+
+_US = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ingate_requests", "Generations finished", ["policy", "finish_reason"], registry=r)
+        self.tokens = Counter("ingate_completion_tokens", "Tokens generated and admitted", ["policy"], registry=r)
+        self.decisions = Counter("ingate_decisions", "Gate decisions", ["policy", "rule", "action"], registry=r)
+        self.rollbacks = Counter("ingate_rollbacks", "KV-cache rollbacks", ["policy"], registry=r)
+        self.gate_us = Histogram("ingate_gate_microseconds", "Gate time per token (sampling excluded)",
+                                 buckets=_US, registry=r)
+        self.held = Histogram("ingate_held_bytes", "Bytes held back after each token",
+                              buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.ttft = Histogram("ingate_time_to_first_token_seconds", "Time to the first released text",
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.queue = Gauge("ingate_queue_depth", "Requests queued or running", registry=r)
+
+    def observe(self, policy: str, res: Result) -> None:
+        self.requests.labels(policy, res.finish_reason).inc()
+        self.tokens.labels(policy).inc(res.completion_tokens)
+        self.rollbacks.labels(policy).inc(res.rollbacks)
+        for d in res.decisions:
+            self.decisions.labels(policy, d.rule_id, d.action).inc()
+        for us in res.gate_us:
+            self.gate_us.observe(us)
+        for h in res.held_bytes:
+            self.held.observe(h)
+        if res.ttft_s is not None:
+            self.ttft.observe(res.ttft_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
