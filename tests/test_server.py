@@ -281,3 +281,39 @@ def test_metrics_count_requests_decisions_and_latencies(server):
     assert "ingate_requests_total{" in text and "ingate_gate_microseconds_bucket" in text
     assert "ingate_time_to_first_token_seconds_count" in text and "ingate_held_bytes_bucket" in text
     assert "ingate_queue_depth 0.0" in text
+
+
+def test_session_escalation_refuses_before_generating(tmp_path):
+    pol = tmp_path / "strict.yaml"
+    pol.write_text("version: 1\nname: strict\nsession: {escalate_after: 2, refusal: 'No more.'}\nrules:\n"
+                   "  - id: pii\n    forbid: {patterns: [phone]}\n    action: redact\n")
+    s = Server(tmp_path, "--policy", str(pol))
+    try:
+        c = client(s)
+
+        def ask(session=None, user=None, stream=False):
+            kw = {"extra_headers": {"X-Session-Id": session}} if session else {}
+            if user:
+                kw["user"] = user
+            return c.chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
+                                             temperature=0, max_tokens=40, stream=stream, **kw)
+
+        first, second = ask("alice"), ask("alice")
+        assert first.model_extra["governance"]["session"]["violations"] == 1
+        assert second.model_extra["governance"]["session"]["violations"] == 2
+        third = ask("alice")
+        assert third.choices[0].message.content == "No more."
+        assert third.choices[0].finish_reason == "content_filter" and third.usage.completion_tokens == 0
+        assert third.model_extra["governance"]["decisions"][0]["action"] == "refuse"
+        streamed = ask("alice", stream=True)
+        assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == "No more."
+        assert "[PHONE]" in ask("bob").choices[0].message.content  # another session is untouched
+        ask(user="carol"), ask(user="carol")
+        assert ask(user="carol").choices[0].message.content == "No more."  # `user` names a session too
+        with sqlite3.connect(s.audit) as con:
+            refusals = con.execute("SELECT COUNT(*) FROM decisions WHERE action='refuse'").fetchone()[0]
+            zero = con.execute("SELECT COUNT(*) FROM requests WHERE finish_reason='content_filter'"
+                               " AND completion_tokens=0 AND session='alice'").fetchone()[0]
+        assert refusals == 3 and zero == 2
+    finally:
+        s.stop()

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=_positive_int, default=16, help="requests waiting before 429")
     s.add_argument("--max-tokens-cap", type=_positive_int, default=2048)
     s.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000)
+    s.add_argument("--session-ttl", type=_positive_int, default=3600, help="seconds a session outlives its last use")
     s.add_argument("--audit", default=None)
     k = sub.add_parser("check", help="validate a policy and print a summary")
     k.add_argument("policy")
@@ -260,7 +261,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ingate.server import ServerConfig, create_app
 
     app = create_app(rt, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
-                                      max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes))
+                                      max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
+                                      session_ttl=args.session_ttl))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
     print(f"ingate: serving {rt.engine.name} with policies {', '.join(policies)} on {url}\n"

@@ -82,12 +82,18 @@ class AuditConfig(_Strict):
     store_text: bool = False
 
 
+class SessionConfig(_Strict):
+    escalate_after: int = Field(ge=1, le=1_000_000)
+    refusal: str = Field(default="I can't continue this conversation.", min_length=1)
+
+
 class PolicyModel(_Strict):
     version: Literal[1]
     name: str = Field(min_length=1)
     rules: list[Rule] = Field(default_factory=list)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     max_rollbacks: int = Field(default=32, ge=0, le=10_000)
+    session: SessionConfig | None = None
 
     @model_validator(mode="after")
     def _unique_ids(self) -> PolicyModel:
@@ -120,6 +126,8 @@ class Policy:
     store_text: bool
     max_rollbacks: int
     digest: str = field(default="")
+    escalate_after: int | None = None  # a session with this many violations is refused before generating
+    refusal: str = ""
 
     @property
     def is_empty(self) -> bool:
@@ -212,7 +220,9 @@ def parse_policy(text: str, source: str = "<string>", base: Path | None = None) 
                               case_sensitive=r.forbid.case_sensitive, patterns=tuple(r.forbid.patterns),
                               regex=tuple(r.forbid.regex), placeholder=r.placeholder))
     return Policy(name=model.name, source=source, rules=tuple(rules), store_text=model.audit.store_text,
-                  max_rollbacks=model.max_rollbacks, digest=digest.hexdigest())
+                  max_rollbacks=model.max_rollbacks, digest=digest.hexdigest(),
+                  escalate_after=model.session.escalate_after if model.session else None,
+                  refusal=model.session.refusal if model.session else "")
 
 
 def load_policy(path: str | Path | None) -> Policy:

@@ -17,11 +17,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ingate.gate.gate import Decision
 from ingate.loop import GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.runtime import Runtime
 from ingate.sampling import SamplingParams
+from ingate.session import MemorySessionStore
 from ingate.worker import Job, QueueFull, Worker
 
 
@@ -33,6 +35,7 @@ class ServerConfig:
     max_tokens_cap: int = 2048
     default_max_tokens: int = 256
     max_body_bytes: int = 1_000_000
+    session_ttl: float = 3600.0
 
 
 class ApiError(Exception):
@@ -103,7 +106,8 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
     for p in config.policies.values():
         runtime.prepare(p)  # compile and warm every policy now: requests never pay for it
     metrics = Metrics()
-    worker = Worker(runtime, config.max_queue, metrics)
+    sessions = MemorySessionStore(config.session_ttl)
+    worker = Worker(runtime, config.max_queue, metrics, sessions)
     model_id = runtime.engine.name
     app = FastAPI(title="ingate", version="0.1.0")
     app.state.worker = worker
@@ -167,17 +171,21 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
             temperature=req.temperature, top_p=req.top_p,
             seed=req.seed if req.seed is not None else int(time.time_ns() % 2**31)))
         loop = asyncio.get_running_loop()
-        job = Job(messages, policy, params, stop, loop, asyncio.Queue())
-        try:
-            worker.submit(job)
-        except QueueFull:
-            raise ApiError(429, f"the server is busy ({config.max_queue} requests queued); retry shortly",
-                           code="queue_full", type_="rate_limit_error", headers={"Retry-After": "1"}) from None
+        session = request.headers.get("x-session-id") or req.user
+        job = Job(messages, policy, params, stop, loop, asyncio.Queue(), session=session)
+        state = sessions.get(session) if session and policy.escalate_after else None
+        if state is not None and state.violations >= policy.escalate_after:
+            refused = _refuse(runtime, policy, job, state.violations)
+            metrics.observe(policy.name, refused)
+            job.events.put_nowait(("text", policy.refusal))
+            job.events.put_nowait(("done", refused))
+        else:
+            _submit(worker, job, config)
         rid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[:24]
         created = int(time.time())
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(job, rid, created, model_id, policy, chat, usage),
+            return StreamingResponse(_stream(job, rid, created, model_id, policy, chat, usage, sessions),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
         res = await _collect(request, job, parts)
@@ -189,9 +197,28 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
             choice["text"] = text
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
                 "model": model_id, "choices": [choice], "usage": _usage(res),
-                "governance": _governance(policy, res)}
+                "governance": _governance(policy, res, sessions, job.session)}
 
     return app
+
+
+def _submit(worker: Worker, job: Job, config: ServerConfig) -> None:
+    try:
+        worker.submit(job)
+    except QueueFull:
+        raise ApiError(429, f"the server is busy ({config.max_queue} requests queued); retry shortly",
+                       code="queue_full", type_="rate_limit_error", headers={"Retry-After": "1"}) from None
+
+
+def _refuse(runtime: Runtime, policy: Policy, job: Job, violations: int) -> Result:
+    """Escalation: the session has spent its allowance; refuse before any generation, audited."""
+    d = Decision("session", "refuse", 0, 0, b"",
+                 f"session has {violations} violations (escalate_after: {policy.escalate_after}); refused")
+    res = Result(policy.refusal, "content_filter", [d], 0, 0.0, 0.0, [], 0, 0)
+    if runtime.audit is not None:
+        runtime.audit.record(job.request_id, policy.name, [d])
+        runtime.audit.record_request(job.request_id, policy.name, res, job.session)
+    return res
 
 
 async def _parse(request: Request, model: type[BaseModel], config: ServerConfig) -> Any:
@@ -259,7 +286,8 @@ async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
             raise ApiError(500, f"generation failed: {val}", type_="server_error")
 
 
-async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Policy, chat: bool, usage: bool):
+async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Policy, chat: bool, usage: bool,
+                  sessions: MemorySessionStore):
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(delta_text: str | None, finish: str | None = None, role: bool = False,
@@ -288,7 +316,7 @@ async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Polic
                 yield chunk(val)
             elif kind == "done":
                 yield chunk(None if chat else "", finish=val.finish_reason,
-                            extra={"governance": _governance(policy, val)})
+                            extra={"governance": _governance(policy, val, sessions, job.session)})
                 if usage:
                     body = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [],
                             "usage": _usage(val)}
@@ -311,8 +339,13 @@ def _usage(res: Result) -> dict:
             "total_tokens": res.prompt_tokens + res.completion_tokens}
 
 
-def _governance(policy: Policy, res: Result) -> dict:
+def _governance(policy: Policy, res: Result, sessions: MemorySessionStore, session: str | None) -> dict:
     s = res.stats()
-    return {"policy": policy.name, "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
-            "rollbacks": res.rollbacks, "held_max_chars": res.held_max_chars, "gate_us_p50": s["gate_us_p50"]}
+    out = {"policy": policy.name, "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
+           "rollbacks": res.rollbacks, "held_max_chars": res.held_max_chars, "gate_us_p50": s["gate_us_p50"]}
+    if session:
+        st = sessions.get(session)
+        out["session"] = {"id": session, "violations": st.violations if st else 0,
+                          "escalate_after": policy.escalate_after}
+    return out
 

@@ -19,6 +19,7 @@ from ingate.loop import GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.runtime import Runtime
+from ingate.session import SessionStore
 
 
 class QueueFull(Exception):
@@ -33,6 +34,7 @@ class Job:
     stop: Sequence[str]
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
+    session: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -41,9 +43,11 @@ class Job:
 
 
 class Worker:
-    def __init__(self, runtime: Runtime, max_queue: int = 16, metrics: Metrics | None = None):
+    def __init__(self, runtime: Runtime, max_queue: int = 16, metrics: Metrics | None = None,
+                 sessions: SessionStore | None = None):
         self.runtime = runtime
         self.metrics = metrics
+        self.sessions = sessions
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="ingate-worker", daemon=True)
         self.running: Job | None = None
@@ -74,7 +78,9 @@ class Worker:
                 res: Result = self.runtime.run(job.messages, job.policy, job.params,
                                                on_text=lambda t, j=job: j._put(("text", t)),
                                                request_id=job.request_id, stop=job.stop,
-                                               cancelled=job.cancel.is_set)
+                                               cancelled=job.cancel.is_set, session=job.session)
+                if self.sessions is not None and job.session:
+                    self.sessions.record(job.session, res.decisions)  # before the client hears "done"
                 if self.metrics is not None:
                     self.metrics.observe(job.policy.name, res)
                 job._put(("done", res))

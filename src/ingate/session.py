@@ -1,0 +1,62 @@
+"""Sessions: governance state that outlives one request (violations, decision counts by rule).
+
+The store is an interface so that replicas can share state (a Redis store comes next); the
+in-memory store is the default and forgets a session `ttl` seconds after its last use.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ingate.gate.gate import Decision
+
+VIOLATIONS = frozenset({"prevent", "redact", "stop"})  # what governance acted on (errors and cancels are not)
+
+
+@dataclass
+class SessionState:
+    violations: int = 0
+    by_rule: Counter = field(default_factory=Counter)  # (rule, action) -> count
+    history: deque = field(default_factory=lambda: deque(maxlen=100))  # (ts, rule, action), newest last
+    last_seen: float = 0.0
+
+
+class SessionStore(Protocol):
+    def get(self, session: str) -> SessionState | None: ...
+
+    def record(self, session: str, decisions: list[Decision]) -> SessionState: ...
+
+
+class MemorySessionStore:
+    def __init__(self, ttl: float = 3600.0):
+        self.ttl = ttl
+        self._s: dict[str, SessionState] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session: str) -> SessionState | None:
+        with self._lock:
+            st = self._s.get(session)
+            if st is not None and time.monotonic() - st.last_seen > self.ttl:
+                del self._s[session]
+                return None
+            return st
+
+    def record(self, session: str, decisions: list[Decision]) -> SessionState:
+        now = time.monotonic()
+        with self._lock:
+            st = self._s.get(session)
+            if st is None or now - st.last_seen > self.ttl:
+                st = self._s[session] = SessionState()
+            st.last_seen = now
+            for d in decisions:
+                st.by_rule[(d.rule_id, d.action)] += 1
+                if d.action in VIOLATIONS:
+                    st.violations += 1
+                    st.history.append((time.time(), d.rule_id, d.action))
+            if len(self._s) > 100_000:  # bound memory: drop what has expired
+                self._s = {k: v for k, v in self._s.items() if now - v.last_seen <= self.ttl}
+            return st
