@@ -41,6 +41,7 @@ bench: install-test
 	$(PIP) install -e ".[bench]"
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/masks.py
+	$(BIN)/python bench/server.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
