@@ -179,7 +179,8 @@ def main() -> int:
           f"(p99 {c1['ttft_ms_http']['p99']}).",
           f"- Through the server, governed (default policy) over `policy: none`: median "
           f"{out['governed_over_none_http_tps']['median']} (p1 {out['governed_over_none_http_tps']['p1']}).", "",
-          "| concurrency | aggregate tokens/s | vs in-process sequential | TTFT p50 / p99 s | per-request tokens/s p50 |",
+          "| concurrency | aggregate tokens/s | vs in-process sequential | TTFT p50 / p99 s "
+          "| per-request tokens/s p50 |",
           "|---|---|---|---|---|"]
     for lv in levels:
         ratio = lv["aggregate_tps"] / out["in_process_aggregate_tps"]
