@@ -39,7 +39,10 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def _put(self, item: tuple) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the request's event loop is gone (server shutting down): nobody to tell
+            self.cancel.set()
 
 
 class Worker:
