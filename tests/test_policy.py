@@ -146,3 +146,30 @@ def test_prevent_on_the_whole_pii_pack_compiles_one_small_mask_automaton_per_pat
     dets = compile_policy(pol).detectors
     assert len(dets) == 7
     assert all(len(d.search.accept) < 5000 for d in dets)
+
+
+def test_overlapping_redactions_take_the_longer_match_label():
+    from ingate.gate.gate import Gate
+    from ingate.gate.masks import TokenTable
+
+    pol = parse_policy("version: 1\nname: p\nrules:\n  - id: pii\n    forbid: {patterns: [phone, credit_card]}\n"
+                       "    action: redact\n")
+    text = b"card 4111 1111 1111 1111 ok"
+    vocab = [bytes([b]) for b in range(256)]
+    gate = Gate(compile_policy(pol), TokenTable(vocab))
+    out = ""
+    for b in text:
+        gate.admit(b)
+        out += gate.release()
+    out += gate.release(final=True)
+    assert out == "card [CREDIT_CARD] ok"
+
+
+@pytest.mark.parametrize("number", ["467 3395", "655 437 108", "0680 298 70 63", "+447700 921 916",
+                                    "+41 (0)38 549 02 90", "(71) 4233-6306", "345-899-3560"])
+def test_phone_pattern_covers_international_formats(number):
+    pol = parse_policy("version: 1\nname: p\nrules:\n  - id: pii\n    forbid: {patterns: [phone]}\n"
+                       "    action: redact\n")
+    det = compile_policy(pol).detectors[0]
+    m = det.first_match(f"call {number} now".encode())
+    assert m is not None

@@ -301,8 +301,9 @@ class Gate:
         new = Span(st, end, d.placeholders[lab], d.rule_id, d.labels[lab])
         keep: list[Span] = []
         for sp in self.spans:
-            if sp.end > new.start and sp.start < new.end:  # overlap: merge, first placeholder wins
-                first = sp if sp.start <= new.start else new
+            if sp.end > new.start and sp.start < new.end:  # overlap: merge; the longer match names it
+                # (a card number also holds a phone-shaped run; it should read [CREDIT_CARD])
+                first = max((sp, new), key=lambda x: (x.end - x.start, -x.start))
                 new = Span(min(sp.start, new.start), max(sp.end, new.end), first.placeholder,
                            first.rule_id, first.label)
             else:
