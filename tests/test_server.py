@@ -61,26 +61,25 @@ class Server:
             return con.execute("SELECT COUNT(*) FROM decisions WHERE action=?", (action,)).fetchone()[0]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("srv")
+def _two_policy_server(tmp_path_factory, name: str, *extra: str):
+    """A server with the default policy and a no-Eiffel policy, plus `extra` flags."""
+    tmp = tmp_path_factory.mktemp(name)
     pol = tmp / "no-eiffel.yaml"
     pol.write_text(TWO_POLICIES)
-    s = Server(tmp, "--policy", "default", "--policy", str(pol), "--max-body-bytes", "20000",
-               "--max-tokens-cap", "512")
+    s = Server(tmp, "--policy", "default", "--policy", str(pol), *extra)
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from _two_policy_server(tmp_path_factory, "srv", "--max-body-bytes", "20000", "--max-tokens-cap", "512")
 
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("locked")
-    pol = tmp / "no-eiffel.yaml"
-    pol.write_text(TWO_POLICIES)
-    s = Server(tmp, "--policy", "default", "--policy", str(pol), "--api-key", "sekret",
-               "--api-key", "narrow:no-eiffel", "--max-queue", "1")
-    yield s
-    s.stop()
+    yield from _two_policy_server(tmp_path_factory, "locked", "--api-key", "sekret", "--api-key",
+                                  "narrow:no-eiffel", "--max-queue", "1")
 
 
 def client(server, key: str = "none") -> openai.OpenAI:
