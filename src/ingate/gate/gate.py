@@ -345,6 +345,10 @@ class Gate:
                                                bytes(self.raw[sp.start:sp.end]),
                                                f"{sp.label} replaced by {sp.placeholder}"))
         text = self.hold.release(self.raw, b, self.spans)
+        if self.spans and self.spans[0].end <= self.hold.released:
+            # released spans are final (a rollback never reaches below the release point): dropping
+            # them keeps per-token work independent of how much was redacted before
+            self.spans = [sp for sp in self.spans if sp.end > self.hold.released]
         if final or self._cap is not None:
             text += self.hold.flush()
         if len(self.raw) - self.hold.released > self.held_max_chars:  # bytes >= chars: cheap pre-check

@@ -19,7 +19,6 @@ import unicodedata
 from functools import lru_cache
 
 INVALID = b"\xff"  # never valid UTF-8, so never part of a phrase: what a stray byte becomes
-SPACE = b" "
 
 
 @lru_cache(maxsize=65536)
