@@ -207,3 +207,17 @@ def test_engine_failure_mid_stream_is_audited_and_releases_nothing_more(runtime,
     assert audited[-1].action == "error" and audited[-1].rule_id == "engine"
     assert "".join(seen) == gate.text
     assert "415-555-01" not in gate.text
+
+
+def test_logprobs_cover_released_text_and_never_show_governed_alternatives(runtime):
+    p = GenerationParams(max_tokens=80, logprobs=5, sampling=SamplingParams(temperature=0.0))
+    res = runtime.run(user(PII_PROMPT), PII_REDACT, p)
+    assert res.logprobs and "".join(e["token"] for e in res.logprobs) == res.text
+    assert any(e["token"] == "[PHONE]" and e["top_logprobs"] == [] for e in res.logprobs)
+    for e in res.logprobs:
+        assert e["logprob"] <= 0.0
+        for alt in e["top_logprobs"]:
+            assert not any(c.isdigit() for c in alt["token"]), alt  # a digit would begin a phone number
+    res = runtime.run(user(PARIS_PROMPT), EIFFEL, GenerationParams(max_tokens=120, logprobs=5))
+    shown = [a["token"].lower() for e in res.logprobs for a in e["top_logprobs"]]
+    assert shown and not any("eif" in t or t.strip() in ("e", "ei") for t in shown)

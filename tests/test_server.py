@@ -191,6 +191,19 @@ def test_client_disconnect_cancels_within_a_token(server):
     assert httpx.get(server.url + "/healthz").json()["queue"] == 0
 
 
+def test_logprobs_through_the_openai_client(server):
+    r = client(server).chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
+                                                temperature=0, max_tokens=48, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    assert any(t.token == "[PHONE]" for t in content)
+    assert all(len(t.top_logprobs) <= 3 for t in content)
+    stream = client(server).chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}],
+                                                     temperature=0, max_tokens=8, logprobs=True, stream=True)
+    final = [ch for ch in stream if ch.choices and ch.choices[0].finish_reason][0]
+    assert final.choices[0].logprobs.content  # all of them ride in the final chunk
+
+
 @pytest.mark.parametrize("body,status,words", [
     (b"{not json", 400, ["not valid JSON"]),
     (b"[1, 2]", 400, ["JSON object"]),
@@ -203,6 +216,9 @@ def test_client_disconnect_cancels_within_a_token(server):
     (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, ["max_tokens", "cap"]),
     (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', 400, ["max_tokens"]),
     (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, ["n > 1"]),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}', 400, ["needs logprobs"]),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 50}', 400,
+     ["top_logprobs"]),
     (b'{"messages": [{"role": "user", "content": "hi"}], "policy": "nope"}', 400, ["nope", "default",
                                                                                    "no-eiffel"]),
     (json.dumps({"messages": [{"role": "user", "content": "x" * 30000}]}).encode(), 413, ["over the limit"]),

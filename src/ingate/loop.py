@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ingate import logprobs
 from ingate.engines.base import Engine
 from ingate.gate.gate import Decision, Gate, Verdict
 from ingate.sampling import Sampler, SamplingParams
@@ -34,6 +35,7 @@ class GenerationParams:
     max_tokens: int = 256
     sampling: SamplingParams = field(default_factory=SamplingParams)
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    logprobs: int | None = None  # None: off; k: each released token's logprob and up to k alternatives
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
@@ -53,6 +55,7 @@ class Result:
     rollbacks: int
     held_bytes: list[int] = field(default_factory=list)  # per step: bytes held back after release
     prompt_tokens: int = 0
+    logprobs: list[dict] | None = None  # OpenAI logprobs.content, when asked for
 
     def stats(self) -> dict:
         g = np.asarray(self.gate_us) if self.gate_us else np.zeros(1)
@@ -96,6 +99,7 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     eos = _eos_ban(engine, params)
     engine.start(prompt)
     held: list[int] = []
+    recorded: list[logprobs.Recorded] = []  # one per admitted token, when logprobs are asked for
     limit = min(params.max_tokens, engine.n_ctx - len(prompt))  # a full context ends with "length"
     while gate.position < limit:
         if cancelled is not None and cancelled():
@@ -136,6 +140,7 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 if adm.verdict not in (Verdict.ADMIT, Verdict.STOP, Verdict.END):
                     raise AssertionError(f"masked resample was not admitted ({adm.verdict.value})")
             if adm.verdict is Verdict.ROLLBACK:
+                del recorded[len(gate.tokens):]
                 engine.rollback(adm.rollback)
                 gate_us.append((time.perf_counter() - g - sampling) * 1e6)
                 continue
@@ -153,6 +158,8 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
             emit(text)
             finish = "content_filter"
             break
+        if params.logprobs is not None:
+            recorded.append(logprobs.record(logits, token, params.logprobs))
         engine.accept(token)
         emit(text)
     if finish not in ("content_filter", "cancelled"):
@@ -161,7 +168,8 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
         emit("")
     elapsed = time.perf_counter() - t0
     return Result(gate.text, finish, gate.decisions, gate.position, elapsed, ttft, gate_us,
-                  gate.held_max_chars, gate.rollbacks, held, len(prompt))
+                  gate.held_max_chars, gate.rollbacks, held, len(prompt),
+                  logprobs.entries(gate, recorded) if params.logprobs is not None else None)
 
 
 def _eos_ban(engine: Engine, params: GenerationParams) -> np.ndarray | None:

@@ -31,10 +31,10 @@ class Runtime:
         engine = LlamaCppEngine(model)
         return cls(engine, TokenTable(engine.token_bytes()), AuditLog(audit) if use_audit else None)
 
-    def gate_for(self, policy: Policy, stop: Sequence[str] = ()) -> Gate | None:
+    def gate_for(self, policy: Policy, stop: Sequence[str] = (), logprobs: bool = False) -> Gate | None:
         """A fresh gate for one stream; None for `--policy none` (ungoverned) unless stop sequences
-        need one (they are held back like any partial match)."""
-        if policy.source == "<none>" and not stop:
+        (held back like any partial match) or logprobs (mapped onto released tokens) need one."""
+        if policy.source == "<none>" and not stop and not logprobs:
             return None
         return Gate(self.prepare(policy), self.table, stop)
 
@@ -55,7 +55,7 @@ class Runtime:
             prompt = self.engine.tokenize(messages, add_bos=True)
         else:
             prompt = self.engine.chat_prompt(messages)
-        gate = self.gate_for(policy, stop)
+        gate = self.gate_for(policy, stop, params.logprobs is not None)
 
         def on_decisions(ds) -> None:
             if self.audit is not None:

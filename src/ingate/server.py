@@ -92,7 +92,7 @@ class _Common(_Lenient):
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class CompletionRequest(_Common):
@@ -158,8 +158,14 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
         if req.n != 1:
             raise ApiError(400, "n > 1 is not supported: ingate generates one governed choice per request; "
                                 "send n separate requests", "n")
-        if req.logprobs:
-            raise ApiError(400, "logprobs is not supported yet", "logprobs")
+        top: int | None = None
+        if chat and req.logprobs:
+            top = req.top_logprobs or 0
+        elif chat and req.top_logprobs is not None:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        elif not chat and req.logprobs is not None:
+            raise ApiError(400, "logprobs on /v1/completions is not supported; use /v1/chat/completions "
+                                "with logprobs: true", "logprobs")
         mt = max_tokens or config.default_max_tokens
         if mt > config.max_tokens_cap:
             raise ApiError(400, f"max_tokens {mt} is over this server's cap of {config.max_tokens_cap}",
@@ -167,7 +173,7 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise ApiError(400, "stop takes up to 4 non-empty strings", "stop")
-        params = GenerationParams(max_tokens=mt, sampling=SamplingParams(
+        params = GenerationParams(max_tokens=mt, logprobs=top, sampling=SamplingParams(
             temperature=req.temperature, top_p=req.top_p,
             seed=req.seed if req.seed is not None else int(time.time_ns() % 2**31)))
         loop = asyncio.get_running_loop()
@@ -190,7 +196,8 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
         parts: list[str] = []
         res = await _collect(request, job, parts)
         text = "".join(parts)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": res.finish_reason, "logprobs": None}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": res.finish_reason,
+                                  "logprobs": {"content": res.logprobs} if res.logprobs is not None else None}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
@@ -291,14 +298,15 @@ async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Polic
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(delta_text: str | None, finish: str | None = None, role: bool = False,
-              extra: dict | None = None) -> str:
+              extra: dict | None = None, logprobs: list | None = None) -> str:
         if chat:
             delta: dict[str, Any] = {}
             if role:
                 delta["role"] = "assistant"
             if delta_text is not None:
                 delta["content"] = delta_text
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish,
+                                      "logprobs": {"content": logprobs} if logprobs is not None else None}
         else:
             choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
         body = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
@@ -315,7 +323,7 @@ async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Polic
             if kind == "text":
                 yield chunk(val)
             elif kind == "done":
-                yield chunk(None if chat else "", finish=val.finish_reason,
+                yield chunk(None if chat else "", finish=val.finish_reason, logprobs=val.logprobs,
                             extra={"governance": _governance(policy, val, sessions, job.session)})
                 if usage:
                     body = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [],

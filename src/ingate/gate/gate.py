@@ -181,6 +181,7 @@ class Gate:
         self.threads: list = [d.initial() for d in self.detectors]  # per detector scan state
         self.sstate: list = [d.search_initial() for d in self.detectors]  # mask key of prevent detectors
         self.spans: list[Span] = []
+        self.redacted: list[Span] = []  # every span released as a placeholder, in order
         self._snaps: list[_Snap] = []
         self.hold = HoldBack()
         self.bans: dict[int, set[int]] = {}
@@ -344,6 +345,7 @@ class Gate:
                 self.decisions.append(Decision(sp.rule_id, "redact", k, sp.start,
                                                bytes(self.raw[sp.start:sp.end]),
                                                f"{sp.label} replaced by {sp.placeholder}"))
+                self.redacted.append(sp)
         text = self.hold.release(self.raw, b, self.spans)
         if self.spans and self.spans[0].end <= self.hold.released:
             # released spans are final (a rollback never reaches below the release point): dropping
@@ -355,6 +357,39 @@ class Gate:
             held = len(bytes(self.raw[self.hold.released:]).decode("utf-8", errors="ignore"))
             self.held_max_chars = max(self.held_max_chars, held)
         return text
+
+    def released_tokens(self) -> list[tuple[int, Span | None]]:
+        """(token index, redaction span or None) for every token released whole, in order.
+
+        Tokens inside one redaction share its span: the client saw the placeholder, not them.
+        """
+        out: list[tuple[int, Span | None]] = []
+        spans = iter(self.redacted)
+        sp = next(spans, None)
+        for k, st in enumerate(self.tok_start):
+            end = st + len(self.token_bytes[self.tokens[k]])
+            if end > self.hold.released:
+                break
+            while sp is not None and sp.end <= st:
+                sp = next(spans, None)
+            out.append((k, sp if sp is not None and sp.start < end else None))
+        return out
+
+    def could_reveal(self, k: int, token: int) -> bool:
+        """Would showing `token` as an alternative at position k reveal governed text?
+
+        True when, from the state before position k, its bytes complete a match or leave any
+        partial match alive: such text would have been held, redacted or prevented, so a
+        logprobs channel must not show it.
+        """
+        data = self.token_bytes[token]
+        snap = self._snaps[k]
+        pos = self.tok_start[k]
+        for d, th in zip(self.detectors, snap.threads, strict=True):
+            nt, ms = d.advance(th, data, pos)
+            if ms or d.earliest(nt, pos + len(data)) is not None:
+                return True
+        return False
 
     def take_decisions(self) -> list[Decision]:
         """Decisions not yet handed to the audit trail."""

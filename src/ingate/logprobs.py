@@ -1,0 +1,51 @@
+"""Log-probabilities that cannot leak what governance withheld.
+
+Only tokens released whole get an entry; tokens inside a redaction share one entry for the
+placeholder (logprob 0.0, no alternatives); an alternative is shown only if its text, at that
+position, could not begin, continue or complete a governed match (`Gate.could_reveal`).
+Values are from the model's raw distribution (temperature 1, before masks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ingate.gate.gate import Gate
+
+Recorded = tuple[float, list[tuple[int, float]]]  # chosen logprob, [(alternative id, logprob)]
+
+
+def record(logits: np.ndarray, token: int, top: int) -> Recorded:
+    x = logits.astype(np.float64)
+    m = float(x.max())
+    lse = m + float(np.log(np.exp(x - m).sum()))
+    alts: list[tuple[int, float]] = []
+    if top > 0:
+        idx = np.argpartition(-x, top)[:top]
+        idx = idx[np.argsort(-x[idx], kind="stable")]
+        alts = [(int(i), float(x[i]) - lse) for i in idx]
+    return float(x[token]) - lse, alts
+
+
+def _entry(text: bytes, logprob: float) -> dict:
+    return {"token": text.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(text)}
+
+
+def entries(gate: Gate, recorded: list[Recorded]) -> list[dict]:
+    """OpenAI `logprobs.content` for what the client was shown."""
+    out: list[dict] = []
+    tb = gate.token_bytes
+    last_span = None
+    for k, span in gate.released_tokens():
+        if k >= len(recorded):
+            break
+        if span is not None:
+            if span is not last_span:
+                out.append({**_entry(span.placeholder.encode(), 0.0), "top_logprobs": []})
+                last_span = span
+            continue
+        chosen, alts = recorded[k]
+        tok = gate.tokens[k]
+        shown = [_entry(tb[a], lp) for a, lp in alts if a == tok or not gate.could_reveal(k, a)]
+        out.append({**_entry(tb[tok], chosen), "top_logprobs": shown})
+    return out
