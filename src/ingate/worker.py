@@ -51,7 +51,7 @@ class Worker:
         self.runtime = runtime
         self.metrics = metrics
         self.sessions = sessions
-        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self._jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="ingate-worker", daemon=True)
         self.running: Job | None = None
         self._thread.start()
@@ -66,14 +66,9 @@ class Worker:
         except queue.Full:
             raise QueueFull from None
 
-    def close(self) -> None:
-        self._jobs.put(None)
-
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
-            if job is None:
-                return
             if job.cancel.is_set():  # the client left while it waited
                 continue
             self.running = job

@@ -163,7 +163,6 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
 class _Snap:
     threads: list
     spans: tuple[Span, ...]
-    sstate: list[int]
 
 
 class Gate:
@@ -179,7 +178,6 @@ class Gate:
         self.tokens: list[int] = []
         self.tok_start: list[int] = []
         self.threads: list = [d.initial() for d in self.detectors]  # per detector scan state
-        self.sstate: list = [d.search_initial() for d in self.detectors]  # mask key of prevent detectors
         self.spans: list[Span] = []
         self.redacted: list[Span] = []  # every span released as a placeholder, in order
         self._snaps: list[_Snap] = []
@@ -201,12 +199,25 @@ class Gate:
         b = self.bans.get(len(self.tokens))
         return np.fromiter(b, dtype=np.int64, count=len(b)) if b else None
 
+    def _search_state(self, i: int):
+        """The search-DFA state a mask is keyed on, derived when a mask is needed (rarely).
+
+        Every live partial match began at or after the earliest live start, so the search DFA
+        run over the text from there reaches the same live set as a run over all of it; no
+        second per-token scan is needed.
+        """
+        d = self.detectors[i]
+        start = d.earliest(self.threads[i], len(self.raw))
+        if start is None:
+            return d.search_initial()
+        return d.advance_search(d.search_initial(), bytes(self.raw[start:]))
+
     def mask(self) -> np.ndarray:
         """bool per token: True where sampling the token would complete a prevented match."""
         forbidden = np.zeros(self.vocab_size, dtype=bool)
         for i in self.compiled.prevent_indices:
             d = self.detectors[i]
-            forbidden |= self.masks.row(i, d, self.sstate[i])
+            forbidden |= self.masks.row(i, d, self._search_state(i))
         b = self.bans.get(len(self.tokens))
         if b:
             forbidden[list(b)] = True
@@ -228,12 +239,8 @@ class Gate:
                     return self._prevent(d, ms, token, p0, data)
                 found.append((d, ms))
             new_threads.append(nt)
-        self._snaps.append(_Snap(self.threads, tuple(self.spans), self.sstate))
+        self._snaps.append(_Snap(self.threads, tuple(self.spans)))
         self.threads = new_threads
-        if data and self.compiled.prevent_indices:
-            self.sstate = list(self.sstate)
-            for i in self.compiled.prevent_indices:
-                self.sstate[i] = self.detectors[i].advance_search(self.sstate[i], data)
         self.tok_start.append(p0)
         self.tokens.append(token)
         self.raw += data
@@ -291,7 +298,6 @@ class Gate:
         snap = self._snaps[k]
         self.threads = snap.threads
         self.spans = list(snap.spans)
-        self.sstate = snap.sstate
         del self.raw[self.tok_start[k]:]
         del self.tokens[k:], self.tok_start[k:], self._snaps[k:]
         self.rollbacks += 1

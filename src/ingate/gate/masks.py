@@ -24,15 +24,15 @@ class TokenTable:
         self.order = np.argsort(lens, kind="stable")
         sorted_lens = lens[self.order]
         self.maxlen = int(sorted_lens[-1]) if self.size else 0
-        self.mat = np.zeros((self.size, max(self.maxlen, 1)), dtype=np.uint8)
+        mat = np.zeros((self.size, max(self.maxlen, 1)), dtype=np.uint8)
         for row, t in enumerate(self.order):
             b = token_bytes[t]
             if b:
-                self.mat[row, : len(b)] = np.frombuffer(b, dtype=np.uint8)
+                mat[row, : len(b)] = np.frombuffer(b, dtype=np.uint8)
         # starts[i]: first sorted row whose token is longer than i
         self.starts = np.searchsorted(sorted_lens, np.arange(self.maxlen), side="right")
         # cols[i]: byte i of every token longer than i, contiguous, as int32 (ready to add to state*256)
-        self.cols = [np.ascontiguousarray(self.mat[self.starts[i]:, i]).astype(np.int32) for i in range(self.maxlen)]
+        self.cols = [np.ascontiguousarray(mat[self.starts[i]:, i]).astype(np.int32) for i in range(self.maxlen)]
         self.token_bytes = token_bytes
         self._views: dict[tuple, TokenTable] = {}
         self._lock = threading.Lock()
