@@ -61,6 +61,11 @@ class HoldBack:
             self.text_parts.append(text)
         return text
 
+    def append(self, text: str) -> str:
+        """Text that ingate itself says (a refusal after a stop), released after everything else."""
+        self.text_parts.append(text)
+        return text
+
     @property
     def text(self) -> str:
         return "".join(self.text_parts)

@@ -56,6 +56,7 @@ class Result:
     held_bytes: list[int] = field(default_factory=list)  # per step: bytes held back after release
     prompt_tokens: int = 0
     logprobs: list[dict] | None = None  # OpenAI logprobs.content, when asked for
+    semantic: dict | None = None  # token-group scoring summary, when the policy has semantic rules
 
     def stats(self) -> dict:
         g = np.asarray(self.gate_us) if self.gate_us else np.zeros(1)
@@ -67,7 +68,7 @@ class Result:
             "held_max_chars": self.held_max_chars,
             "rollbacks": self.rollbacks,
             "ttft_ms": round(self.ttft_s * 1000, 1) if self.ttft_s is not None else None,
-        }
+        } | ({"semantic": self.semantic} if self.semantic is not None else {})
 
 
 def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: Gate | None = None,
@@ -101,7 +102,18 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     held: list[int] = []
     recorded: list[logprobs.Recorded] = []  # one per admitted token, when logprobs are asked for
     limit = min(params.max_tokens, engine.n_ctx - len(prompt))  # a full context ends with "length"
-    while gate.position < limit:
+
+    def rolled_back(n: int) -> None:
+        del recorded[len(gate.tokens):]
+        engine.rollback(n)
+
+    while True:
+        if gate.position >= limit:
+            finish = "length"
+            if _settled(gate, rolled_back):  # the last group is judged before it is released
+                continue
+            finish = _finish(gate, finish)
+            break
         if cancelled is not None and cancelled():
             gate.halt("client", "cancel", "client went away; generation cancelled")
             finish = "cancelled"
@@ -115,6 +127,7 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
         g = time.perf_counter()
         sampling = 0.0  # sampling is not gate work: the ungoverned loop samples too
         try:
+            logits = gate.bias(logits)  # steering after a semantic rollback; otherwise untouched
             s = time.perf_counter()
             token = sampler.sample(logits, _join(gate.banned(), eos))
             sampling += time.perf_counter() - s
@@ -124,6 +137,9 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 break
             if engine.is_eog(token):
                 finish = "stop"
+                if _settled(gate, rolled_back):
+                    continue
+                finish = _finish(gate, finish)
                 break
             adm = gate.admit(token)
             if adm.verdict is Verdict.RESAMPLE:
@@ -135,18 +151,40 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 sampling += time.perf_counter() - s
                 if token < 0 or engine.is_eog(token):
                     finish = "stop" if token >= 0 else "content_filter"
+                    if token >= 0 and _settled(gate, rolled_back):
+                        continue
+                    finish = _finish(gate, finish)
                     break
                 adm = gate.admit(token)
                 if adm.verdict not in (Verdict.ADMIT, Verdict.STOP, Verdict.END):
                     raise AssertionError(f"masked resample was not admitted ({adm.verdict.value})")
             if adm.verdict is Verdict.ROLLBACK:
-                del recorded[len(gate.tokens):]
-                engine.rollback(adm.rollback)
+                rolled_back(adm.rollback)
                 gate_us.append((time.perf_counter() - g - sampling) * 1e6)
                 continue
             if adm.verdict is Verdict.END:
+                if params.logprobs is not None:
+                    recorded.append(logprobs.record(logits, token, params.logprobs))
+                engine.accept(token)
                 finish = "stop"
+                if _settled(gate, rolled_back):
+                    continue
+                finish = _finish(gate, finish)
                 break
+            if adm.verdict is Verdict.STOP:
+                gate.settle(final=True, can_rollback=False)  # the text before the match is judged too
+                gate_us.append((time.perf_counter() - g - sampling) * 1e6)
+                emit(gate.release())
+                finish = "content_filter"
+                break
+            if params.logprobs is not None:
+                recorded.append(logprobs.record(logits, token, params.logprobs))
+            engine.accept(token)
+            sem = gate.settle()  # semantic verdicts that are due
+            if sem.verdict is Verdict.ROLLBACK:
+                rolled_back(sem.rollback)
+                gate_us.append((time.perf_counter() - g - sampling) * 1e6)
+                continue
             text = gate.release()
         except Exception as e:  # fail closed: nothing more is released
             gate.fail("ingate", e)
@@ -154,22 +192,35 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
             break
         gate_us.append((time.perf_counter() - g - sampling) * 1e6)
         held.append(len(gate.raw) - gate.hold.released)
-        if adm.verdict is Verdict.STOP:
-            emit(text)
+        emit(text)
+        if sem.verdict is Verdict.STOP:
             finish = "content_filter"
             break
-        if params.logprobs is not None:
-            recorded.append(logprobs.record(logits, token, params.logprobs))
-        engine.accept(token)
-        emit(text)
-    if finish not in ("content_filter", "cancelled"):
+    if finish in ("stop", "length"):
         emit(gate.release(final=True))
+    elif finish == "content_filter":
+        emit(gate.release())  # up to the cap: what was judged admissible before the stop
     else:
         emit("")
     elapsed = time.perf_counter() - t0
     return Result(gate.text, finish, gate.decisions, gate.position, elapsed, ttft, gate_us,
                   gate.held_max_chars, gate.rollbacks, held, len(prompt),
-                  logprobs.entries(gate, recorded) if params.logprobs is not None else None)
+                  logprobs.entries(gate, recorded) if params.logprobs is not None else None,
+                  gate.semantic_stats)
+
+
+def _settled(gate: Gate, rolled_back: Callable[[int], None]) -> bool:
+    """End of stream: judge every remaining group. True when one was rolled back (generate on)."""
+    adm = gate.settle(final=True)
+    if adm.verdict is Verdict.ROLLBACK:
+        rolled_back(adm.rollback)
+        return True
+    return False
+
+
+def _finish(gate: Gate, finish: str) -> str:
+    """The finish reason once every group is judged: a semantic stop overrides stop and length."""
+    return "content_filter" if gate.stopped else finish
 
 
 def _eos_ban(engine: Engine, params: GenerationParams) -> np.ndarray | None:

@@ -18,8 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ingate.patterns import BUILTIN_PATTERNS
 
-Action = Literal["prevent", "redact", "stop"]
-ACTIONS = ("prevent", "redact", "stop")
+Action = Literal["prevent", "redact", "stop", "resample"]
+ACTIONS = ("prevent", "redact", "stop", "resample")
+FORBID_ACTIONS = ("prevent", "redact", "stop")
+SEMANTIC_ACTIONS = ("resample", "stop")
+# Encoders a semantic rule may name. Kept here (not imported from ingate.semantic) so that
+# validating a policy never imports torch.
+ENCODERS = ("all-MiniLM-L6-v2",)
 
 
 class PolicyError(ValueError):
@@ -65,16 +70,84 @@ class Forbid(_Strict):
         return self
 
 
-class Rule(_Strict):
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
-    forbid: Forbid
-    action: Action
-    placeholder: str | None = None
+class Concept(_Strict):
+    concept: str = Field(min_length=1)
+    examples: list[str] = Field(default_factory=list)
+    examples_file: str | None = None
+
+    @field_validator("examples")
+    @classmethod
+    def _no_empty(cls, v: list[str]) -> list[str]:
+        for i, s in enumerate(v):
+            if not s.strip():
+                raise ValueError(f"example {i} is empty; remove it or write an example sentence")
+        return v
 
     @model_validator(mode="after")
-    def _placeholder_only_for_redact(self) -> Rule:
+    def _has_examples(self) -> Concept:
+        if not self.examples and not self.examples_file:
+            raise ValueError(f"concept {self.concept!r} has no examples; give examples: [...] or examples_file")
+        return self
+
+
+class Semantic(_Strict):
+    deny: list[Concept] = Field(default_factory=list)
+    allow_only: list[Concept] = Field(default_factory=list)
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False)
+    encoder: str = ENCODERS[0]
+    window: int = Field(default=2, ge=0, le=16)  # earlier groups the score also sees
+    max_group_tokens: int = Field(default=32, ge=4, le=512)
+    min_group_tokens: int = Field(default=4, ge=1, le=512)
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, v: str) -> str:
+        if v not in ENCODERS:
+            raise ValueError(f"unknown encoder {v!r}; use one of: {', '.join(ENCODERS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Semantic:
+        if self.deny and self.allow_only:
+            raise ValueError("deny and allow_only in one rule have no defined meaning; "
+                             "write them as two rules (one deny, one allow_only)")
+        if not self.deny and not self.allow_only:
+            raise ValueError("names no concept; give deny: [...] or allow_only: [...]")
+        if self.min_group_tokens > self.max_group_tokens:
+            raise ValueError(f"min_group_tokens ({self.min_group_tokens}) exceeds max_group_tokens "
+                             f"({self.max_group_tokens})")
+        return self
+
+
+class Rule(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    forbid: Forbid | None = None
+    semantic: Semantic | None = None
+    action: Action
+    placeholder: str | None = None
+    # semantic rules only
+    max_retries: int | None = Field(default=None, ge=0, le=100)
+    fallback: Literal["stop"] | None = None
+    refusal: str | None = Field(default=None, min_length=1)
+    apply_to: list[Literal["output", "input"]] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if (self.forbid is None) == (self.semantic is None):
+            raise ValueError("a rule has exactly one of forbid: (phrases, patterns) or semantic: (concepts)")
         if self.placeholder is not None and self.action != "redact":
             raise ValueError(f"placeholder is only used with action: redact (this rule's action is {self.action})")
+        if self.forbid is not None:
+            if self.action not in FORBID_ACTIONS:
+                raise ValueError(f"action {self.action!r} is for semantic rules; a forbid rule's action is one of "
+                                 f"{', '.join(FORBID_ACTIONS)}")
+            extra = [f for f in ("max_retries", "fallback", "refusal", "apply_to") if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} only apply to semantic rules; remove them from this forbid rule")
+        elif self.action not in SEMANTIC_ACTIONS:
+            raise ValueError(f"a semantic rule's action is one of {', '.join(SEMANTIC_ACTIONS)} "
+                             f"(got {self.action!r}); semantic groups are rolled back and regenerated, or end the "
+                             "stream")
         return self
 
 
@@ -106,16 +179,38 @@ class PolicyModel(_Strict):
 
 
 @dataclass(frozen=True)
+class ConceptSpec:
+    name: str
+    examples: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SemanticSpec:
+    mode: Literal["deny", "allow_only"]
+    concepts: tuple[ConceptSpec, ...]
+    threshold: float | None  # None: the encoder's uncalibrated default
+    encoder: str
+    window: int
+    max_group_tokens: int
+    min_group_tokens: int
+    max_retries: int
+    fallback: str
+    refusal: str | None
+    apply_to: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RuleSpec:
     """One validated rule with its files read: what the gate compiles."""
 
     id: str
     action: Action
-    phrases: tuple[str, ...]
-    case_sensitive: bool
-    patterns: tuple[str, ...]  # built-in pattern names
-    regex: tuple[str, ...]
-    placeholder: str | None
+    phrases: tuple[str, ...] = ()
+    case_sensitive: bool = False
+    patterns: tuple[str, ...] = ()  # built-in pattern names
+    regex: tuple[str, ...] = ()
+    placeholder: str | None = None
+    semantic: SemanticSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +227,10 @@ class Policy:
     @property
     def is_empty(self) -> bool:
         return not self.rules
+
+    @property
+    def semantic_rules(self) -> tuple[RuleSpec, ...]:
+        return tuple(r for r in self.rules if r.semantic is not None)
 
 
 NONE_POLICY = Policy(name="none", source="<none>", rules=(), store_text=False, max_rollbacks=0, digest="none")
@@ -166,6 +265,12 @@ def _fix_for(err: dict[str, Any]) -> str:
         return "missing; add it"
     if t == "literal_error" and err["loc"][-1:] == ("action",):
         return f"must be one of {', '.join(ACTIONS)}"
+    if t == "literal_error" and err["loc"][-1:] == ("fallback",):
+        return "must be stop (end the stream with content_filter once the retries are spent)"
+    if t == "literal_error" and "apply_to" in err["loc"]:
+        return "each entry is output (check generated groups) or input (check the prompt before generating)"
+    if t == "finite_number":
+        return "must be a finite number"
     if t == "literal_error" and err["loc"] == ("version",):
         return "must be 1 (write `version: 1` at the top)"
     if msg.startswith("Value error, "):
@@ -173,20 +278,41 @@ def _fix_for(err: dict[str, Any]) -> str:
     return msg[0].lower() + msg[1:]
 
 
-def _read_phrases_file(base: Path, name: str, where: str) -> list[str]:
+def _read_lines_file(base: Path, name: str, where: str, what: str = "phrase") -> list[str]:
     path = (base / name) if not Path(name).is_absolute() else Path(name)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PolicyError([f"{where}: phrases file {str(path)!r} does not exist; "
+        raise PolicyError([f"{where}: {what}s file {str(path)!r} does not exist; "
                            "the path is relative to the policy file"]) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise PolicyError([f"{where}: cannot read phrases file {str(path)!r}: {e}"]) from None
+        raise PolicyError([f"{where}: cannot read {what}s file {str(path)!r}: {e}"]) from None
     out = [ln.strip() for ln in text.splitlines()]
     out = [ln for ln in out if ln and not ln.startswith("#")]
     if not out:
-        raise PolicyError([f"{where}: phrases file {str(path)!r} holds no phrase; write one phrase a line"])
+        raise PolicyError([f"{where}: {what}s file {str(path)!r} holds no {what}; write one {what} a line"])
     return out
+
+
+def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> SemanticSpec:
+    sem = rule.semantic
+    assert sem is not None
+    mode = "deny" if sem.deny else "allow_only"
+    concepts: list[ConceptSpec] = []
+    for j, c in enumerate(sem.deny or sem.allow_only):
+        examples = list(c.examples)
+        if c.examples_file:
+            where = _where(source, data, ("rules", i, "semantic", mode, j, "examples_file"))
+            extra = _read_lines_file(base, c.examples_file, where, "example")
+            digest.update("\n".join(extra).encode("utf-8"))
+            examples += extra
+        concepts.append(ConceptSpec(c.concept, tuple(examples)))
+    return SemanticSpec(mode=mode, concepts=tuple(concepts), threshold=sem.threshold, encoder=sem.encoder,
+                        window=sem.window, max_group_tokens=sem.max_group_tokens,
+                        min_group_tokens=sem.min_group_tokens,
+                        max_retries=2 if rule.max_retries is None else rule.max_retries,
+                        fallback=rule.fallback or "stop", refusal=rule.refusal,
+                        apply_to=tuple(rule.apply_to or ("output",)))
 
 
 def parse_policy(text: str, source: str = "<string>", base: Path | None = None) -> Policy:
@@ -209,16 +335,26 @@ def parse_policy(text: str, source: str = "<string>", base: Path | None = None) 
     base = base or Path.cwd()
     rules: list[RuleSpec] = []
     digest = hashlib.sha256(text.encode("utf-8"))
+    problems: list[str] = []
     for i, r in enumerate(model.rules):
-        phrases = list(r.forbid.phrases)
-        if r.forbid.phrases_file:
-            where = _where(source, data, ("rules", i, "forbid", "phrases_file"))
-            extra = _read_phrases_file(base, r.forbid.phrases_file, where)
-            digest.update("\n".join(extra).encode("utf-8"))
-            phrases += extra
-        rules.append(RuleSpec(id=r.id, action=r.action, phrases=tuple(phrases),
-                              case_sensitive=r.forbid.case_sensitive, patterns=tuple(r.forbid.patterns),
-                              regex=tuple(r.forbid.regex), placeholder=r.placeholder))
+        try:
+            if r.semantic is not None:
+                rules.append(RuleSpec(id=r.id, action=r.action,
+                                      semantic=_semantic_spec(r, i, source, data, base, digest)))
+                continue
+            assert r.forbid is not None
+            phrases = list(r.forbid.phrases)
+            if r.forbid.phrases_file:
+                where = _where(source, data, ("rules", i, "forbid", "phrases_file"))
+                phrases += (extra := _read_lines_file(base, r.forbid.phrases_file, where))
+                digest.update("\n".join(extra).encode("utf-8"))
+            rules.append(RuleSpec(id=r.id, action=r.action, phrases=tuple(phrases),
+                                  case_sensitive=r.forbid.case_sensitive, patterns=tuple(r.forbid.patterns),
+                                  regex=tuple(r.forbid.regex), placeholder=r.placeholder))
+        except PolicyError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise PolicyError(problems)
     return Policy(name=model.name, source=source, rules=tuple(rules), store_text=model.audit.store_text,
                   max_rollbacks=model.max_rollbacks, digest=digest.hexdigest(),
                   escalate_after=model.session.escalate_after if model.session else None,

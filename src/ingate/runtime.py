@@ -6,6 +6,7 @@ load a model or compile a policy.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,10 +14,13 @@ from pathlib import Path
 
 from ingate.audit import AuditLog
 from ingate.engines.llamacpp import LlamaCppEngine
-from ingate.gate.gate import CompiledPolicy, Gate, compile_policy
+from ingate.gate.gate import CompiledPolicy, Decision, Gate, compile_policy
 from ingate.gate.masks import TokenTable
 from ingate.loop import GenerationParams, Result, generate
 from ingate.policy import Policy
+from ingate.semantic import scorer
+
+DEFAULT_REFUSAL = "I can't help with that."
 
 
 @dataclass
@@ -55,14 +59,44 @@ class Runtime:
             prompt = self.engine.tokenize(messages, add_bos=True)
         else:
             prompt = self.engine.chat_prompt(messages)
-        gate = self.gate_for(policy, stop, params.logprobs is not None)
 
         def on_decisions(ds) -> None:
             if self.audit is not None:
                 self.audit.record(rid, policy.name, ds, policy.store_text)
 
-        res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
-                       cancelled=cancelled)
+        refused = self._screen_input(policy, messages, len(prompt))
+        if refused is not None:  # refused before the first token: no generation spent
+            on_decisions(refused.decisions)
+            if on_text and refused.text:
+                on_text(refused.text)
+            res = refused
+        else:
+            gate = self.gate_for(policy, stop, params.logprobs is not None)
+            res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
+                           cancelled=cancelled)
         if self.audit is not None:
             self.audit.record_request(rid, policy.name, res, session)
         return res
+
+    def _screen_input(self, policy: Policy, messages: list[dict[str, str]] | str, n_prompt: int) -> Result | None:
+        """Semantic rules with `apply_to: [input]` judge the last user message before generating."""
+        compiled = self.prepare(policy)
+        if not compiled.semantic_input:
+            return None
+        if isinstance(messages, str):
+            text = messages
+        else:
+            text = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        t0 = time.perf_counter()
+        verdict = scorer.screen(compiled.semantic_input, text)
+        bad = verdict.rejected if verdict is not None else None
+        if bad is None:
+            return None
+        rule = next(r for r in compiled.semantic_input if r.rule_id == bad.rule_id)
+        rel = ">=" if rule.mode == "deny" else "<"
+        d = Decision(rule.rule_id, "refuse", 0, 0, text.encode("utf-8"),
+                     f"semantic input check: prompt scored {bad.score:.3f} {rel} {rule.threshold:g} "
+                     f"(concept {bad.concept!r}); refused before generating")
+        refusal = rule.spec.refusal or DEFAULT_REFUSAL
+        return Result(refusal, "content_filter", [d], 0, time.perf_counter() - t0, 0.0, [], 0, 0,
+                      prompt_tokens=n_prompt)

@@ -351,6 +351,8 @@ def _governance(policy: Policy, res: Result, sessions: MemorySessionStore, sessi
     s = res.stats()
     out = {"policy": policy.name, "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
            "rollbacks": res.rollbacks, "held_max_chars": res.held_max_chars, "gate_us_p50": s["gate_us_p50"]}
+    if res.semantic is not None:
+        out["semantic"] = res.semantic
     if session:
         st = sessions.get(session)
         out["session"] = {"id": session, "violations": st.violations if st else 0,

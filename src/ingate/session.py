@@ -14,7 +14,8 @@ from typing import Protocol
 
 from ingate.gate.gate import Decision
 
-VIOLATIONS = frozenset({"prevent", "redact", "stop"})  # what governance acted on (errors and cancels are not)
+# what governance acted on (errors and cancels are not)
+VIOLATIONS = frozenset({"prevent", "redact", "stop", "resample", "refuse"})
 
 
 @dataclass

@@ -28,6 +28,7 @@ from ingate.gate.masks import MaskCache, TokenTable
 from ingate.holdback import HoldBack, Span
 from ingate.patterns import BUILTIN_PATTERNS
 from ingate.policy import Policy, PolicyError, RuleSpec
+from ingate.semantic.groups import Groups
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Decision:
     """One act of the gate, audited before the text it concerns is released."""
 
     rule_id: str
-    action: str  # prevent | redact | stop | error
+    action: str  # prevent | redact | stop | resample | refuse | cancel | error
     token_index: int
     byte_offset: int
     matched: bytes
@@ -76,8 +77,18 @@ class CompiledPolicy:
                 self.detectors.extend(_compile_rule(policy.source, rule))
             except PolicyError as e:
                 problems.extend(e.problems)
+        self.semantic: list = []  # SemanticRule, compiled only when the policy has one (imports torch)
+        for rule in policy.semantic_rules:
+            from ingate.semantic.concepts import compile_semantic
+
+            try:
+                self.semantic.append(compile_semantic(policy.source, rule))
+            except PolicyError as e:
+                problems.extend(e.problems)
         if problems:
             raise PolicyError(problems)
+        self.semantic_output = [r for r in self.semantic if "output" in r.spec.apply_to]
+        self.semantic_input = [r for r in self.semantic if "input" in r.spec.apply_to]
         self.prevent_indices = [i for i, d in enumerate(self.detectors) if d.action == "prevent"]
         self._masks: dict[int, MaskCache] = {}
 
@@ -165,10 +176,18 @@ class _Snap:
     spans: tuple[Span, ...]
 
 
+# How far generation may run past a closed group before its verdict must be applied. Scoring
+# overlaps these tokens; a verdict later than that makes the loop wait for it.
+SEMANTIC_LAG_TOKENS = 3
+# Logit penalty on the content tokens of a rejected group while its replacement is generated.
+STEER_PENALTY = 4.0
+
+
 class Gate:
     """The compiled policy applied to one stream. Not thread-safe; one per generation."""
 
-    def __init__(self, compiled: CompiledPolicy, table: TokenTable, stop: Sequence[str] = ()):
+    def __init__(self, compiled: CompiledPolicy, table: TokenTable, stop: Sequence[str] = (),
+                 semantic_lag: int = SEMANTIC_LAG_TOKENS):
         self.compiled = compiled
         self.detectors = compiled.detectors + ([stop_sequences(stop)] if stop else [])
         self.masks = compiled.masks_for(table)
@@ -188,6 +207,9 @@ class Gate:
         self.rollbacks = 0
         self.held_max_chars = 0
         self._cap: int | None = None  # after a stop: nothing at or beyond this byte is ever released
+        self.groups = Groups(compiled.semantic_output, semantic_lag) if compiled.semantic_output else None
+        self.epilogue = ""  # a semantic rule's refusal, released after a fallback stop
+        self.stopped = False  # a semantic rule ended the stream
 
     # ---- before sampling ------------------------------------------------------------------
     @property
@@ -244,6 +266,8 @@ class Gate:
         self.tok_start.append(p0)
         self.tokens.append(token)
         self.raw += data
+        if self.groups is not None:
+            self.groups.after_token(self.raw, self.tok_start, data)
         stop: tuple[PatternDetector, Match] | None = None
         for d, ms in found:
             if d.action == "redact":
@@ -292,6 +316,8 @@ class Gate:
     def _rollback_to(self, k: int) -> None:
         if self.tok_start[k] < self.hold.released:
             raise AssertionError("rollback would take back released text")
+        if self.groups is not None:
+            self.groups.on_rollback(k, self.tok_start)
         banned_tok = self.tokens[k]
         self.bans = {p: s for p, s in self.bans.items() if p <= k}
         self.bans.setdefault(k, set()).add(banned_tok)
@@ -319,6 +345,81 @@ class Gate:
         keep.sort(key=lambda s: s.start)
         self.spans = keep
 
+    # ---- semantic groups ---------------------------------------------------------------------
+    def settle(self, final: bool = False, can_rollback: bool = True) -> Admission:
+        """Apply the semantic verdicts that are due (all of them when `final`).
+
+        ADMIT: nothing to undo (release may advance). ROLLBACK: a group was judged inadmissible
+        and the engine must take back `rollback` tokens and regenerate from its start. STOP:
+        its retries are spent (or the rule's action is stop); the stream ends before the group.
+        With `final` the open group is closed first, so every byte is judged before it is released;
+        `can_rollback=False` (the stream is ending anyway) turns a rejection into a stop.
+        """
+        gr = self.groups
+        if gr is None:
+            return Admission(Verdict.ADMIT)
+        if final and gr.open_tok < len(self.tokens):
+            gr.close(self.raw, self.tok_start)
+        while (nv := gr.next_verdict(len(self.tokens), block=final)) is not None:
+            g, v = nv
+            bad = v.rejected if v is not None else None
+            if bad is None:
+                gr.admit_head(v)
+                continue
+            rule = next(r for r in gr.rules if r.rule_id == bad.rule_id)
+            g, n = gr.reject_head(v)
+            rel = ">=" if rule.mode == "deny" else "<"
+            what = (f"semantic: group of {g.end_tok - g.start_tok} token(s) scored {bad.score:.3f} {rel} "
+                    f"{rule.threshold:g} ({'concept' if rule.mode == 'deny' else 'best allowed concept'} "
+                    f"{bad.concept!r})")
+            matched = bytes(self.raw[g.start:g.end])
+            retry = rule.action == "resample" and n <= rule.spec.max_retries and can_rollback
+            if retry and self.rollbacks >= self.compiled.policy.max_rollbacks:
+                retry = False
+                what += f"; rollback budget ({self.compiled.policy.max_rollbacks}) spent"
+            if not retry:
+                self._cap = g.start if self._cap is None else min(self._cap, g.start)
+                tail = (f"retries spent ({rule.spec.max_retries}); " if rule.action == "resample" and can_rollback
+                        else "")
+                self._decide(rule.rule_id, "stop", g.start, matched, f"{what}; {tail}stream ended")
+                self.epilogue = rule.spec.refusal or ""
+                self.stopped = True
+                return Admission(Verdict.STOP)
+            k = g.start_tok
+            rejected = self.tokens[k:g.end_tok]
+            self._decide(rule.rule_id, "resample", g.start, matched,
+                         f"{what}; rolled back {len(self.tokens) - k} token(s), regenerating "
+                         f"(retry {n}/{rule.spec.max_retries})")
+            n_back = len(self.tokens) - k
+            self._rollback_to(k)
+            self._cap = None  # a stop sequence past the rollback point is gone with its text
+            gr.stats.retried += 1
+            gr.steer = (k, self._content_tokens(rejected, gr.steer[1] if gr.steer and gr.steer[0] == k else None))
+            return Admission(Verdict.ROLLBACK, rollback=n_back)
+        return Admission(Verdict.ADMIT)
+
+    def _content_tokens(self, tokens: list[int], prev: np.ndarray | None) -> np.ndarray:
+        """Tokens of a rejected attempt that carry content (3+ letters): penalized in its replacement."""
+        keep = {t for t in tokens if sum(c.isalpha() for c in self.token_bytes[t].decode("utf-8", "ignore")) >= 3}
+        if prev is not None:
+            keep.update(prev.tolist())
+        return np.fromiter(keep, dtype=np.int64, count=len(keep))
+
+    def bias(self, logits: np.ndarray) -> np.ndarray:
+        """Steering after a semantic rollback; the logits themselves otherwise (transparency)."""
+        if self.groups is None:
+            return logits
+        toks = self.groups.steer_at(len(self.tokens))
+        if toks is None or not toks.size:
+            return logits
+        out = logits.copy()
+        out[toks] -= STEER_PENALTY
+        return out
+
+    @property
+    def semantic_stats(self) -> dict | None:
+        return self.groups.stats.to_dict() if self.groups is not None else None
+
     # ---- release ---------------------------------------------------------------------------
     def boundary(self, final: bool = False) -> int:
         """Raw offset below which every byte is decided."""
@@ -333,6 +434,8 @@ class Gate:
                         b = s
         if self._cap is not None and self._cap < b:
             b = self._cap
+        if self.groups is not None and self.groups.approved < b:
+            b = self.groups.approved  # an open or unjudged group is one more undecided suffix
         for sp in self.spans:
             if sp.start < b < sp.end:
                 b = sp.start
@@ -359,6 +462,11 @@ class Gate:
             self.spans = [sp for sp in self.spans if sp.end > self.hold.released]
         if final or self._cap is not None:
             text += self.hold.flush()
+            if self.epilogue:
+                shown = self.hold.text + text
+                sep = " " if shown and not shown[-1].isspace() else ""
+                text += self.hold.append(sep + self.epilogue)
+                self.epilogue = ""
         if len(self.raw) - self.hold.released > self.held_max_chars:  # bytes >= chars: cheap pre-check
             held = len(bytes(self.raw[self.hold.released:]).decode("utf-8", errors="ignore"))
             self.held_max_chars = max(self.held_max_chars, held)

@@ -1,0 +1,1 @@
+"""Semantic admissibility: concept embeddings loaded once, token groups scored against them."""

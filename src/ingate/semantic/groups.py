@@ -1,0 +1,178 @@
+"""Token groups of one stream: where they end, their pending verdicts, and retries.
+
+A group is a run of tokens ending at a sentence or clause boundary (after at least
+`min_group_tokens`) or after `max_group_tokens`. While a group is open or its verdict is
+pending it is held back, exactly like a partial pattern match: `approved` is the byte offset
+below which every group has been judged admissible, and the gate never releases past it.
+
+A verdict is scored off-thread while generation goes on. It is applied at a fixed point, `lag`
+tokens after the group closed (or earlier, when it admits), so the tokens sampled are the same
+whatever the scorer's timing: a seeded governed run stays reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ingate.semantic import scorer
+from ingate.semantic.concepts import SemanticRule
+from ingate.semantic.scorer import Verdict
+
+_ENDS = (b".", b"!", b"?", b";", b":", b"\n", "。".encode(), "！".encode(), "？".encode())
+
+
+def ends_clause(data: bytes) -> bool:
+    return any(e in data for e in _ENDS)
+
+
+@dataclass
+class Group:
+    start_tok: int
+    end_tok: int  # exclusive
+    start: int  # raw byte offsets
+    end: int
+    future: Future[Verdict] | None  # None: only whitespace, nothing to judge
+    due: int  # the position at which the verdict must be applied
+    closed_at: float
+
+
+@dataclass
+class GroupStats:
+    scored: int = 0
+    rejected: int = 0
+    retried: int = 0  # rolled-back groups that were regenerated
+    retry_admitted: int = 0  # ...whose regeneration was admitted
+    score_ms: list[float] = field(default_factory=list)  # encoder time per group
+    hold_ms: list[float] = field(default_factory=list)  # group closed -> verdict applied
+    max_score: dict[str, float] = field(default_factory=dict)  # per rule, over admitted groups
+
+    def to_dict(self) -> dict:
+        def pct(xs: list[float], q: float) -> float | None:
+            return round(float(np.percentile(xs, q)), 1) if xs else None
+
+        return {"groups": self.scored, "rejected": self.rejected, "retried": self.retried,
+                "retry_admitted": self.retry_admitted,
+                "score_ms_p50": pct(self.score_ms, 50), "score_ms_p99": pct(self.score_ms, 99),
+                "hold_ms_p50": pct(self.hold_ms, 50), "hold_ms_p99": pct(self.hold_ms, 99),
+                "max_score": {k: round(v, 3) for k, v in self.max_score.items()}}
+
+
+class Groups:
+    def __init__(self, rules: Sequence[SemanticRule], lag: int = 3):
+        self.rules = list(rules)
+        self.min_tokens = min(r.spec.min_group_tokens for r in self.rules)
+        self.max_tokens = min(r.spec.max_group_tokens for r in self.rules)
+        self.window = max(r.spec.window for r in self.rules)
+        self.lag = lag
+        self.open_tok = 0  # first token of the open group
+        self.approved_tok = 0
+        self.approved = 0  # raw byte offset below which every group is admitted
+        self.pending: list[Group] = []
+        self.starts: list[int] = []  # byte starts of closed groups, for the sliding window
+        self.retries: dict[int, int] = {}  # group start position -> rejections there
+        self.steer: tuple[int, np.ndarray] | None = None  # (position, tokens to penalize there)
+        self.stats = GroupStats()
+
+    # ---- building groups --------------------------------------------------------------------
+    def after_token(self, raw: bytearray, tok_start: list[int], data: bytes) -> None:
+        n = len(tok_start) - self.open_tok
+        if n >= self.max_tokens or (n >= self.min_tokens and ends_clause(data)):
+            self.close(raw, tok_start)
+
+    def close(self, raw: bytearray, tok_start: list[int]) -> None:
+        """End the open group at the current end of the text and send it to be judged."""
+        n_tok = len(tok_start)
+        if n_tok == self.open_tok:
+            return
+        start, end = tok_start[self.open_tok], len(raw)
+        text = bytes(raw[start:end]).decode("utf-8", errors="replace")
+        future = None
+        if text.strip():
+            views = [text]
+            if self.window and self.starts:
+                ws = self.starts[-self.window] if len(self.starts) >= self.window else self.starts[0]
+                views.append(bytes(raw[ws:end]).decode("utf-8", errors="replace"))
+            future = scorer.submit(self.rules, views)
+        self.pending.append(Group(self.open_tok, n_tok, start, end, future, n_tok + self.lag,
+                                  time.perf_counter()))
+        self.starts.append(start)
+        self.open_tok = n_tok  # steering (steer_at) lasts while the regenerated group is open
+
+    # ---- verdicts -----------------------------------------------------------------------------
+    def next_verdict(self, position: int, block: bool) -> tuple[Group, Verdict | None] | None:
+        """The head group and its verdict, if it may be applied now; None to keep generating."""
+        if not self.pending:
+            return None
+        g = self.pending[0]
+        if g.future is None:
+            return g, None
+        if g.future.done():
+            v = g.future.result()
+            # an admission changes no token choice, so it applies at once; a rejection waits
+            # for its due point, so that what is sampled never depends on the scorer's timing
+            if v.rejected is None or block or position >= g.due:
+                return g, v
+            return None
+        if block or position >= g.due:
+            return g, g.future.result()
+        return None
+
+    def admit_head(self, v: Verdict | None) -> None:
+        g = self.pending.pop(0)
+        self.approved, self.approved_tok = g.end, g.end_tok
+        self._account(g, v)
+        if g.start_tok in self.retries:
+            del self.retries[g.start_tok]
+            self.stats.retry_admitted += 1
+        if self.steer is not None and self.steer[0] <= g.start_tok:
+            self.steer = None
+
+    def reject_head(self, v: Verdict) -> tuple[Group, int]:
+        """Count a rejection of the head group; returns it and how often its position was rejected."""
+        g = self.pending[0]
+        self._account(g, v)
+        self.stats.rejected += 1
+        n = self.retries.get(g.start_tok, 0) + 1
+        self.retries[g.start_tok] = n
+        return g, n
+
+    def _account(self, g: Group, v: Verdict | None) -> None:
+        self.stats.hold_ms.append((time.perf_counter() - g.closed_at) * 1000)
+        if v is None:
+            return
+        self.stats.scored += 1
+        self.stats.score_ms.append(v.elapsed_ms)
+        for s in v.scores:
+            if not s.inadmissible:
+                self.stats.max_score[s.rule_id] = max(self.stats.max_score.get(s.rule_id, -1.0), s.score)
+
+    # ---- rollback -----------------------------------------------------------------------------
+    def on_rollback(self, k: int, tok_start: list[int]) -> None:
+        """The stream was cut back to k tokens: groups that reached past k are void."""
+        keep: list[Group] = []
+        for g in self.pending:
+            if g.end_tok <= k:
+                keep.append(g)
+            elif g.future is not None:
+                g.future.cancel()
+        self.pending = keep
+        if self.approved_tok > k:  # a pattern rollback may reach below approved, unreleased text
+            self.approved_tok, self.approved = k, tok_start[k]
+        self.open_tok = keep[-1].end_tok if keep else self.approved_tok
+        open_start = tok_start[self.open_tok] if self.open_tok < len(tok_start) else None
+        if open_start is not None:
+            self.starts = [s for s in self.starts if s < open_start]
+        self.retries = {p: n for p, n in self.retries.items() if p <= k}
+        if self.steer is not None and self.steer[0] > k:
+            self.steer = None
+
+    def steer_at(self, position: int) -> np.ndarray | None:
+        """Tokens to penalize at this position: those of the rejected attempts at the open group."""
+        if self.steer is not None and self.steer[0] == self.open_tok and position >= self.open_tok:
+            return self.steer[1]
+        return None
