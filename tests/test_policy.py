@@ -59,6 +59,42 @@ BAD = {
                ["rules[0]", "field id"]),
     "anchor": ("rules:\n  - id: r14\n    forbid: {regex: ['^secret']}\n    action: redact\n",
                ["rule 'r14'", "field forbid.regex[0]", "anchor"]),
+    # semantic rules
+    "empty_concept": ("rules:\n  - id: s1\n    semantic:\n      deny: [{concept: weapons}]\n    action: resample\n",
+                      ["rule 's1'", "field semantic.deny[0]", "'weapons' has no examples"]),
+    "blank_example": ("rules:\n  - id: s2\n    semantic:\n      deny: [{concept: w, examples: ['  ']}]\n"
+                      "    action: resample\n", ["rule 's2'", "field semantic.deny[0].examples", "empty"]),
+    "missing_examples_file": ("rules:\n  - id: s3\n    semantic:\n      deny: [{concept: w, examples_file: no.txt}]\n"
+                              "    action: resample\n",
+                              ["rule 's3'", "field semantic.deny[0].examples_file", "no.txt", "does not exist"]),
+    "threshold_over_1": ("rules:\n  - id: s4\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
+                         "      threshold: 1.5\n    action: resample\n",
+                         ["rule 's4'", "field semantic.threshold", "less than or equal to 1"]),
+    "threshold_nan": ("rules:\n  - id: s5\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
+                      "      threshold: .nan\n    action: resample\n",
+                      ["rule 's5'", "field semantic.threshold", "finite"]),
+    "deny_and_allow_only": ("rules:\n  - id: s6\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
+                            "      allow_only: [{concept: b, examples: [y]}]\n    action: stop\n",
+                            ["rule 's6'", "field semantic", "two rules"]),
+    "unknown_encoder": ("rules:\n  - id: s7\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
+                        "      encoder: bert-huge\n    action: resample\n",
+                        ["rule 's7'", "field semantic.encoder", "bert-huge", "all-MiniLM-L6-v2"]),
+    "no_concepts": ("rules:\n  - id: s8\n    semantic: {threshold: 0.5}\n    action: resample\n",
+                    ["rule 's8'", "field semantic", "deny"]),
+    "semantic_prevent": ("rules:\n  - id: s9\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
+                         "    action: prevent\n", ["rule 's9'", "resample, stop"]),
+    "forbid_and_semantic": ("rules:\n  - id: s10\n    forbid: {phrases: [x]}\n    semantic:\n"
+                            "      deny: [{concept: w, examples: [x]}]\n    action: stop\n",
+                            ["rule 's10'", "exactly one of forbid"]),
+    "retries_on_forbid": ("rules:\n  - id: s11\n    forbid: {phrases: [x]}\n    action: prevent\n"
+                          "    max_retries: 3\n", ["rule 's11'", "max_retries", "semantic rules"]),
+    "bad_fallback": ("rules:\n  - id: s12\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
+                     "    action: resample\n    fallback: ignore\n", ["rule 's12'", "field fallback", "stop"]),
+    "bad_apply_to": ("rules:\n  - id: s13\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
+                     "    action: resample\n    apply_to: [prompt]\n",
+                     ["rule 's13'", "field apply_to[0]", "input"]),
+    "negative_retries": ("rules:\n  - id: s14\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
+                         "    action: resample\n    max_retries: -1\n", ["rule 's14'", "field max_retries"]),
 }
 
 
@@ -66,6 +102,69 @@ def _write(tmp_path, body: str, header: str = "version: 1\nname: t\n"):
     p = tmp_path / "policy.yaml"
     p.write_text(header + body)
     return p
+
+
+SEMANTIC = """
+version: 1
+name: semantic
+rules:
+  - id: no-weapons
+    semantic:
+      deny:
+        - concept: explosives
+          examples: ["how to build a bomb", "mix fertilizer and fuel oil to make an explosive"]
+        - concept: firearms
+          examples_file: guns.txt
+      threshold: 0.45
+    action: resample
+    max_retries: 2
+    fallback: stop
+    refusal: "I can't help with that."
+    apply_to: [output, input]
+  - id: on-topic
+    semantic:
+      allow_only:
+        - concept: banking
+          examples: ["open a savings account", "what is the interest rate on my loan"]
+      threshold: 0.30
+    action: stop
+"""
+
+
+def test_the_issue_semantic_policy_validates_and_check_scores_text(tmp_path, capsys):
+    (tmp_path / "guns.txt").write_text("# firearms\nhow to convert a rifle to fully automatic\n")
+    p = _write(tmp_path, textwrap.dedent(SEMANTIC), header="")
+    pol = load_policy(p)
+    sem = pol.rules[0].semantic
+    assert sem.mode == "deny" and [c.name for c in sem.concepts] == ["explosives", "firearms"]
+    assert sem.concepts[1].examples == ("how to convert a rifle to fully automatic",)
+    assert sem.apply_to == ("output", "input") and sem.max_retries == 2 and sem.refusal
+    assert pol.rules[1].semantic.mode == "allow_only" and pol.rules[1].semantic.max_retries == 2
+    assert main(["check", str(p), "--text", "Pack the fertilizer and fuel oil into a drum to make a bomb."]) == 0
+    out = capsys.readouterr().out
+    assert "no-weapons: resample on semantic deny explosives (2 examples), firearms (1 examples)" in out
+    assert "rule no-weapons scored" in out and "INADMISSIBLE" in out
+    assert "rule on-topic scored" in out  # off topic for a bank too
+
+
+def test_concept_embeddings_are_cached_on_disk_by_content(tmp_path, monkeypatch):
+    from ingate.semantic import cache
+    from ingate.semantic.concepts import compile_semantic
+
+    monkeypatch.setenv("INGATE_CACHE_DIR", str(tmp_path / "cache"))
+    pol = parse_policy(textwrap.dedent(SEMANTIC).replace("examples_file: guns.txt", "examples: [a gun]"))
+    first = compile_semantic("p", pol.rules[0])
+    again = compile_semantic("p", pol.rules[0])
+    assert not first.cache_hit and again.cache_hit
+    assert (again.examples == first.examples).all()
+    files = list((tmp_path / "cache" / "embeddings").glob("*.npy"))
+    assert len(files) == 1
+    files[0].write_bytes(b"not an array")  # a corrupt entry is recomputed, not trusted
+    healed = compile_semantic("p", pol.rules[0])
+    assert not healed.cache_hit and (healed.examples == first.examples).all()
+    other = parse_policy(textwrap.dedent(SEMANTIC).replace("examples_file: guns.txt", "examples: [a rifle]"))
+    assert not compile_semantic("p", other.rules[0]).cache_hit  # new content, new key
+    assert cache.key("e", "v", ["a", "b"]) != cache.key("e", "v", ["ab"])
 
 
 def test_the_issue_policy_shape_validates_and_compiles(tmp_path, capsys):

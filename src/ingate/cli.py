@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     x = asub.add_parser("export", help="print requests and decisions since a time, as JSON lines")
     x.add_argument("--since", default="0", help="ISO 8601 time (2026-11-26T08:00) or Unix seconds")
     x.add_argument("--audit", default=None)
+    cal = sub.add_parser("calibrate", help="measure a semantic rule's threshold on labelled texts")
+    cal.add_argument("policy", help="policy YAML with at least one semantic rule")
+    cal.add_argument("--labelled", required=True,
+                     help="CSV (header row) or JSONL: a text (or prompt) column and admissible (true/false) "
+                          "or label (safe/unsafe)")
+    cal.add_argument("--rule", default=None, help="the semantic rule to calibrate (needed when there are several)")
+    cal.add_argument("--max-false-block", type=_float_in(0.0, 1.0), default=0.05,
+                     help="highest share of admissible texts the suggested threshold may block (default 0.05)")
+    cal.add_argument("--png", default=None, help="where to write the ROC curve (default: calibrate-RULE.png)")
+    cal.add_argument("--json", action="store_true", help="print one JSON object")
     return ap
 
 
@@ -214,10 +224,30 @@ def cmd_check(args: argparse.Namespace) -> int:
             what.append("patterns " + ", ".join(r.patterns))
         if r.regex:
             what.append(f"{len(r.regex)} regex")
+        if r.semantic is not None:
+            sem = r.semantic
+            what.append(f"semantic {sem.mode} " + ", ".join(f"{c.name} ({len(c.examples)} examples)"
+                                                              for c in sem.concepts))
         print(f"  - {r.id}: {r.action} on {'; '.join(what)}")
     for d in compiled.detectors:
         extra = f", mask states {len(d.search.accept)}" if d.rolls_back else ""
         print(f"    {d.rule_id}/{d.kind}: {len(d.dfa.trans)} DFA states{extra}")
+    for sr in compiled.semantic:
+        spec = sr.spec
+        thr = (f"threshold {sr.threshold:g}" if sr.calibrated else
+               f"threshold {sr.threshold:g} (no threshold set: the uncalibrated default; "
+               "run `ingate calibrate` to measure one)")
+        print(f"    {sr.rule_id}/semantic: {sr.encoder.name}, {sr.n_examples} example embeddings "
+              f"({'from the cache' if sr.cache_hit else f'embedded in {sr.embed_s:.1f} s'}), {thr}; "
+              f"groups of {spec.min_group_tokens}-{spec.max_group_tokens} tokens, window {spec.window}, "
+              f"{spec.max_retries} retries then {spec.fallback}, applies to {', '.join(spec.apply_to)}")
+    if args.text is not None and compiled.semantic:
+        from ingate.semantic.scorer import screen
+
+        v = screen(compiled.semantic, args.text)
+        for sc in (v.scores if v is not None else ()):
+            verdict = "INADMISSIBLE" if sc.inadmissible else "admissible"
+            print(f"  semantic: rule {sc.rule_id} scored {sc.score:.3f} (concept {sc.concept!r}): {verdict}")
     if args.text is not None:
         data = args.text.encode("utf-8")
         for d in compiled.detectors:
@@ -226,6 +256,99 @@ def cmd_check(args: argparse.Namespace) -> int:
                 names = ", ".join(d.labels[i] for i in sorted(labels))
                 print(f"  match: rule {d.rule_id} ({d.action}) {names}: "
                       f"{data[st:end].decode('utf-8', errors='replace')!r} at {st}")
+    return 0
+
+
+def _semantic_rule(policy: Policy, wanted: str | None):
+    rules = policy.semantic_rules
+    ids = ", ".join(r.id for r in rules)
+    if not rules:
+        raise UserError(f"{policy.source}: policy {policy.name!r} has no semantic rule; calibrate measures the "
+                        "threshold of a rule with semantic: (deny or allow_only concepts)", code=2)
+    if wanted is None:
+        if len(rules) > 1:
+            raise UserError(f"{policy.source} has {len(rules)} semantic rules; pick one with --rule ({ids})", code=2)
+        return rules[0]
+    for r in rules:
+        if r.id == wanted:
+            return r
+    other = " is not a semantic rule" if any(r.id == wanted for r in policy.rules) else " does not exist"
+    raise UserError(f"--rule {wanted!r}{other} in {policy.source}; semantic rules: {ids}", code=2)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ingate.calibrate import (
+        CalibrationError,
+        at_threshold,
+        calibrate,
+        plot_roc,
+        read_labelled,
+        roc_title,
+        table_thresholds,
+    )
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as e:
+        raise UserError(str(e), code=2) from None
+    spec = _semantic_rule(policy, args.rule)
+    try:
+        data = read_labelled(args.labelled)
+    except CalibrationError as e:
+        raise UserError(str(e), code=2) from None
+    png = Path(args.png) if args.png else Path.cwd() / f"calibrate-{spec.id}.png"
+    if not png.parent.is_dir():
+        raise UserError(f"--png {str(png)!r}: directory {str(png.parent)!r} does not exist", code=2)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError("calibrate draws its ROC curve with matplotlib, which is missing; install it with "
+                        "`pip install 'ingate[semantic]'`") from None
+    from ingate.semantic.concepts import compile_semantic
+
+    try:
+        rule = compile_semantic(policy.source, spec)
+    except PolicyError as e:
+        raise UserError(str(e)) from None  # the encoder cannot load here: an install problem, not bad input
+    cal = calibrate(rule, data, args.max_false_block)
+    sug = cal.suggestion
+    try:
+        plot_roc(sug, png, roc_title(cal.rule, cal.mode, cal.encoder, sug.auroc, cal.n))
+    except OSError as e:
+        raise UserError(f"--png {str(png)!r}: cannot write the ROC curve: {e}", code=2) from None
+    png = png.resolve()
+    if args.json:
+        print(json.dumps(cal.to_json(str(png))))
+        return 0
+    blocked = "score >= threshold" if cal.mode == "deny" else "score < threshold"
+    print(f"rule {cal.rule} ({cal.mode}: blocked when {blocked}) in {policy.source}; encoder {cal.encoder}")
+    print(f"labelled texts: {args.labelled}: n={cal.n}, {cal.n_inadmissible} inadmissible, "
+          f"{cal.n_admissible} admissible")
+    print(f"AUROC {sug.auroc:.3f}")
+    print(f"\n  {'threshold':>9}  {'blocks inadmissible':>19}  {'false-blocks':>12}  {'F1':>5}")
+    for t in table_thresholds(cal.scores, sug):
+        p = at_threshold(cal.scores, cal.admissible, t, cal.mode)
+        mark = "  <- suggested" if t == sug.best.threshold else ("  <- max F1" if t == sug.best_f1.threshold else "")
+        print(f"  {t:>9.4f}  {p.block_rate:>19.1%}  {p.false_block_rate:>12.1%}  {p.f1:>5.3f}{mark}")
+    b, f = sug.best, sug.best_f1
+    print()
+    if cal.current is not None:
+        c = cal.current
+        print(f"current threshold {c.threshold:g}: blocks {c.block_rate:.1%} of inadmissible texts, "
+              f"false-blocks {c.false_block_rate:.1%} of admissible ones, F1 {c.f1:.3f}")
+    if not sug.met:
+        print(f"no threshold keeps the false-block rate within {sug.max_false_block:.1%}: some admissible texts "
+              "score as high as the concept examples; the one below blocks the fewest")
+    print(f"suggested threshold {b.threshold:g} (blocks the most inadmissible texts with false-block rate <= "
+          f"{sug.max_false_block:.1%}): blocks {b.block_rate:.1%} of inadmissible texts, false-blocks "
+          f"{b.false_block_rate:.1%} of admissible ones, precision {b.precision:.3f}, F1 {b.f1:.3f}")
+    print(f"max-F1 threshold {f.threshold:g}: F1 {f.f1:.3f}, blocks {f.block_rate:.1%}, "
+          f"false-blocks {f.false_block_rate:.1%}")
+    print(f"to use it, set under the rule's semantic: in {policy.source} (rule {cal.rule}):\n"
+          f"      threshold: {b.threshold:g}")
+    print(f"ROC curve written to {png}")
     return 0
 
 
@@ -320,7 +443,7 @@ def _since(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"generate": cmd_generate, "chat": cmd_chat, "check": cmd_check, "audit": cmd_audit,
-               "serve": cmd_serve}[args.cmd]
+               "serve": cmd_serve, "calibrate": cmd_calibrate}[args.cmd]
     try:
         return handler(args)
     except UserError as e:

