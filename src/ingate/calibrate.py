@@ -1,0 +1,354 @@
+"""Measure a semantic rule's threshold on labelled texts: AUROC, block and false-block rates, F1.
+
+A labelled file holds texts marked admissible or not. Each text is scored as a whole against the
+rule (its highest similarity to any concept example); the threshold suggested is the one that
+blocks the most inadmissible texts while blocking at most `max_false_block` of the admissible
+ones. The positive class is "inadmissible" throughout. A deny rule blocks when score >= threshold,
+an allow_only rule when score < threshold; metrics orient the score accordingly (risk = score for
+deny, -score for allow_only), so a higher risk always means "more likely blocked".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+TEXT_COLUMNS = ("text", "prompt")
+TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+# `label` column values: the word on the left is admissible, the one on the right is not.
+LABEL_WORDS = {"safe": True, "unsafe": False, "admissible": True, "inadmissible": False,
+               "benign": True, "harmful": False, "neutral": True, "hate": False}
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+BATCH = 64
+PROGRESS_EVERY = 320  # texts between progress lines on stderr
+
+
+class CalibrationError(ValueError):
+    """Labelled data or options that cannot be used; the message says where and what to fix."""
+
+
+# ---- reading labelled files ------------------------------------------------------------------
+
+def _label(row: dict[str, Any], where: str) -> bool:
+    if "admissible" in row:
+        raw, known, col, use = row["admissible"], TRUE_WORDS, "admissible", "true/false, 1/0 or yes/no"
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)
+    else:
+        raw, known, col = row["label"], LABEL_WORDS, "label"
+        use = "safe/unsafe, admissible/inadmissible, benign/harmful or neutral/hate (the first of each is admissible)"
+    word = str(raw if raw is not None else "").strip().lower()
+    if word not in known:
+        raise CalibrationError(f"{where}: unknown {col} value {raw!r}; use {use}")
+    return known[word]
+
+
+def _columns(cols: Sequence[str], where: str) -> None:
+    found = ", ".join(cols) or "none"
+    if not any(c in cols for c in TEXT_COLUMNS):
+        raise CalibrationError(f"{where}: no text column; add a column `text` (or `prompt`); columns found: {found}")
+    if "admissible" not in cols and "label" not in cols:
+        raise CalibrationError(f"{where}: no label column; add a column `admissible` (true/false) or `label` "
+                               f"(safe/unsafe); columns found: {found}")
+
+
+def _text(row: dict[str, Any], where: str) -> str:
+    col = next(c for c in TEXT_COLUMNS if c in row)
+    raw = row[col]
+    if not isinstance(raw, str):
+        raise CalibrationError(f"{where}: {col} is {json.dumps(raw)}, not a string; write the text in quotes")
+    if not raw.strip():
+        raise CalibrationError(f"{where}: empty {col}; write the text or remove the row")
+    return raw.strip()
+
+
+def _csv_rows(path: Path, f: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(f)
+    header: list[str] | None = None
+    line = 0
+    for rec in reader:
+        start, line = line + 1, reader.line_num
+        if header is None:
+            header = [h.strip().lower() for h in rec]
+            _columns(header, f"{path}, line {start} (header)")
+            continue
+        if not any(c.strip() for c in rec):
+            continue  # blank line
+        if len(rec) != len(header):
+            raise CalibrationError(f"{path}, line {start}: {len(rec)} fields but the header has {len(header)} "
+                                   f"({', '.join(header)}); quote fields that contain commas")
+        yield start, dict(zip(header, rec, strict=True))
+
+
+def _jsonl_rows(path: Path, f: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, raw in enumerate(f, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise CalibrationError(f"{path}, line {n}: not valid JSON ({e.msg}); "
+                                   "write one JSON object a line") from None
+        if not isinstance(obj, dict):
+            raise CalibrationError(f"{path}, line {n}: a {type(obj).__name__}, not a JSON object; write "
+                                   '{"text": ..., "admissible": true} a line')
+        row = {str(k).strip().lower(): v for k, v in obj.items()}
+        _columns(list(row), f"{path}, line {n}")
+        yield n, row
+
+
+def read_labelled(path: str | Path) -> list[tuple[str, bool]]:
+    """(text, admissible) pairs from a CSV file (with a header row) or a JSONL file (.jsonl, .ndjson)."""
+    p = Path(path)
+    rows = _jsonl_rows if p.suffix.lower() in JSONL_SUFFIXES else _csv_rows
+    out: list[tuple[str, bool]] = []
+    try:
+        with p.open(encoding="utf-8-sig", newline="") as f:
+            for n, row in rows(p, f):
+                where = f"{p}, line {n}"
+                out.append((_text(row, where), _label(row, where)))
+    except FileNotFoundError:
+        raise CalibrationError(f"{p}: labelled file does not exist") from None
+    except IsADirectoryError:
+        raise CalibrationError(f"{p}: is a directory; pass a CSV or JSONL file") from None
+    except UnicodeDecodeError as e:
+        raise CalibrationError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise CalibrationError(f"{p}: not valid CSV: {e}") from None
+    except OSError as e:
+        raise CalibrationError(f"{p}: cannot read: {e}") from None
+    if not out:
+        raise CalibrationError(f"{p}: no labelled texts; write a header row (text,admissible) and one text a row")
+    n_ok = sum(a for _, a in out)
+    if n_ok == 0 or n_ok == len(out):
+        have = "admissible" if n_ok else "inadmissible"
+        raise CalibrationError(f"{p}: all {len(out)} texts are {have}; AUROC and a threshold need both classes, "
+                               f"add {'inadmissible' if n_ok else 'admissible'} examples")
+    return out
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+
+def score_texts(rule: Any, texts: Sequence[str], batch: int = BATCH, progress: IO[str] | None = sys.stderr
+                ) -> np.ndarray:
+    """Each text's score against a compiled SemanticRule, the text scored as a whole."""
+    out = np.empty(len(texts), dtype=np.float64)
+    for i in range(0, len(texts), batch):
+        chunk = list(texts[i:i + batch])
+        out[i:i + len(chunk)] = rule.scores(rule.encoder.encode(chunk))[0]
+        done = i + len(chunk)
+        if progress is not None and len(texts) > PROGRESS_EVERY and (done % PROGRESS_EVERY == 0
+                                                                      or done == len(texts)):
+            print(f"ingate calibrate: scored {done}/{len(texts)} texts", file=progress, flush=True)
+    return out
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+def risk(scores: np.ndarray, mode: str) -> np.ndarray:
+    """Higher means more likely blocked: the score for deny, -score for allow_only."""
+    s = np.asarray(scores, dtype=np.float64)
+    return s if mode == "deny" else -s
+
+
+def blocked(scores: np.ndarray, threshold: float, mode: str) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    return s >= threshold if mode == "deny" else s < threshold
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks; tied values share the mean of the ranks they span."""
+    x = np.asarray(x, dtype=np.float64)
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # rank of the last member of each tie group
+    return ((ends - counts + 1 + ends) / 2.0)[inv]
+
+
+def auroc(scores: np.ndarray, admissible: np.ndarray, mode: str = "deny") -> float:
+    """Probability that an inadmissible text is riskier than an admissible one (ties count half)."""
+    r = risk(scores, mode)
+    pos = ~np.asarray(admissible, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise CalibrationError("AUROC needs admissible and inadmissible texts")
+    ranks = average_ranks(r)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+@dataclass(frozen=True)
+class Point:
+    """What a rule does at one threshold. Positive class: inadmissible."""
+
+    threshold: float
+    block_rate: float  # recall: share of inadmissible texts blocked
+    false_block_rate: float  # share of admissible texts blocked
+    precision: float  # share of blocked texts that are inadmissible (1.0 when nothing is blocked)
+    f1: float
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+def at_threshold(scores: np.ndarray, admissible: np.ndarray, threshold: float, mode: str) -> Point:
+    b = blocked(scores, threshold, mode)
+    bad = ~np.asarray(admissible, dtype=bool)
+    tp, fp = int((b & bad).sum()), int((b & ~bad).sum())
+    fn, tn = int((~b & bad).sum()), int((~b & ~bad).sum())
+    return Point(threshold=float(threshold),
+                 block_rate=tp / (tp + fn) if tp + fn else 0.0,
+                 false_block_rate=fp / (fp + tn) if fp + tn else 0.0,
+                 precision=tp / (tp + fp) if tp + fp else 1.0,
+                 f1=2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+                 tp=tp, fp=fp, fn=fn, tn=tn)
+
+
+def candidates(scores: np.ndarray, decimals: int = 4) -> np.ndarray:
+    """Thresholds between consecutive distinct scores (every distinct blocking decision), rounded
+    so that the value written into a policy gives exactly the figures reported for it; plus one
+    below the lowest and one above the highest score."""
+    u = np.unique(np.asarray(scores, dtype=np.float64))
+    mids = (u[:-1] + u[1:]) / 2.0
+    ends = [max(-1.0, u[0] - 0.01), min(1.0, u[-1] + 0.01)]
+    return np.unique(np.round(np.concatenate([mids, ends]), decimals))
+
+
+def sweep(scores: np.ndarray, admissible: np.ndarray, mode: str,
+          thresholds: Sequence[float] | np.ndarray | None = None) -> list[Point]:
+    ts = candidates(scores) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    return [at_threshold(scores, admissible, float(t), mode) for t in ts]
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    best: Point  # most inadmissible texts blocked with false_block_rate <= max_false_block
+    best_f1: Point  # the highest F1 over every candidate threshold
+    max_false_block: float
+    met: bool  # False: no threshold keeps false blocks within max_false_block; best has the fewest
+    auroc: float
+    points: list[Point]  # every candidate, for the ROC curve
+
+
+def suggest(scores: np.ndarray, admissible: np.ndarray, mode: str, max_false_block: float = 0.05) -> Suggestion:
+    """The threshold that blocks the most inadmissible texts while blocking at most
+    `max_false_block` of the admissible ones (ties: fewer false blocks, then higher precision)."""
+    if not 0.0 <= max_false_block <= 1.0:
+        raise CalibrationError(f"max false-block rate must be between 0 and 1, got {max_false_block}")
+    scores = np.asarray(scores, dtype=np.float64)
+    admissible = np.asarray(admissible, dtype=bool)
+    pts = sweep(scores, admissible, mode)
+    ok = [p for p in pts if p.false_block_rate <= max_false_block + 1e-12]
+    met = bool(ok)
+    if not ok:  # admissible texts score like the examples themselves: no threshold in [-1, 1] spares them
+        low = min(p.false_block_rate for p in pts)
+        ok = [p for p in pts if p.false_block_rate == low]
+    best = max(ok, key=lambda p: (p.block_rate, -p.false_block_rate, p.precision))
+    best_f1 = max(pts, key=lambda p: (p.f1, -p.false_block_rate))
+    return Suggestion(best=best, best_f1=best_f1, max_false_block=max_false_block, met=met,
+                      auroc=auroc(scores, admissible, mode), points=pts)
+
+
+def table_thresholds(scores: np.ndarray, sug: Suggestion, n: int = 8) -> list[float]:
+    """About n round thresholds across the bulk of the scores, plus the suggested and max-F1 ones."""
+    lo, hi = np.quantile(np.asarray(scores, dtype=np.float64), [0.05, 0.95])
+    grid = np.round(np.linspace(lo, hi, n), 2)
+    return sorted({float(t) for t in grid} | {sug.best.threshold, sug.best_f1.threshold})
+
+
+# ---- plot -------------------------------------------------------------------------------------
+
+def draw_roc(ax: Any, sug: Suggestion, title: str) -> None:
+    """The ROC curve on a matplotlib Axes, the suggested (and max-F1) operating point marked."""
+    pts = sorted(sug.points, key=lambda p: (p.false_block_rate, p.block_rate))
+    fpr = [0.0] + [p.false_block_rate for p in pts] + [1.0]
+    tpr = [0.0] + [p.block_rate for p in pts] + [1.0]
+    ax.plot(fpr, tpr, color="tab:blue", lw=1.8, label="ROC")
+    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="chance")
+    ax.axvline(sug.max_false_block, color="tab:red", lw=0.8, ls=":",
+               label=f"max false-block {sug.max_false_block:.0%}")
+    b = sug.best
+    ax.plot([b.false_block_rate], [b.block_rate], "o", color="tab:red", ms=8,
+            label=f"suggested {b.threshold:g}: blocks {b.block_rate:.0%}, false-blocks {b.false_block_rate:.1%}")
+    f = sug.best_f1
+    if f.threshold != b.threshold:
+        ax.plot([f.false_block_rate], [f.block_rate], "s", color="tab:green", ms=6,
+                label=f"max F1 {f.threshold:g} (F1 {f.f1:.2f})")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false-block rate (admissible texts blocked)")
+    ax.set_ylabel("block rate (inadmissible texts blocked)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(sug: Suggestion, path: str | Path, title: str) -> Path:
+    """Write the ROC curve with the suggested operating point marked as a PNG; returns the path."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5.0), dpi=100)
+    try:
+        draw_roc(ax, sug, title)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, format="png")
+    finally:
+        plt.close(fig)
+    return out
+
+
+def roc_title(rule_id: str, mode: str, encoder: str, auc: float, n: int) -> str:
+    return f"rule {rule_id} ({mode}), encoder {encoder}\nAUROC {auc:.3f} on {n} labelled texts"
+
+
+# ---- one call for the CLI and the benchmarks ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Calibration:
+    rule: str
+    mode: str
+    encoder: str
+    n: int
+    n_admissible: int
+    n_inadmissible: int
+    scores: np.ndarray
+    admissible: np.ndarray
+    suggestion: Suggestion
+    current: Point | None  # at the threshold the policy sets, if it sets one
+
+    def to_json(self, png: str) -> dict[str, Any]:
+        b = self.suggestion.best
+        return {"auroc": self.suggestion.auroc, "f1": b.f1, "threshold": b.threshold,
+                "false_block_rate": b.false_block_rate, "n": self.n, "rule": self.rule,
+                "encoder": self.encoder, "png": png}
+
+
+def calibrate(rule: Any, data: Sequence[tuple[str, bool]], max_false_block: float = 0.05,
+              progress: IO[str] | None = sys.stderr) -> Calibration:
+    """Score labelled texts against a compiled SemanticRule and suggest its threshold."""
+    texts = [t for t, _ in data]
+    adm = np.array([a for _, a in data], dtype=bool)
+    scores = score_texts(rule, texts, progress=progress)
+    sug = suggest(scores, adm, rule.mode, max_false_block)
+    cur = at_threshold(scores, adm, rule.threshold, rule.mode) if rule.calibrated else None
+    return Calibration(rule=rule.rule_id, mode=rule.mode, encoder=rule.encoder.name, n=len(texts),
+                       n_admissible=int(adm.sum()), n_inadmissible=int((~adm).sum()), scores=scores,
+                       admissible=adm, suggestion=sug, current=cur)
