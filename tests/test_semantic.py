@@ -161,3 +161,35 @@ def test_a_gate_never_releases_an_open_group(runtime):
 def test_example_policy_files_are_valid():
     for p in sorted(Path(ROOT / "examples").glob("*.yaml")):
         assert load_policy(p).rules, p
+
+
+def test_the_server_reports_semantic_decisions(tmp_path):
+    import openai
+
+    from test_server import Server
+
+    pol = tmp_path / "no-explosives.yaml"
+    pol.write_text((ROOT / "examples" / "no-explosives.yaml").read_text()
+                   .replace("apply_to: [output, input]", "apply_to: [output]")
+                   .replace("examples_file: explosives.txt", f"examples_file: {ROOT / 'examples' / 'explosives.txt'}"))
+    srv = Server(tmp_path, "--policy", str(pol))
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x")
+        seen = []
+        for seed in range(3):
+            r = client.chat.completions.create(model="m", messages=user(BOMB_PROMPT), seed=seed, temperature=0.8,
+                                               max_tokens=96)
+            gov = r.model_extra["governance"]
+            assert gov["policy"] == "no-explosives" and gov["semantic"]["groups"] >= 1
+            acts = [d["action"] for d in gov["decisions"]]
+            seen += acts
+            assert gov["semantic"]["rejected"] == sum(a in ("resample", "stop") for a in acts)
+            assert (r.choices[0].finish_reason == "content_filter") == ("stop" in acts)
+        assert "resample" in seen
+        stream = client.chat.completions.create(model="m", messages=user(BOMB_PROMPT), seed=0, temperature=0.8,
+                                                max_tokens=96, stream=True)
+        last = [c for c in stream][-1]
+        assert "semantic" in last.model_extra["governance"]
+        assert srv.decisions("resample") >= 1
+    finally:
+        srv.stop()

@@ -187,7 +187,7 @@ class Gate:
     """The compiled policy applied to one stream. Not thread-safe; one per generation."""
 
     def __init__(self, compiled: CompiledPolicy, table: TokenTable, stop: Sequence[str] = (),
-                 semantic_lag: int = SEMANTIC_LAG_TOKENS):
+                 semantic_lag: int = SEMANTIC_LAG_TOKENS, steer_penalty: float = STEER_PENALTY):
         self.compiled = compiled
         self.detectors = compiled.detectors + ([stop_sequences(stop)] if stop else [])
         self.masks = compiled.masks_for(table)
@@ -210,6 +210,7 @@ class Gate:
         self.groups = Groups(compiled.semantic_output, semantic_lag) if compiled.semantic_output else None
         self.epilogue = ""  # a semantic rule's refusal, released after a fallback stop
         self.stopped = False  # a semantic rule ended the stream
+        self.steer_penalty = steer_penalty  # 0: the rolled-back group's first token is banned, nothing more
 
     # ---- before sampling ------------------------------------------------------------------
     @property
@@ -410,10 +411,10 @@ class Gate:
         if self.groups is None:
             return logits
         toks = self.groups.steer_at(len(self.tokens))
-        if toks is None or not toks.size:
+        if toks is None or not toks.size or not self.steer_penalty:
             return logits
         out = logits.copy()
-        out[toks] -= STEER_PENALTY
+        out[toks] -= self.steer_penalty
         return out
 
     @property

@@ -49,6 +49,7 @@ class GroupStats:
     retry_admitted: int = 0  # ...whose regeneration was admitted
     score_ms: list[float] = field(default_factory=list)  # encoder time per group
     hold_ms: list[float] = field(default_factory=list)  # group closed -> verdict applied
+    group_tokens: list[int] = field(default_factory=list)  # length of each judged group
     max_score: dict[str, float] = field(default_factory=dict)  # per rule, over admitted groups
 
     def to_dict(self) -> dict:
@@ -145,6 +146,7 @@ class Groups:
 
     def _account(self, g: Group, v: Verdict | None) -> None:
         self.stats.hold_ms.append((time.perf_counter() - g.closed_at) * 1000)
+        self.stats.group_tokens.append(g.end_tok - g.start_tok)
         if v is None:
             return
         self.stats.scored += 1
