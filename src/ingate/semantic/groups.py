@@ -74,7 +74,7 @@ class Groups:
         self.approved_tok = 0
         self.approved = 0  # raw byte offset below which every group is admitted
         self.pending: list[Group] = []
-        self.starts: list[int] = []  # byte starts of closed groups, for the sliding window
+        self.recent: list[tuple[int, Future[Verdict]]] = []  # (byte start, job) of scored groups: the window
         self.retries: dict[int, int] = {}  # group start position -> rejections there
         self.steer: tuple[int, np.ndarray] | None = None  # (position, tokens to penalize there)
         self.admitted: list[tuple[int, int]] = []  # byte spans of admitted groups, in order
@@ -95,14 +95,12 @@ class Groups:
         text = bytes(raw[start:end]).decode("utf-8", errors="replace")
         future = None
         if text.strip():
-            views = [text]
-            if self.window and self.starts:
-                ws = self.starts[-self.window] if len(self.starts) >= self.window else self.starts[0]
-                views.append(bytes(raw[ws:end]).decode("utf-8", errors="replace"))
-            future = scorer.submit(self.rules, views)
+            window = [f for _, f in self.recent[-self.window:]] if self.window else []
+            future = scorer.submit(self.rules, text, n_tok - self.open_tok, window)
+            self.recent.append((start, future))
+            del self.recent[:-max(self.window, 1)]
         self.pending.append(Group(self.open_tok, n_tok, start, end, future, n_tok + self.lag,
                                   time.perf_counter()))
-        self.starts.append(start)
         self.open_tok = n_tok  # steering (steer_at) lasts while the regenerated group is open
 
     # ---- verdicts -----------------------------------------------------------------------------
@@ -171,7 +169,7 @@ class Groups:
         self.open_tok = keep[-1].end_tok if keep else self.approved_tok
         open_start = tok_start[self.open_tok] if self.open_tok < len(tok_start) else None
         if open_start is not None:
-            self.starts = [s for s in self.starts if s < open_start]
+            self.recent = [(s, f) for s, f in self.recent if s < open_start]
         self.retries = {p: n for p, n in self.retries.items() if p <= k}
         if self.steer is not None and self.steer[0] > k:
             self.steer = None

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,8 @@ _EXECUTOR: ThreadPoolExecutor | None = None
 class Verdict:
     scores: tuple[Score, ...]
     elapsed_ms: float
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # encoder -> the text's own embedding
+    weight: int = 0  # tokens in the text: its weight when pooled into a later group's window
 
     @property
     def rejected(self) -> Score | None:
@@ -44,11 +46,39 @@ def judge(rules: Sequence[SemanticRule], views: Sequence[str]) -> Verdict:
     return Verdict(tuple(scores), (time.perf_counter() - t) * 1000)
 
 
-def submit(rules: Sequence[SemanticRule], views: Sequence[str]) -> Future[Verdict]:
+def judge_group(rules: Sequence[SemanticRule], text: str, weight: int,
+                window: Sequence[Future[Verdict]]) -> Verdict:
+    """A group alone, and pooled with the groups before it: two views, one encoder pass.
+
+    The window view is the token-weighted mean of the group's embedding and its predecessors'
+    (already computed: the worker runs jobs in order), so content split across sentences is seen
+    together without encoding the window's text again. Mean pooling over a concatenation is close
+    to this (cosine 0.85-0.95 on our checks) and costs a third of the encoder time.
+    """
+    t = time.perf_counter()
+    prev = [f.result() for f in window]
+    own: dict[str, np.ndarray] = {}
+    scores: list[Score] = []
+    for r in rules:
+        name = r.encoder.name
+        v = own.get(name)
+        if v is None:
+            v = own[name] = r.encoder.encode([text])[0]
+        views = v[None, :]
+        parts = [(p.vectors[name], p.weight) for p in prev if name in p.vectors]
+        if parts:
+            pooled = v * weight + sum(vec * w for vec, w in parts)
+            views = np.vstack([views, pooled / max(float(np.linalg.norm(pooled)), 1e-12)])
+        scores.append(r.judge(views))
+    return Verdict(tuple(scores), (time.perf_counter() - t) * 1000, own, weight)
+
+
+def submit(rules: Sequence[SemanticRule], text: str, weight: int,
+           window: Sequence[Future[Verdict]] = ()) -> Future[Verdict]:
     global _EXECUTOR
     if _EXECUTOR is None:
         _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingate-score")
-    return _EXECUTOR.submit(judge, tuple(rules), tuple(views))
+    return _EXECUTOR.submit(judge_group, tuple(rules), text, weight, tuple(window))
 
 
 def prompt_views(text: str, limit: int = 32) -> list[str]:
