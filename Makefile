@@ -42,6 +42,8 @@ bench: install-test
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/masks.py
 	$(BIN)/python bench/server.py
+	$(BIN)/python bench/semantic.py
+	$(BIN)/python bench/semantic_dev.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis

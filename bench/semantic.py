@@ -137,7 +137,7 @@ def screening(compiled, n: int) -> dict:
 
 def steering(rt: Runtime, compiled, seeds: int, tokens: int) -> dict:
     out = {}
-    modes = {"ban_first": 0.0, "penalize": STEER_PENALTY}
+    modes = {"ban_first": 0.0, "penalize_half": STEER_PENALTY / 2, "penalize": STEER_PENALTY}
     totals = {m: {"rejected": 0, "retried": 0, "retry_admitted": 0, "fallback_stops": 0, "runs": 0,
                   "content_filter": 0, "elapsed_s": 0.0, "tokens": 0} for m in modes}
     for i, text in enumerate(HARMFUL):
@@ -145,7 +145,8 @@ def steering(rt: Runtime, compiled, seeds: int, tokens: int) -> dict:
         for seed in range(seeds):
             params = GenerationParams(max_tokens=tokens, sampling=SamplingParams(temperature=0.8, top_p=0.95,
                                                                                  seed=seed))
-            order = list(modes) if (i + seed) % 2 == 0 else list(reversed(modes))
+            k = (i + seed) % len(modes)
+            order = list(modes)[k:] + list(modes)[:k]
             for m in order:
                 res, gate = run(rt, prompt, compiled, params, steer=modes[m])
                 st = gate.groups.stats
@@ -230,7 +231,8 @@ def render(out: dict) -> str:
         "| steering | rejected groups | regenerated | regeneration admitted | success rate | fallback stops "
         "(content_filter) | tokens/s |", "|---|---|---|---|---|---|---|"]
     for m, label in (("ban_first", "ban the first token"),
-                     ("penalize", f"ban + penalty {st['penalty']:g} on the rejected content tokens")):
+                     ("penalize_half", f"ban + penalty {st['penalty'] / 2:g} on the rejected content tokens"),
+                     ("penalize", f"ban + penalty {st['penalty']:g} on the rejected content tokens (default)")):
         e = st[m]
         lines.append(f"| {label} | {e['rejected']} | {e['retried']} | {e['retry_admitted']} | {e['success_rate']} | "
                      f"{e['fallback_stops']} ({e['content_filter']}/{e['runs']} runs) | "
