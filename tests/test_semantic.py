@@ -193,3 +193,28 @@ def test_the_server_reports_semantic_decisions(tmp_path):
         assert srv.decisions("resample") >= 1
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("fail_at", [1, 3])
+def test_an_encoder_failure_fails_closed(runtime, monkeypatch, fail_at):
+    """Fault injection: the real encoder raises on its n-th call. The stream ends with
+    content_filter, the error is audited, and nothing the rule had not admitted is released."""
+    pol = _policy()
+    rule = runtime.prepare(pol).semantic[0]
+    real = rule.encoder.encode
+    calls = []
+
+    def flaky(texts):
+        calls.append(texts)
+        if len(calls) >= fail_at:
+            raise RuntimeError("encoder fault (injected)")
+        return real(texts)
+
+    monkeypatch.setattr(rule.encoder, "encode", flaky)
+    gate = runtime.gate_for(pol)
+    res = generate(runtime.engine, runtime.engine.chat_prompt(user(PARIS_PROMPT)), _params(0, 128), gate)
+    assert res.finish_reason == "content_filter"
+    assert res.decisions[-1].action == "error" and "encoder fault" in res.decisions[-1].detail
+    admitted_end = gate.groups.admitted[-1][1] if gate.groups.admitted else 0
+    assert gate.hold.released <= admitted_end
+    assert res.text.encode() == bytes(gate.raw[:gate.hold.released])

@@ -210,17 +210,23 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
 
 
 def _settled(gate: Gate, rolled_back: Callable[[int], None]) -> bool:
-    """End of stream: judge every remaining group. True when one was rolled back (generate on)."""
-    adm = gate.settle(final=True)
-    if adm.verdict is Verdict.ROLLBACK:
-        rolled_back(adm.rollback)
-        return True
+    """End of stream: judge every remaining group. True when one was rolled back (generate on).
+
+    A failure here (the encoder, the engine's rollback) fails closed like any other in the gate.
+    """
+    try:
+        adm = gate.settle(final=True)
+        if adm.verdict is Verdict.ROLLBACK:
+            rolled_back(adm.rollback)
+            return True
+    except Exception as e:
+        gate.fail("ingate", e)
     return False
 
 
 def _finish(gate: Gate, finish: str) -> str:
     """The finish reason once every group is judged: a semantic stop overrides stop and length."""
-    return "content_filter" if gate.stopped else finish
+    return "content_filter" if gate.stopped or gate.halted else finish
 
 
 def _eos_ban(engine: Engine, params: GenerationParams) -> np.ndarray | None:

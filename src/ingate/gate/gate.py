@@ -211,6 +211,7 @@ class Gate:
         self.groups = Groups(compiled.semantic_output, semantic_lag) if compiled.semantic_output else None
         self.epilogue = ""  # a semantic rule's refusal, released after a fallback stop
         self.stopped = False  # a semantic rule ended the stream
+        self.halted = False  # halt() or fail() ended it
         self.steer_penalty = steer_penalty  # 0: the rolled-back group's first token is banned, nothing more
 
     # ---- before sampling ------------------------------------------------------------------
@@ -519,6 +520,7 @@ class Gate:
 
     def halt(self, rule_id: str, action: str, detail: str) -> None:
         """End the stream where it stands: nothing held is released, and the reason is audited."""
+        self.halted = True
         self._cap = self.hold.released
         self._decide(rule_id, action, self.hold.released, b"", detail)
 
