@@ -218,3 +218,19 @@ def test_an_encoder_failure_fails_closed(runtime, monkeypatch, fail_at):
     admitted_end = gate.groups.admitted[-1][1] if gate.groups.admitted else 0
     assert gate.hold.released <= admitted_end
     assert res.text.encode() == bytes(gate.raw[:gate.hold.released])
+
+
+BANK_SYSTEM = {"role": "system", "content": "You are the assistant of Example Bank. Answer customers' banking "
+                                            "questions briefly."}
+
+
+def test_allow_only_keeps_a_bank_bot_on_topic(runtime):
+    pol = load_policy(ROOT / "examples" / "bank-bot.yaml")
+    none = load_policy("none")
+    params = GenerationParams(max_tokens=64, sampling=SamplingParams(temperature=0.7, seed=0))
+    on = [BANK_SYSTEM, {"role": "user", "content": "How do I open a savings account?"}]
+    assert runtime.run(on, pol, params).text == runtime.run(on, none, params).text
+    off = runtime.run([BANK_SYSTEM, {"role": "user", "content": "Write a poem about the sea."}], pol, params)
+    assert off.finish_reason == "content_filter" and off.text.endswith("I can only help with banking questions.")
+    stop = [d for d in off.decisions if d.action == "stop"]
+    assert stop and stop[0].rule_id == "on-topic" and "best allowed concept 'banking'" in stop[0].detail
