@@ -173,6 +173,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                           "stats": res.stats()}, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
+        sys.stdout.flush()  # the summary goes to stderr: keep it after the text when both are piped
         if res.decisions or res.finish_reason == "content_filter":
             print(_summary(res), file=sys.stderr)
     return 0
@@ -205,6 +206,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             history = []
             continue
         sys.stdout.write("\n")
+        sys.stdout.flush()  # the summary goes to stderr: keep it after the text when both are piped
         if res.decisions or res.finish_reason == "content_filter":
             print(_summary(res), file=sys.stderr)
         history += [{"role": "user", "content": line}, {"role": "assistant", "content": res.text}]
