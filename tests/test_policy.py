@@ -93,6 +93,28 @@ BAD = {
     "bad_apply_to": ("rules:\n  - id: s13\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
                      "    action: resample\n    apply_to: [prompt]\n",
                      ["rule 's13'", "field apply_to[0]", "input"]),
+    # entropy rules
+    "negative_bound": ("rules:\n  - id: e1\n    entropy: {max_token_entropy: -1}\n",
+                       ["rule 'e1'", "field entropy.max_token_entropy", "greater than 0"]),
+    "nan_budget": ("rules:\n  - id: e2\n    entropy: {budget: .nan}\n    action: stop\n",
+                   ["rule 'e2'", "field entropy.budget", "finite"]),
+    "negative_session_budget": ("rules:\n  - id: e3\n    entropy: {session_budget: -5}\n    action: stop\n",
+                                ["rule 'e3'", "field entropy.session_budget"]),
+    "narrow_without_bound": ("rules:\n  - id: e4\n    entropy: {on_exceed: narrow, budget: 4}\n    action: stop\n",
+                             ["rule 'e4'", "field entropy", "narrow needs max_token_entropy"]),
+    "budget_without_action": ("rules:\n  - id: e5\n    entropy: {budget: 40}\n",
+                              ["rule 'e5'", "needs action: stop", "field action"]),
+    "entropy_resample": ("rules:\n  - id: e6\n    entropy: {budget: 40}\n    action: resample\n",
+                         ["rule 'e6'", "action is stop"]),
+    "entropy_empty": ("rules:\n  - id: e7\n    entropy: {baseline: 1}\n", ["rule 'e7'", "sets nothing"]),
+    "negative_baseline": ("rules:\n  - id: e8\n    entropy: {budget: 4, baseline: -1}\n    action: stop\n",
+                          ["rule 'e8'", "field entropy.baseline"]),
+    "two_entropy_rules": ("rules:\n  - id: e9\n    entropy: {budget: 4}\n    action: stop\n"
+                          "  - id: e10\n    entropy: {max_token_entropy: 3}\n", ["more than one entropy rule"]),
+    "bad_on_exceed": ("rules:\n  - id: e11\n    entropy: {max_token_entropy: 3, on_exceed: clamp}\n",
+                      ["rule 'e11'", "field entropy.on_exceed", "narrow"]),
+    "message_on_forbid": ("rules:\n  - id: e12\n    forbid: {phrases: [x]}\n    action: stop\n    message: hi\n",
+                          ["rule 'e12'", "message only applies to entropy rules"]),
     "negative_retries": ("rules:\n  - id: s14\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
                          "    action: resample\n    max_retries: -1\n", ["rule 's14'", "field max_retries"]),
 }

@@ -7,7 +7,9 @@ says what to fix, and a non-zero exit: 2 for an invalid policy or usage, 1 other
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from collections import Counter
 
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     _gen_flags(g)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    g.add_argument("--show-entropy", action="store_true",
+                   help="colour the output by each token's entropy (where the model was unsure)")
     c = sub.add_parser("chat", help="interactive governed chat")
     _gen_flags(c)
     s = sub.add_parser("serve", help="serve the OpenAI-compatible governed API")
@@ -160,9 +164,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UserError("empty prompt: give the text to generate from", code=2)
     policy = _policy(args.policy)
-    params = _params(args)
+    params = dataclasses.replace(_params(args), entropy=args.json or args.show_entropy)
     rt = _runtime(args)
-    out = None if args.json else _stream_out
+    out = None if args.json or args.show_entropy else _stream_out
     try:
         res = rt.run(_messages(args.system, [], args.prompt), policy, params, on_text=out)
     except EngineError as e:
@@ -170,13 +174,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"text": res.text, "finish_reason": res.finish_reason,
                           "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
+                          "entropy": [round(h, 4) if h == h else None for h in (res.entropy or [])],
                           "stats": res.stats()}, ensure_ascii=False))
     else:
+        if args.show_entropy:
+            _show_entropy(res)
         sys.stdout.write("\n")
         sys.stdout.flush()  # the summary goes to stderr: keep it after the text when both are piped
+        if args.show_entropy:
+            print(ENTROPY_LEGEND, file=sys.stderr)
         if res.decisions or res.finish_reason == "content_filter":
             print(_summary(res), file=sys.stderr)
     return 0
+
+
+# (upper bound in nats, ANSI colour): where the model was sure, unsure, lost
+ENTROPY_COLOURS = ((1.0, ""), (2.5, "\033[33m"), (float("inf"), "\033[31m"))
+
+
+def _show_entropy(res) -> None:
+    """The released text, each token coloured by the entropy it was sampled at. Text that ingate
+    itself added (a refusal or a budget message) and placeholders are left plain."""
+    plain = bool(os.environ.get("NO_COLOR"))
+    shown = ""
+    for text, h in res.entropy_released or []:
+        colour = next(c for hi, c in ENTROPY_COLOURS if h is None or h < hi) if h is not None else ""
+        if plain:
+            sys.stdout.write(text + (f"⟨{h:.1f}⟩" if h is not None and h >= ENTROPY_COLOURS[0][0] else ""))
+        else:
+            sys.stdout.write(f"{colour}{text}\033[0m" if colour else text)
+        shown += text
+    sys.stdout.write(res.text[len(shown):] if res.text.startswith(shown) else "")  # a refusal or message
+
+
+ENTROPY_LEGEND = (f"[ingate] entropy (nats): plain < {ENTROPY_COLOURS[0][0]:g} <= yellow < "
+                  f"{ENTROPY_COLOURS[1][0]:g} <= red (NO_COLOR=1: values after uncertain tokens)")
 
 
 def _stream_out(text: str) -> None:
@@ -207,6 +239,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         sys.stdout.write("\n")
         sys.stdout.flush()  # the summary goes to stderr: keep it after the text when both are piped
+        if args.show_entropy:
+            print(ENTROPY_LEGEND, file=sys.stderr)
         if res.decisions or res.finish_reason == "content_filter":
             print(_summary(res), file=sys.stderr)
         history += [{"role": "user", "content": line}, {"role": "assistant", "content": res.text}]
@@ -230,6 +264,19 @@ def cmd_check(args: argparse.Namespace) -> int:
             sem = r.semantic
             what.append(f"semantic {sem.mode} " + ", ".join(f"{c.name} ({len(c.examples)} examples)"
                                                               for c in sem.concepts))
+        if r.entropy is not None:
+            e = r.entropy
+            parts = []
+            if e.max_token_entropy is not None:
+                parts.append(f"bound {e.max_token_entropy:g} nats/token" + (" (narrow)" if e.narrow else " (reported)"))
+            if e.budget is not None:
+                parts.append(f"response budget {e.budget:g}")
+            if e.session_budget is not None:
+                parts.append(f"session budget {e.session_budget:g}")
+            parts.append(f"excess over baseline {e.baseline:g}")
+            print(f"  - {r.id}: entropy " + ", ".join(parts) + (f"; {r.action} at the next sentence end when a "
+                                                               "budget is spent" if r.action else ""))
+            continue
         print(f"  - {r.id}: {r.action} on {'; '.join(what)}")
     for d in compiled.detectors:
         extra = f", mask states {len(d.search.accept)}" if d.rolls_back else ""

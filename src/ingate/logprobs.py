@@ -8,6 +8,8 @@ Values are from the model's raw distribution (temperature 1, before masks).
 
 from __future__ import annotations
 
+import codecs
+
 import numpy as np
 
 from ingate.gate.gate import Gate
@@ -29,6 +31,26 @@ def record(logits: np.ndarray, token: int, top: int) -> Recorded:
 
 def _entry(text: bytes, logprob: float) -> dict:
     return {"token": text.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(text)}
+
+
+def released_entropies(gate: Gate) -> list[tuple[str, float | None]]:
+    """(text, entropy) for what the client was shown, aligned with `entries`: one pair per token
+    released whole, (placeholder, None) for a redaction. A character split across tokens is
+    given to the token that completes it."""
+    out: list[tuple[str, float | None]] = []
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    last_span = None
+    for k, span in gate.released_tokens():
+        if k >= len(gate.entropies):
+            break
+        if span is not None:
+            if span is not last_span:
+                out.append((dec.decode(b"", final=True) + span.placeholder, None))
+                last_span = span
+            continue
+        h = gate.entropies[k]
+        out.append((dec.decode(gate.token_bytes[gate.tokens[k]]), round(h, 4) if h == h else None))  # NaN: None
+    return out
 
 
 def entries(gate: Gate, recorded: list[Recorded]) -> list[dict]:

@@ -36,6 +36,7 @@ class GenerationParams:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
     logprobs: int | None = None  # None: off; k: each released token's logprob and up to k alternatives
+    entropy: bool = False  # measure each step's entropy even when no entropy rule asks for it
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
@@ -57,6 +58,9 @@ class Result:
     prompt_tokens: int = 0
     logprobs: list[dict] | None = None  # OpenAI logprobs.content, when asked for
     semantic: dict | None = None  # token-group scoring summary, when the policy has semantic rules
+    entropy: list[float] | None = None  # per token of the response (nats), when measured
+    entropy_summary: dict | None = None  # the entropy rule's account, when the policy has one
+    entropy_released: list[tuple[str, float | None]] | None = None  # (text, entropy) per released token
 
     def stats(self) -> dict:
         g = np.asarray(self.gate_us) if self.gate_us else np.zeros(1)
@@ -68,7 +72,8 @@ class Result:
             "held_max_chars": self.held_max_chars,
             "rollbacks": self.rollbacks,
             "ttft_ms": round(self.ttft_s * 1000, 1) if self.ttft_s is not None else None,
-        } | ({"semantic": self.semantic} if self.semantic is not None else {})
+        } | ({"semantic": self.semantic} if self.semantic is not None else {}) \
+          | ({"entropy": self.entropy_summary} if self.entropy_summary is not None else {})
 
 
 def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: Gate | None = None,
@@ -81,7 +86,10 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     """
     if gate is None:
         return _ungoverned(engine, prompt, params, on_text, cancelled)
-    sampler = Sampler(params.sampling)
+    eb = gate.entropy
+    measure = params.entropy or eb is not None
+    sampler = Sampler(params.sampling, measure=measure)
+    bound = eb.spec.max_token_entropy if eb is not None and eb.spec.narrow else None
     gate_us: list[float] = []
     t0 = time.perf_counter()
     ttft: float | None = None
@@ -129,7 +137,7 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
         try:
             logits = gate.bias(logits)  # steering after a semantic rollback; otherwise untouched
             s = time.perf_counter()
-            token = sampler.sample(logits, _join(gate.banned(), eos))
+            token = sampler.sample(logits, _join(gate.banned(), eos), bound)
             sampling += time.perf_counter() - s
             if token < 0:
                 gate.fail("ingate", RuntimeError("every token is banned at this position"))
@@ -141,13 +149,13 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                     continue
                 finish = _finish(gate, finish)
                 break
-            adm = gate.admit(token)
+            adm = gate.admit(token, sampler.entropy)
             if adm.verdict is Verdict.RESAMPLE:
                 mask = gate.mask()
                 if eos is not None:
                     mask[eos] = True
                 s = time.perf_counter()
-                token = sampler.sample(logits, mask)
+                token = sampler.sample(logits, mask, bound)
                 sampling += time.perf_counter() - s
                 if token < 0 or engine.is_eog(token):
                     finish = "stop" if token >= 0 else "content_filter"
@@ -155,7 +163,7 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                         continue
                     finish = _finish(gate, finish)
                     break
-                adm = gate.admit(token)
+                adm = gate.admit(token, sampler.entropy)
                 if adm.verdict not in (Verdict.ADMIT, Verdict.STOP, Verdict.END):
                     raise AssertionError(f"masked resample was not admitted ({adm.verdict.value})")
             if adm.verdict is Verdict.ROLLBACK:
@@ -172,6 +180,8 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 finish = _finish(gate, finish)
                 break
             if adm.verdict is Verdict.STOP:
+                if params.logprobs is not None:  # an entropy stop releases this token whole
+                    recorded.append(logprobs.record(logits, token, params.logprobs))
                 gate.settle(final=True, can_rollback=False)  # the text before the match is judged too
                 gate_us.append((time.perf_counter() - g - sampling) * 1e6)
                 emit(gate.release())
@@ -206,7 +216,10 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     return Result(gate.text, finish, gate.decisions, gate.position, elapsed, ttft, gate_us,
                   gate.held_max_chars, gate.rollbacks, held, len(prompt),
                   logprobs.entries(gate, recorded) if params.logprobs is not None else None,
-                  gate.semantic_stats)
+                  gate.semantic_stats, list(gate.entropies) if measure else None,
+                  eb.summary(gate.entropies) if eb is not None else None,
+                  logprobs.released_entropies(gate) if measure and (params.logprobs is not None or params.entropy)
+                  else None)
 
 
 def _settled(gate: Gate, rolled_back: Callable[[int], None]) -> bool:

@@ -119,12 +119,30 @@ class Semantic(_Strict):
         return self
 
 
+class Entropy(_Strict):
+    max_token_entropy: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)  # nats, per step
+    on_exceed: Literal["narrow", "none"] = "none"
+    budget: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)  # per response
+    baseline: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    session_budget: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> Entropy:
+        if self.on_exceed == "narrow" and self.max_token_entropy is None:
+            raise ValueError("on_exceed: narrow needs max_token_entropy (the bound to narrow to)")
+        if self.max_token_entropy is None and self.budget is None and self.session_budget is None:
+            raise ValueError("sets nothing; give max_token_entropy, budget or session_budget")
+        return self
+
+
 class Rule(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     forbid: Forbid | None = None
     semantic: Semantic | None = None
-    action: Action
+    entropy: Entropy | None = None
+    action: Action | None = None
     placeholder: str | None = None
+    message: str | None = Field(default=None, min_length=1)  # entropy rules: released after a budget stop
     # semantic rules only
     max_retries: int | None = Field(default=None, ge=0, le=100)
     fallback: Literal["stop"] | None = None
@@ -133,8 +151,17 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Rule:
-        if (self.forbid is None) == (self.semantic is None):
-            raise ValueError("a rule has exactly one of forbid: (phrases, patterns) or semantic: (concepts)")
+        kinds = [k for k in ("forbid", "semantic", "entropy") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a rule has exactly one of forbid: (phrases, patterns), semantic: (concepts) or "
+                             f"entropy: (bounds and budgets); this one has {' and '.join(kinds) or 'none'}")
+        if self.entropy is not None:
+            return self._entropy_rule()
+        if self.message is not None:
+            raise ValueError("message only applies to entropy rules; semantic rules use refusal")
+        if self.action is None:
+            valid = FORBID_ACTIONS if self.forbid is not None else SEMANTIC_ACTIONS
+            raise ValueError(f"field action is missing; add it (one of {', '.join(valid)})")
         if self.placeholder is not None and self.action != "redact":
             raise ValueError(f"placeholder is only used with action: redact (this rule's action is {self.action})")
         if self.forbid is not None:
@@ -148,6 +175,20 @@ class Rule(_Strict):
             raise ValueError(f"a semantic rule's action is one of {', '.join(SEMANTIC_ACTIONS)} "
                              f"(got {self.action!r}); semantic groups are rolled back and regenerated, or end the "
                              "stream")
+        return self
+
+    def _entropy_rule(self) -> Rule:
+        e = self.entropy
+        assert e is not None
+        extra = [f for f in ("placeholder", "max_retries", "fallback", "refusal", "apply_to")
+                 if getattr(self, f) is not None]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} do not apply to entropy rules; remove them")
+        if (e.budget is not None or e.session_budget is not None) and self.action is None:
+            raise ValueError("a budget needs action: stop (end the response at the next sentence boundary when "
+                             "it is spent); field action is missing")
+        if self.action is not None and self.action != "stop":
+            raise ValueError(f"an entropy rule's action is stop (got {self.action!r})")
         return self
 
 
@@ -170,6 +211,9 @@ class PolicyModel(_Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> PolicyModel:
+        if sum(r.entropy is not None for r in self.rules) > 1:
+            raise ValueError("more than one entropy rule; a policy has at most one (its bound and budgets "
+                             "apply to the whole response)")
         seen: set[str] = set()
         for r in self.rules:
             if r.id in seen:
@@ -200,17 +244,28 @@ class SemanticSpec:
 
 
 @dataclass(frozen=True)
+class EntropySpec:
+    max_token_entropy: float | None
+    narrow: bool
+    budget: float | None
+    baseline: float
+    session_budget: float | None
+    message: str | None
+
+
+@dataclass(frozen=True)
 class RuleSpec:
     """One validated rule with its files read: what the gate compiles."""
 
     id: str
-    action: Action
+    action: Action | None
     phrases: tuple[str, ...] = ()
     case_sensitive: bool = False
     patterns: tuple[str, ...] = ()  # built-in pattern names
     regex: tuple[str, ...] = ()
     placeholder: str | None = None
     semantic: SemanticSpec | None = None
+    entropy: EntropySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +286,10 @@ class Policy:
     @property
     def semantic_rules(self) -> tuple[RuleSpec, ...]:
         return tuple(r for r in self.rules if r.semantic is not None)
+
+    @property
+    def entropy_rule(self) -> RuleSpec | None:
+        return next((r for r in self.rules if r.entropy is not None), None)
 
 
 NONE_POLICY = Policy(name="none", source="<none>", rules=(), store_text=False, max_rollbacks=0, digest="none")
@@ -338,6 +397,11 @@ def parse_policy(text: str, source: str = "<string>", base: Path | None = None) 
     problems: list[str] = []
     for i, r in enumerate(model.rules):
         try:
+            if r.entropy is not None:
+                e = r.entropy
+                rules.append(RuleSpec(id=r.id, action=r.action, entropy=EntropySpec(
+                    e.max_token_entropy, e.on_exceed == "narrow", e.budget, e.baseline, e.session_budget, r.message)))
+                continue
             if r.semantic is not None:
                 rules.append(RuleSpec(id=r.id, action=r.action,
                                       semantic=_semantic_spec(r, i, source, data, base, digest)))

@@ -35,12 +35,14 @@ class Runtime:
         engine = LlamaCppEngine(model)
         return cls(engine, TokenTable(engine.token_bytes()), AuditLog(audit) if use_audit else None)
 
-    def gate_for(self, policy: Policy, stop: Sequence[str] = (), logprobs: bool = False) -> Gate | None:
+    def gate_for(self, policy: Policy, stop: Sequence[str] = (), logprobs: bool = False, entropy: bool = False,
+                 session_entropy: float = 0.0) -> Gate | None:
         """A fresh gate for one stream; None for `--policy none` (ungoverned) unless stop sequences
-        (held back like any partial match) or logprobs (mapped onto released tokens) need one."""
-        if policy.source == "<none>" and not stop and not logprobs:
+        (held back like any partial match), logprobs (mapped onto released tokens) or entropy
+        measurement need one. `session_entropy`: what the session spent before this request."""
+        if policy.source == "<none>" and not stop and not logprobs and not entropy:
             return None
-        return Gate(self.prepare(policy), self.table, stop)
+        return Gate(self.prepare(policy), self.table, stop, session_entropy=session_entropy)
 
     def prepare(self, policy: Policy) -> CompiledPolicy:
         """Compile (cached by content) and warm the policy's masks for this model's vocabulary."""
@@ -52,8 +54,12 @@ class Runtime:
     def run(self, messages: list[dict[str, str]] | str, policy: Policy, params: GenerationParams,
             on_text: Callable[[str], None] | None = None, request_id: str | None = None,
             stop: Sequence[str] = (), cancelled: Callable[[], bool] | None = None,
-            session: str | None = None) -> Result:
-        """One governed generation. `messages` is a chat, or a raw prompt string (completions)."""
+            session: str | None = None, session_entropy: float = 0.0) -> Result:
+        """One governed generation. `messages` is a chat, or a raw prompt string (completions).
+
+        `session_entropy`: excess entropy the session spent in earlier responses (the server
+        keeps it in the session store); a spent session budget ends the request before generating.
+        """
         rid = request_id or uuid.uuid4().hex
         if isinstance(messages, str):
             prompt = self.engine.tokenize(messages, add_bos=True)
@@ -64,19 +70,35 @@ class Runtime:
             if self.audit is not None:
                 self.audit.record(rid, policy.name, ds, policy.store_text)
 
-        refused = self._screen_input(policy, messages, len(prompt))
+        refused = self._session_budget(policy, session_entropy, len(prompt)) or \
+            self._screen_input(policy, messages, len(prompt))
         if refused is not None:  # refused before the first token: no generation spent
             on_decisions(refused.decisions)
             if on_text and refused.text:
                 on_text(refused.text)
             res = refused
         else:
-            gate = self.gate_for(policy, stop, params.logprobs is not None)
+            gate = self.gate_for(policy, stop, params.logprobs is not None, params.entropy, session_entropy)
             res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
                            cancelled=cancelled)
         if self.audit is not None:
             self.audit.record_request(rid, policy.name, res, session)
         return res
+
+    @staticmethod
+    def _session_budget(policy: Policy, spent: float, n_prompt: int) -> Result | None:
+        """A session that has spent its entropy budget gets the rule's message and no generation."""
+        rule = policy.entropy_rule
+        budget = rule.entropy.session_budget if rule is not None and rule.entropy is not None else None
+        if budget is None or spent < budget:
+            return None
+        d = Decision(rule.id, "abstain", 0, 0, b"",
+                     f"session entropy budget {budget:g} spent before this request ({spent:.2f} nats); "
+                     "not generating")
+        msg = (rule.entropy.message or "").strip()
+        return Result(msg, "content_filter", [d], 0, 0.0, 0.0, [], 0, 0, prompt_tokens=n_prompt,
+                      entropy_summary={"rule": rule.id, "excess": 0.0, "session_spent": round(spent, 4),
+                                       "session_budget": budget, "exhausted": "session"})
 
     def _screen_input(self, policy: Policy, messages: list[dict[str, str]] | str, n_prompt: int) -> Result | None:
         """Semantic rules with `apply_to: [input]` judge the last user message before generating."""

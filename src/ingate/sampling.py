@@ -32,22 +32,40 @@ class SamplingParams:
 
 
 class Sampler:
-    def __init__(self, params: SamplingParams):
+    """`measure`: record the entropy (nats) of the distribution each call samples from, in
+    `entropy`: after bans and masks, temperature, top-k and top-p. Greedy decoding samples from a
+    point mass, which says nothing; there the entropy is that of the masked distribution at
+    temperature 1. `bound`: when that entropy exceeds it, sample only within the largest top set
+    whose own entropy is within the bound (`narrowed` is its size; 0 when no narrowing happened).
+    """
+
+    def __init__(self, params: SamplingParams, measure: bool = False):
         self.params = params
+        self.measure = measure
+        self.entropy = float("nan")
+        self.narrowed = 0
         self._rng = np.random.default_rng(params.seed)
 
-    def sample(self, logits: np.ndarray, banned: np.ndarray | None = None) -> int:
+    def sample(self, logits: np.ndarray, banned: np.ndarray | None = None, bound: float | None = None) -> int:
         """Pick a token. `banned` (bool per token, or an index array) is removed before choosing.
 
         `logits` is not modified. Returns -1 when every token is banned.
         """
         p = self.params
         u = self._rng.random()  # always one draw per call: keeps seeded runs aligned
+        self.narrowed = 0
         if banned is not None:
             logits = logits.copy()
             logits[banned] = -np.inf
         if p.temperature == 0.0:
             tok = int(np.argmax(logits))
+            if self.measure or bound is not None:
+                z = logits - logits[tok]
+                finite = np.isfinite(z)
+                w = np.exp(z, where=finite, out=np.zeros_like(z))
+                self.entropy = _entropy(w, z, finite)
+                if bound is not None and self.entropy > bound:  # the argmax lies in every top set
+                    self.narrowed = _narrow(w, bound).shape[0]
             return tok if np.isfinite(logits[tok]) else -1
         k = p.top_k if 0 < p.top_k < logits.shape[0] else 0
         if k:
@@ -61,6 +79,22 @@ class Sampler:
             return -1
         z = (cand - cand[finite].max()) / p.temperature
         probs = np.exp(z, where=finite, out=np.zeros_like(z))
+        if self.measure or bound is not None:
+            if p.top_p < 1.0:
+                chosen = _nucleus(probs, p.top_p)
+                self.entropy = _entropy(probs[chosen], z[chosen])
+            else:
+                chosen = None
+                self.entropy = _entropy(probs, z, finite)
+            if bound is not None and self.entropy > bound:
+                w = probs[chosen] if chosen is not None else probs
+                keep = _narrow(w, bound)  # indices into w, most probable first
+                self.narrowed = keep.shape[0]
+                c = np.cumsum(w[keep])
+                j = int(np.searchsorted(c, u * c[-1], side="right"))
+                k = int(keep[min(j, keep.shape[0] - 1)])
+                tok_local = int(chosen[k]) if chosen is not None else k
+                return int(idx[tok_local]) if idx is not None else tok_local
         if p.top_p < 1.0:
             chosen = _nucleus(probs, p.top_p)
             w = np.cumsum(probs[chosen])
@@ -71,6 +105,42 @@ class Sampler:
             j = int(np.searchsorted(c, u * c[-1], side="right"))
             tok_local = min(j, c.shape[0] - 1)
         return int(idx[tok_local]) if idx is not None else tok_local
+
+
+def _entropy(w: np.ndarray, z: np.ndarray, finite: np.ndarray | None = None) -> float:
+    """Entropy in nats of the distribution proportional to w = exp(z), without normalizing w:
+    H = log S - sum(w z) / S. One pass of a dot product over the candidates."""
+    s = float(w.sum())
+    if s <= 0.0:
+        return float("nan")
+    zf = z if finite is None else np.where(finite, z, 0.0)
+    return max(0.0, float(np.log(s) - float(w @ zf) / s))
+
+
+def _narrow(w: np.ndarray, bound: float) -> np.ndarray:
+    """The largest top set (most probable first) whose renormalized entropy is within `bound`.
+
+    The entropy of the top-k set, H_k = log S_k - A_k / S_k with S_k and A_k the running sums of
+    w and w log w, is evaluated for every k at once. The top 1,024 are tried before a full sort.
+    """
+    n = w.shape[0]
+    for k in (1024, n):
+        if k >= n:
+            top = np.argsort(-w, kind="stable")
+        else:
+            top = np.argpartition(-w, k)[:k]
+            top = top[np.argsort(-w[top], kind="stable")]
+        ws = w[top]
+        pos = ws > 0
+        ws, top = ws[pos], top[pos]
+        s = np.cumsum(ws)
+        a = np.cumsum(ws * np.log(ws))
+        h = np.log(s) - a / s
+        ok = np.nonzero(h <= bound + 1e-12)[0]
+        last = int(ok[-1]) + 1 if ok.size else 1
+        if last < ws.shape[0] or k >= n:
+            return top[:last]
+    raise AssertionError("unreachable")
 
 
 def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:

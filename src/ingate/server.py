@@ -353,9 +353,14 @@ def _governance(policy: Policy, res: Result, sessions: MemorySessionStore, sessi
            "rollbacks": res.rollbacks, "held_max_chars": res.held_max_chars, "gate_us_p50": s["gate_us_p50"]}
     if res.semantic is not None:
         out["semantic"] = res.semantic
+    if res.entropy_summary is not None:
+        out["entropy"] = dict(res.entropy_summary)
+        if res.entropy_released is not None:  # per token, aligned with logprobs.content
+            out["entropy"]["tokens"] = [h for _, h in res.entropy_released]
     if session:
         st = sessions.get(session)
         out["session"] = {"id": session, "violations": st.violations if st else 0,
-                          "escalate_after": policy.escalate_after}
+                          "escalate_after": policy.escalate_after,
+                          "entropy_spent": round(st.entropy_spent, 4) if st else 0.0}
     return out
 

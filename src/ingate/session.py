@@ -24,12 +24,13 @@ class SessionState:
     by_rule: Counter = field(default_factory=Counter)  # (rule, action) -> count
     history: deque = field(default_factory=lambda: deque(maxlen=100))  # (ts, rule, action), newest last
     last_seen: float = 0.0
+    entropy_spent: float = 0.0  # excess entropy (nats) of the session's responses, for session budgets
 
 
 class SessionStore(Protocol):
     def get(self, session: str) -> SessionState | None: ...
 
-    def record(self, session: str, decisions: list[Decision]) -> SessionState: ...
+    def record(self, session: str, decisions: list[Decision], entropy: float = 0.0) -> SessionState: ...
 
 
 class MemorySessionStore:
@@ -46,13 +47,14 @@ class MemorySessionStore:
                 return None
             return st
 
-    def record(self, session: str, decisions: list[Decision]) -> SessionState:
+    def record(self, session: str, decisions: list[Decision], entropy: float = 0.0) -> SessionState:
         now = time.monotonic()
         with self._lock:
             st = self._s.get(session)
             if st is None or now - st.last_seen > self.ttl:
                 st = self._s[session] = SessionState()
             st.last_seen = now
+            st.entropy_spent += entropy
             for d in decisions:
                 st.by_rule[(d.rule_id, d.action)] += 1
                 if d.action in VIOLATIONS:

@@ -73,12 +73,15 @@ class Worker:
                 continue
             self.running = job
             try:
+                st = self.sessions.get(job.session) if self.sessions is not None and job.session else None
                 res: Result = self.runtime.run(job.messages, job.policy, job.params,
                                                on_text=lambda t, j=job: j._put(("text", t)),
                                                request_id=job.request_id, stop=job.stop,
-                                               cancelled=job.cancel.is_set, session=job.session)
+                                               cancelled=job.cancel.is_set, session=job.session,
+                                               session_entropy=st.entropy_spent if st is not None else 0.0)
                 if self.sessions is not None and job.session:
-                    self.sessions.record(job.session, res.decisions)  # before the client hears "done"
+                    spent = (res.entropy_summary or {}).get("excess", 0.0)
+                    self.sessions.record(job.session, res.decisions, spent)  # before the client hears "done"
                 if self.metrics is not None:
                     self.metrics.observe(job.policy.name, res)
                 job._put(("done", res))

@@ -24,6 +24,7 @@ import numpy as np
 
 from ingate.gate.automaton import PatternError, compile_regexes
 from ingate.gate.detector import Match, PatternDetector, compile_phrase_detector
+from ingate.gate.entropy import EntropyBudget
 from ingate.gate.masks import MaskCache, TokenTable
 from ingate.holdback import HoldBack, Span
 from ingate.patterns import BUILTIN_PATTERNS
@@ -188,7 +189,8 @@ class Gate:
     """The compiled policy applied to one stream. Not thread-safe; one per generation."""
 
     def __init__(self, compiled: CompiledPolicy, table: TokenTable, stop: Sequence[str] = (),
-                 semantic_lag: int = SEMANTIC_LAG_TOKENS, steer_penalty: float = STEER_PENALTY):
+                 semantic_lag: int = SEMANTIC_LAG_TOKENS, steer_penalty: float = STEER_PENALTY,
+                 session_entropy: float = 0.0):
         self.compiled = compiled
         self.detectors = compiled.detectors + ([stop_sequences(stop)] if stop else [])
         self.masks = compiled.masks_for(table)
@@ -212,6 +214,9 @@ class Gate:
         self.epilogue = ""  # a semantic rule's refusal, released after a fallback stop
         self.stopped = False  # a semantic rule ended the stream
         self.halted = False  # halt() or fail() ended it
+        rule = compiled.policy.entropy_rule
+        self.entropy = EntropyBudget(rule.id, rule.entropy, session_entropy) if rule and rule.entropy else None
+        self.entropies: list[float] = []  # per admitted token, when the loop measures entropy
         self.steer_penalty = steer_penalty  # 0: the rolled-back group's first token is banned, nothing more
 
     # ---- before sampling ------------------------------------------------------------------
@@ -249,7 +254,8 @@ class Gate:
         return forbidden
 
     # ---- after sampling --------------------------------------------------------------------
-    def admit(self, token: int) -> Admission:
+    def admit(self, token: int, entropy: float = float("nan")) -> Admission:
+        """`entropy`: of the distribution the token was sampled from (nats), for the entropy rule."""
         data = self.token_bytes[token]
         p0 = len(self.raw)
         new_threads: list = []
@@ -269,6 +275,7 @@ class Gate:
         self.tok_start.append(p0)
         self.tokens.append(token)
         self.raw += data
+        self.entropies.append(entropy)
         if self.groups is not None:
             self.groups.after_token(self.raw, self.tok_start, data)
         stop: tuple[PatternDetector, Match] | None = None
@@ -286,7 +293,26 @@ class Gate:
             self._decide(d.rule_id, "stop", st, bytes(self.raw[st:end]),
                          f"matched {self._label(d, labels)}; stream ended")
             return Admission(Verdict.STOP)
+        if self.entropy is not None:
+            return self._entropy_step(entropy, p0, data)
         return Admission(Verdict.ADMIT)
+
+    def _entropy_step(self, h: float, p0: int, data: bytes) -> Admission:
+        """Spend the budgets; once one is spent, end at the next sentence boundary."""
+        eb = self.entropy
+        assert eb is not None
+        spent = eb.spend(h)
+        if spent is not None:
+            self._decide(eb.rule_id, "abstain", p0, b"", spent)
+        if not eb.exhausted:
+            return Admission(Verdict.ADMIT)
+        cut = eb.boundary(data, len(self.tokens))
+        if cut is None:
+            return Admission(Verdict.ADMIT)
+        self._cap = p0 + cut if self._cap is None else min(self._cap, p0 + cut)
+        self.epilogue = eb.spec.message or ""
+        self.stopped = True
+        return Admission(Verdict.STOP)
 
     def _prevent(self, d: PatternDetector, ms: list[Match], token: int, p0: int, data: bytes) -> Admission:
         st, end, labels = min(ms, key=lambda m: m[0])
@@ -322,6 +348,9 @@ class Gate:
         if self.groups is not None:
             self.groups.on_rollback(k, self.tok_start)
         banned_tok = self.tokens[k]
+        del self.entropies[k:]
+        if self.entropy is not None:
+            self.entropy.truncate(k)
         self.bans = {p: s for p, s in self.bans.items() if p <= k}
         self.bans.setdefault(k, set()).add(banned_tok)
         snap = self._snaps[k]

@@ -1,0 +1,171 @@
+"""Entropy bounds and budgets on the real model (SmolLM2 through llama.cpp): never mocked.
+
+The narrowing check uses an independent oracle: the logits are replayed token by token (the
+same path generation took, so bit for bit the same), and for every step whose entropy exceeded
+the bound the sampled token must lie in a top set whose own entropy is within the bound,
+computed here with a plain sort.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from conftest import PARIS_PROMPT, policy, user
+from ingate.loop import GenerationParams, generate
+from ingate.policy import load_policy
+from ingate.sampling import SamplingParams
+
+pytestmark = pytest.mark.slow
+STORY = "Tell me a long story about a dragon who learns to paint."
+
+
+def _entropy_policy(body: str, message: str = "(I am not certain enough to continue.)"):
+    return policy(f"version: 1\nname: unsure\nrules:\n  - id: uncertainty\n    entropy: {body}\n"
+                  f"    action: stop\n    message: \"{message}\"\n")
+
+
+def _oracle(logits: np.ndarray, sp: SamplingParams, banned: list[int]) -> tuple[float, np.ndarray]:
+    """The sampled-from distribution (sorted, most probable first) and its entropy."""
+    x = logits.astype(np.float64).copy()
+    x[banned] = -np.inf
+    t = sp.temperature if sp.temperature > 0 else 1.0
+    p = np.exp((x - x.max()) / t)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    ps = p[order]
+    if sp.top_p < 1.0 and sp.temperature > 0:
+        keep = int(np.searchsorted(np.cumsum(ps), sp.top_p)) + 1
+        order, ps = order[:keep], ps[:keep] / ps[:keep].sum()
+    nz = ps[ps > 0]
+    return float(-(nz * np.log(nz)).sum()), order
+
+
+def _top_entropy(p_sorted: np.ndarray, k: int) -> float:
+    q = p_sorted[:k] / p_sorted[:k].sum()
+    q = q[q > 0]
+    return float(-(q * np.log(q)).sum())
+
+
+@pytest.mark.parametrize("sp", [SamplingParams(temperature=1.0, seed=3),
+                                SamplingParams(temperature=0.9, top_p=0.95, seed=5)])
+def test_narrowing_keeps_every_sampled_token_within_the_bound(runtime, sp):
+    bound = 1.5
+    pol = _entropy_policy(f"{{max_token_entropy: {bound}, on_exceed: narrow}}")
+    gate = runtime.gate_for(pol)
+    prompt = runtime.engine.chat_prompt(user(STORY))
+    res = generate(runtime.engine, prompt, GenerationParams(max_tokens=60, sampling=sp), gate)
+    assert len(res.entropy) == len(gate.tokens) == res.completion_tokens
+    engine = runtime.engine
+    engine.start(prompt)
+    exceeded = 0
+    for k, tok in enumerate(gate.tokens):
+        logits = np.array(engine.step(), copy=True)
+        h, order = _oracle(logits, sp, [])
+        assert abs(h - res.entropy[k]) < 1e-3, (k, h, res.entropy[k])
+        if h > bound:
+            exceeded += 1
+            x = logits.astype(np.float64)
+            t = sp.temperature
+            p = np.exp((x - x.max()) / t)
+            p /= p.sum()
+            ps = p[order] / p[order].sum()
+            rank = int(np.nonzero(order == tok)[0][0])
+            assert _top_entropy(ps, rank + 1) <= bound + 1e-6, (k, rank)
+        engine.accept(tok)
+    assert exceeded >= 5, "the bound should bite on a story at temperature ~1"
+    assert res.entropy_summary["exceeded_steps"] == exceeded
+
+
+def test_a_spent_budget_ends_at_a_sentence_boundary_with_an_audited_decision(runtime):
+    pol = _entropy_policy("{budget: 6.0, baseline: 0.5}")
+    res = runtime.run(user(STORY), pol, GenerationParams(max_tokens=200, sampling=SamplingParams(
+        temperature=0.8, seed=1)), request_id="entropy-budget-1")
+    assert res.finish_reason == "content_filter"
+    assert res.text.endswith(" (I am not certain enough to continue.)")
+    body = res.text[: -len(" (I am not certain enough to continue.)")]
+    assert body.rstrip(" ")[-1:] in (".", "!", "?", "\n"), body
+    d = [x for x in res.decisions if x.action == "abstain"]
+    assert len(d) == 1 and "response entropy budget 6 spent" in d[0].detail
+    assert res.entropy_summary["exhausted"] == "response" and res.entropy_summary["excess"] >= 6.0
+    with sqlite3.connect(runtime.audit.path) as con:
+        rows = con.execute("SELECT action, detail FROM decisions WHERE request_id='entropy-budget-1'").fetchall()
+    assert ("abstain", d[0].detail) in rows
+
+
+def test_the_session_budget_carries_over(runtime):
+    """In-process: what a session spent before counts against its budget in the next request."""
+    pol = _entropy_policy("{session_budget: 1000.0, baseline: 0.5}")
+    params = GenerationParams(max_tokens=40, sampling=SamplingParams(temperature=0.8, seed=2))
+    first = runtime.run(user(STORY), pol, params)
+    spent = first.entropy_summary["excess"]
+    assert first.finish_reason == "length" and spent > 1.0
+    # the same request again, as the second of a session whose budget the first nearly used up
+    tight = _entropy_policy(f"{{session_budget: {spent + 0.5:.4f}, baseline: 0.5}}")
+    second = runtime.run(user(STORY), tight, params, session_entropy=spent)
+    assert second.finish_reason == "content_filter"
+    assert any(d.action == "abstain" and "session entropy budget" in d.detail for d in second.decisions)
+    fresh = runtime.run(user(STORY), tight, params, session_entropy=0.0)  # another session: not exhausted
+    assert fresh.finish_reason == "length" and fresh.text == first.text
+    over = runtime.run(user(STORY), tight, params, session_entropy=spent + 1.0)
+    assert over.completion_tokens == 0 and "spent before this request" in over.decisions[0].detail
+
+
+@pytest.mark.parametrize("sp", [SamplingParams(), SamplingParams(temperature=0.8, seed=4),
+                                SamplingParams(temperature=0.7, top_p=0.9, seed=9)])
+def test_bounds_that_never_trigger_are_transparent(runtime, sp):
+    pol = _entropy_policy("{max_token_entropy: 50.0, on_exceed: narrow, budget: 100000, session_budget: 100000}")
+    params = GenerationParams(max_tokens=64, sampling=sp)
+    a = runtime.run(user(PARIS_PROMPT), load_policy("none"), params)
+    b = runtime.run(user(PARIS_PROMPT), pol, params)
+    assert a.text == b.text and not b.decisions and b.entropy_summary["exceeded_steps"] == 0
+
+
+def test_generate_json_reports_entropy_and_show_entropy_colours(tmp_path):
+    import json
+    import subprocess
+
+    from conftest import INGATE
+
+    r = subprocess.run([INGATE, "generate", "What is the capital of France?", "--policy", "none", "--json",
+                        "--max-tokens", "8", "--audit", str(tmp_path / "a.db")], capture_output=True, text=True)
+    out = json.loads(r.stdout)
+    assert len(out["entropy"]) == out["stats"]["completion_tokens"] and all(h >= 0 for h in out["entropy"])
+    r = subprocess.run([INGATE, "generate", "What is the capital of France?", "--policy", "none", "--show-entropy",
+                        "--max-tokens", "8", "--audit", str(tmp_path / "a.db")], capture_output=True, text=True)
+    assert r.returncode == 0 and "\033[" in r.stdout and "entropy (nats)" in r.stderr
+
+
+def test_the_server_keeps_session_budgets_per_session(tmp_path):
+    import openai
+
+    from test_server import Server
+
+    pol = tmp_path / "unsure.yaml"
+    pol.write_text("version: 1\nname: unsure\nrules:\n  - id: uncertainty\n    entropy: {session_budget: 8.0, "
+                   "baseline: 0.5, max_token_entropy: 4.0}\n    action: stop\n    message: \"(I am not sure.)\"\n")
+    srv = Server(tmp_path, "--policy", str(pol))
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x")
+
+        def ask(session: str, **kw):
+            return client.chat.completions.create(model="m", messages=user(STORY), seed=1, temperature=0.8,
+                                                  max_tokens=120, extra_headers={"X-Session-Id": session}, **kw)
+
+        a1 = ask("alice", logprobs=True)
+        g1 = a1.model_extra["governance"]
+        assert a1.choices[0].finish_reason == "content_filter"  # 8 nats over 0.5 are spent within 120 tokens
+        assert g1["entropy"]["exhausted"] == "session" and g1["session"]["entropy_spent"] >= 8.0
+        assert len(g1["entropy"]["tokens"]) == len(a1.choices[0].logprobs.content)
+        a2 = ask("alice")
+        g2 = a2.model_extra["governance"]
+        assert a2.usage.completion_tokens == 0 and a2.choices[0].message.content == "(I am not sure.)"
+        assert "spent before this request" in g2["decisions"][0]["detail"]
+        b1 = ask("bob")  # another session starts with nothing spent
+        assert b1.usage.completion_tokens > 0
+        assert b1.choices[0].message.content == a1.choices[0].message.content
+        assert srv.decisions("abstain") == 3
+    finally:
+        srv.stop()
