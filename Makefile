@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: serve test test-quick lint bench install install-test clean
+.PHONY: serve test test-quick lint bench eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: install-test
 	$(BIN)/python bench/server.py
 	$(BIN)/python bench/semantic.py
 	$(BIN)/python bench/semantic_dev.py
+
+# Does per-token entropy tell wrong answers from right ones? Capitals from the PyPI package countryinfo.
+eval-entropy: install-test
+	$(PIP) install -c constraints.txt -e ".[semantic,eval]"
+	$(BIN)/python bench/eval_entropy.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
