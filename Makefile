@@ -44,6 +44,7 @@ bench: install-test
 	$(BIN)/python bench/server.py
 	$(BIN)/python bench/semantic.py
 	$(BIN)/python bench/semantic_dev.py
+	$(BIN)/python bench/entropy.py
 
 # Does per-token entropy tell wrong answers from right ones? Capitals from the PyPI package countryinfo.
 eval-entropy: install-test

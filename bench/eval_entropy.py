@@ -65,12 +65,18 @@ def norm(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", s).strip()
 
 
-def is_right(answer: str, capital: str) -> bool:
-    a, c = f" {norm(answer)} ", norm(capital)
-    if f" {c} " in a:
+def is_right(answer: str, capital: str, country: str) -> bool:
+    """The capital is named where the answer is: after the first " is " ("The capital of X is Y"),
+    else anywhere but in the country's own name (so "Andorra" does not answer "Andorra la Vella")."""
+    c, k = norm(capital), norm(country)
+    at = answer.find(" is ")
+    t = f" {norm(answer[at + 4:at + 80] if at >= 0 else answer)} "
+    if at < 0 and k and k not in c:
+        t = t.replace(f" {k} ", " ")
+    if f" {c} " in t:
         return True
     words = [w for w in c.split() if len(w) >= 5]
-    return len(c.split()) > 1 and bool(words) and f" {max(words, key=len)} " in a
+    return len(c.split()) > 1 and bool(words) and f" {max(words, key=len)} " in t
 
 
 def first_answer_token(res: Result, table: list[bytes], tokens: list[int]) -> int:
@@ -153,7 +159,8 @@ def main() -> int:
         res, gate = ask(rt, country, NONE_POLICY, greedy, args.max_tokens)
         ent = [h for h in res.entropy or [] if h == h]
         fa = first_answer_token(res, rt.table.token_bytes, gate.tokens)
-        rows.append({"country": country, "capital": cap, "answer": res.text.strip(), "right": is_right(res.text, cap),
+        rows.append({"country": country, "capital": cap, "answer": res.text.strip(),
+                     "right": is_right(res.text, cap, country),
                      "mean": float(np.mean(ent)) if ent else 0.0, "max": float(np.max(ent)) if ent else 0.0,
                      "first": float(res.entropy[fa]) if res.entropy else 0.0, "total": float(np.sum(ent))})
         if (i + 1) % 25 == 0:
@@ -171,30 +178,37 @@ def main() -> int:
     governed = []
     for b in budgets:
         pol = budget_policy(b)
-        answered = []
+        answered, texts = [], []
         for country, cap in qa:
             res, _ = ask(rt, country, pol, greedy, args.max_tokens)
+            texts.append([res.text, res.finish_reason])
             if res.finish_reason != "content_filter":
-                answered.append(is_right(res.text, cap))
+                answered.append(is_right(res.text, cap, country))
         cov = len(answered) / len(qa)
         governed.append({"budget": b, "coverage": round(cov, 4),
-                         "accuracy": round(float(np.mean(answered)), 4) if answered else None})
+                         "accuracy": round(float(np.mean(answered)), 4) if answered else None, "answers": texts})
         print(f"  budget {b}: coverage {cov:.3f}, accuracy {governed[-1]['accuracy']}", file=sys.stderr)
 
     # narrowing under sampling, same seeds
-    sampled = {}
+    sampled: dict = {}
+    sampled_answers: dict = {}
     configs = (("ungoverned", NONE_POLICY), ("narrow 1.0", bound_policy(1.0)), ("narrow 2.0", bound_policy(2.0)))
     for label, pol in configs:
-        ok = []
+        ok, texts = [], []
         for i, (country, cap) in enumerate(qa):
             res, _ = ask(rt, country, pol, SamplingParams(temperature=0.8, seed=i), args.max_tokens)
-            ok.append(is_right(res.text, cap))
+            ok.append(is_right(res.text, cap, country))
+            texts.append(res.text)
         sampled[label] = round(float(np.mean(ok)), 4)
+        sampled_answers[label] = texts
         print(f"  sampled T=0.8 {label}: accuracy {sampled[label]}", file=sys.stderr)
 
     out = {"model": rt.engine.name, "questions": len(qa), "source": "countryinfo (PyPI), country -> capital",
            "question": QUESTION, "accuracy_greedy": round(acc0, 4), "signals": signals,
            "budgets": governed, "sampled_accuracy": sampled, "seconds": round(time.perf_counter() - t0, 1),
+           "greedy_answers": [{k: r[k] for k in ("country", "capital", "answer", "right", "mean", "max", "first")}
+                              for r in rows],
+           "sampled_answers": sampled_answers,
            "examples_wrong": [{k: r[k] for k in ("country", "capital", "answer")} for r in rows if not r["right"]][:8],
            "examples_right": [{k: r[k] for k in ("country", "capital", "answer")} for r in rows if r["right"]][:5]}
     RESULTS.mkdir(exist_ok=True)
