@@ -3,9 +3,11 @@
 1. Per token: the sampler with and without entropy measurement, on logits recorded from the
    model (so the distributions are real), for greedy, temperature 0.8, and 0.8 with top-p 0.95.
    Reported: the extra microseconds per call, p50 and p99, and the cost of a narrowing step.
-2. Throughput: each prompt of bench/prompts.txt at the same seed, ungoverned and under the
-   issue's example rule (bound 3.5 nats with narrow, budget 40 over baseline 1, session budget
-   400), in alternating order. Ratios per prompt; median and p1/p99.
+2. Throughput: each prompt of bench/prompts.txt at the same seed, in rotating order: ungoverned,
+   through a gate with the rule off (a policy with no rules), and under the issue's example rule
+   (bound 3.5 nats with narrow, budget 40 over baseline 1, session budget 400). The rule's cost
+   is on against off; on against ungoverned adds the gate's own loop. Ratios per prompt; median
+   and p1/p99.
 
     .venv/bin/python bench/entropy.py [--prompts 24] [--tokens 128] [--quick]
 
@@ -26,12 +28,15 @@ import numpy as np
 
 from ingate.gate.gate import Gate, compile_policy
 from ingate.loop import GenerationParams, Result, generate
-from ingate.policy import parse_policy
+from ingate.policy import NONE_POLICY, parse_policy
 from ingate.runtime import Runtime
 from ingate.sampling import Sampler, SamplingParams
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+# The issue's example rule. For the throughput run its budgets are raised out of reach
+# (RULE_RUNNING): a spent budget ends a response early, and a shorter response spreads the
+# prompt's evaluation over fewer tokens, which would read as a slowdown that is not the rule's.
 RULE = """version: 1
 name: uncertainty
 rules:
@@ -45,6 +50,10 @@ rules:
     action: stop
     message: " (I am not certain enough to continue.)"
 """
+
+
+RULE_RUNNING = RULE.replace("budget: 40.0", "budget: 1000000.0").replace("session_budget: 400.0",
+                                                                        "session_budget: 1000000.0")
 
 
 def pct(xs, q) -> float | None:
@@ -94,32 +103,47 @@ def per_token_cost(logits: list[np.ndarray], reps: int) -> dict:
 
 
 def throughput(rt: Runtime, prompts: list[str], tokens: int) -> dict:
-    compiled = compile_policy(parse_policy(RULE, source="<bench:entropy>"))
-    base, gov = [], []
+    compiled = compile_policy(parse_policy(RULE_RUNNING, source="<bench:entropy>"))
+    spender = compile_policy(parse_policy(RULE, source="<bench:entropy budgets>"))
+    off_gate = compile_policy(NONE_POLICY)
+    names = ["ungoverned", "off", "on"]
+    base, gov, ung = [], [], []
+    spent: list[bool] = []
     for i, text in enumerate(prompts):
         prompt = rt.engine.chat_prompt([{"role": "user", "content": text}])
         params = GenerationParams(max_tokens=tokens, ignore_eos=True,
                                   sampling=SamplingParams(temperature=0.8, top_p=0.95, seed=i))
         runs = {}
-        for name in (("off", "on") if i % 2 == 0 else ("on", "off")):
-            runs[name] = generate(rt.engine, prompt, params, None if name == "off" else Gate(compiled, rt.table))
+        for name in names[i % 3:] + names[: i % 3]:
+            gate = {"ungoverned": None, "off": Gate(off_gate, rt.table), "on": Gate(compiled, rt.table)}[name]
+            runs[name] = generate(rt.engine, prompt, params, gate)
+        # how often the real budgets would have ended the response (not timed)
+        spent.append(bool(generate(rt.engine, prompt, params, Gate(spender, rt.table)).entropy_summary["exhausted"]))
+        ung.append(runs["ungoverned"])
         base.append(runs["off"])
         gov.append(runs["on"])
         s = runs["on"].entropy_summary
         print(f"  [{i + 1}/{len(prompts)}] off={tps(runs['off']):.1f} on={tps(runs['on']):.1f} tok/s, "
               f"narrowed {s['exceeded_steps']} steps, excess {s['excess']:.1f}"
-              + (" (budget spent)" if s["exhausted"] else ""), file=sys.stderr)
+              + (" (budget 40 would end it)" if spent[-1] else ""), file=sys.stderr)
+
+    def agg(a: list[Result], b: list[Result]) -> float:
+        return round((sum(r.completion_tokens for r in a) / sum(r.elapsed_s for r in a)) /
+                     (sum(r.completion_tokens for r in b) / sum(r.elapsed_s for r in b)), 4)
+
     ratios = [tps(g) / tps(b) for g, b in zip(gov, base, strict=True)]
-    agg = (sum(r.completion_tokens for r in gov) / sum(r.elapsed_s for r in gov)) / \
-          (sum(r.completion_tokens for r in base) / sum(r.elapsed_s for r in base))
+    vs_ung = [tps(g) / tps(b) for g, b in zip(gov, ung, strict=True)]
     ent = [h for r in gov for h in (r.entropy or [])]
     return {"prompts": len(prompts), "tokens": tokens,
             "tokens_per_s_off_median": pct([tps(r) for r in base], 50),
             "tokens_per_s_on_median": pct([tps(r) for r in gov], 50),
+            "tokens_per_s_ungoverned_median": pct([tps(r) for r in ung], 50),
             "ratio_on_vs_off": {"median": pct(ratios, 50), "p1": pct(ratios, 1), "p99": pct(ratios, 99)},
-            "aggregate_ratio": round(agg, 4),
+            "aggregate_ratio": agg(gov, base),
+            "ratio_on_vs_ungoverned": {"median": pct(vs_ung, 50), "p1": pct(vs_ung, 1), "p99": pct(vs_ung, 99)},
+            "aggregate_ratio_vs_ungoverned": agg(gov, ung),
             "narrowed_steps_share": round(sum(r.entropy_summary["exceeded_steps"] for r in gov) / max(1, len(ent)), 4),
-            "budget_spent_runs": sum(bool(r.entropy_summary["exhausted"]) for r in gov),
+            "budget_spent_runs": sum(spent),
             "entropy_nats": {"p50": pct(ent, 50), "p90": pct(ent, 90), "p99": pct(ent, 99)}}
 
 
@@ -160,13 +184,17 @@ def render(out: dict) -> str:
         lines.append(f"| {label} | {e['sample_us_p50']} | {e['extra_us_p50']} / {e['extra_us_p99']} | "
                      f"{e['narrow_step_us_p50']} / {e['narrow_step_us_p99']} |")
     lines += ["", f"Throughput, {th['prompts']} prompts x {th['tokens']} tokens, temperature 0.8, top-p 0.95, same "
-              "seeds, alternating order; rule: bound 3.5 (narrow), budget 40 over baseline 1:", "",
+              "seeds, rotating order; rule: bound 3.5 (narrow), budgets out of reach (timed), and the issue's budget "
+              "40 over baseline 1 (counted, in its own run):", "",
               "| entropy rule | tokens/s (median) | ratio on/off: median (p1, p99) | aggregate ratio | "
               "steps narrowed | budget spent |", "|---|---|---|---|---|---|",
-              f"| off | {th['tokens_per_s_off_median']} | 1 | 1 | - | - |",
+              f"| ungoverned (no gate) | {th['tokens_per_s_ungoverned_median']} | - | - | - | - |",
+              f"| off (gate, no rule) | {th['tokens_per_s_off_median']} | 1 | 1 | - | - |",
               f"| on | {th['tokens_per_s_on_median']} | {r['median']} ({r['p1']}, {r['p99']}) | "
               f"{th['aggregate_ratio']} | {th['narrowed_steps_share']:.1%} | "
               f"{th['budget_spent_runs']}/{th['prompts']} |", "",
+              f"On against ungoverned: median {th['ratio_on_vs_ungoverned']['median']}, aggregate "
+              f"{th['aggregate_ratio_vs_ungoverned']}.", "",
               f"Per-token entropy under the rule: p50 {th['entropy_nats']['p50']}, "
               f"p90 {th['entropy_nats']['p90']}, p99 {th['entropy_nats']['p99']} nats."]
     return "\n".join(lines) + "\n"

@@ -61,9 +61,12 @@ class Sampler:
             tok = int(np.argmax(logits))
             if self.measure or bound is not None:
                 z = logits - logits[tok]
-                finite = np.isfinite(z)
-                w = np.exp(z, where=finite, out=np.zeros_like(z))
-                self.entropy = _entropy(w, z, finite)
+                if banned is None:  # the engine's logits are finite: skip the masking passes
+                    w, fin = np.exp(z), None
+                else:
+                    fin = np.isfinite(z)
+                    w = np.exp(z, where=fin, out=np.zeros_like(z))
+                self.entropy = _entropy(w, z, fin)
                 if bound is not None and self.entropy > bound:  # the argmax lies in every top set
                     self.narrowed = _narrow(w, bound).shape[0]
             return tok if np.isfinite(logits[tok]) else -1
@@ -79,13 +82,12 @@ class Sampler:
             return -1
         z = (cand - cand[finite].max()) / p.temperature
         probs = np.exp(z, where=finite, out=np.zeros_like(z))
+        chosen = _nucleus(probs, p.top_p) if p.top_p < 1.0 else None  # computed once, for both uses
         if self.measure or bound is not None:
-            if p.top_p < 1.0:
-                chosen = _nucleus(probs, p.top_p)
+            if chosen is not None:
                 self.entropy = _entropy(probs[chosen], z[chosen])
             else:
-                chosen = None
-                self.entropy = _entropy(probs, z, finite)
+                self.entropy = _entropy(probs, z, None if banned is None else finite)
             if bound is not None and self.entropy > bound:
                 w = probs[chosen] if chosen is not None else probs
                 keep = _narrow(w, bound)  # indices into w, most probable first
@@ -95,8 +97,7 @@ class Sampler:
                 k = int(keep[min(j, keep.shape[0] - 1)])
                 tok_local = int(chosen[k]) if chosen is not None else k
                 return int(idx[tok_local]) if idx is not None else tok_local
-        if p.top_p < 1.0:
-            chosen = _nucleus(probs, p.top_p)
+        if chosen is not None:
             w = np.cumsum(probs[chosen])
             j = int(np.searchsorted(w, u * w[-1], side="right"))
             tok_local = int(chosen[min(j, chosen.shape[0] - 1)])
@@ -114,7 +115,10 @@ def _entropy(w: np.ndarray, z: np.ndarray, finite: np.ndarray | None = None) -> 
     if s <= 0.0:
         return float("nan")
     zf = z if finite is None else np.where(finite, z, 0.0)
-    return max(0.0, float(np.log(s) - float(w @ zf) / s))
+    h = float(np.log(s) - float(w @ zf) / s)
+    if h != h and finite is None:  # an engine that gives -inf logits of its own: mask them
+        return _entropy(w, z, np.isfinite(z))
+    return max(0.0, h)
 
 
 def _narrow(w: np.ndarray, bound: float) -> np.ndarray:
