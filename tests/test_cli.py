@@ -64,7 +64,8 @@ def test_generate_json_shape_and_audit_tail(tmp_path):
     r = run("generate", PII_PROMPT, "--json", "--max-tokens", "48", audit=audit)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) == {"text", "finish_reason", "decisions", "stats"}
+    assert set(out) == {"text", "finish_reason", "decisions", "entropy", "stats"}
+    assert len(out["entropy"]) == out["stats"]["completion_tokens"]
     assert set(out["stats"]) >= {"completion_tokens", "tokens_per_s", "gate_us_p50", "gate_us_p99",
                                  "held_max_chars", "rollbacks"}
     assert "[PHONE]" in out["text"] and "0132" not in out["text"]

@@ -239,8 +239,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         sys.stdout.write("\n")
         sys.stdout.flush()  # the summary goes to stderr: keep it after the text when both are piped
-        if args.show_entropy:
-            print(ENTROPY_LEGEND, file=sys.stderr)
         if res.decisions or res.finish_reason == "content_filter":
             print(_summary(res), file=sys.stderr)
         history += [{"role": "user", "content": line}, {"role": "assistant", "content": res.text}]
