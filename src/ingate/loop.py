@@ -135,9 +135,9 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
         g = time.perf_counter()
         sampling = 0.0  # sampling is not gate work: the ungoverned loop samples too
         try:
-            logits = gate.bias(logits)  # steering after a semantic rollback; otherwise untouched
+            steered = gate.bias(logits)  # steering after a semantic rollback; otherwise the same array
             s = time.perf_counter()
-            token = sampler.sample(logits, _join(gate.banned(), eos), bound)
+            token = sampler.sample(steered, _join(gate.banned(), eos), bound)
             sampling += time.perf_counter() - s
             if token < 0:
                 gate.fail("ingate", RuntimeError("every token is banned at this position"))
@@ -155,7 +155,7 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 if eos is not None:
                     mask[eos] = True
                 s = time.perf_counter()
-                token = sampler.sample(logits, mask, bound)
+                token = sampler.sample(steered, mask, bound)
                 sampling += time.perf_counter() - s
                 if token < 0 or engine.is_eog(token):
                     finish = "stop" if token >= 0 else "content_filter"
