@@ -117,10 +117,9 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
 
     while True:
         if gate.position >= limit:
-            finish = "length"
-            if _settled(gate, rolled_back):  # the last group is judged before it is released
+            if (end := _end(gate, rolled_back, "length")) is None:  # the last group is judged first
                 continue
-            finish = _finish(gate, finish)
+            finish = end
             break
         if cancelled is not None and cancelled():
             gate.halt("client", "cancel", "client went away; generation cancelled")
@@ -144,10 +143,9 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 finish = "content_filter"
                 break
             if engine.is_eog(token):
-                finish = "stop"
-                if _settled(gate, rolled_back):
+                if (end := _end(gate, rolled_back, "stop")) is None:
                     continue
-                finish = _finish(gate, finish)
+                finish = end
                 break
             adm = gate.admit(token, sampler.entropy)
             if adm.verdict is Verdict.RESAMPLE:
@@ -157,11 +155,13 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 s = time.perf_counter()
                 token = sampler.sample(steered, mask, bound)
                 sampling += time.perf_counter() - s
-                if token < 0 or engine.is_eog(token):
-                    finish = "stop" if token >= 0 else "content_filter"
-                    if token >= 0 and _settled(gate, rolled_back):
+                if token < 0:
+                    finish = "content_filter"
+                    break
+                if engine.is_eog(token):
+                    if (end := _end(gate, rolled_back, "stop")) is None:
                         continue
-                    finish = _finish(gate, finish)
+                    finish = end
                     break
                 adm = gate.admit(token, sampler.entropy)
                 if adm.verdict not in (Verdict.ADMIT, Verdict.STOP, Verdict.END):
@@ -170,25 +170,20 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 rolled_back(adm.rollback)
                 gate_us.append((time.perf_counter() - g - sampling) * 1e6)
                 continue
+            if params.logprobs is not None:  # every admitted token (a stop may release it whole)
+                recorded.append(logprobs.record(logits, token, params.logprobs))
             if adm.verdict is Verdict.END:
-                if params.logprobs is not None:
-                    recorded.append(logprobs.record(logits, token, params.logprobs))
                 engine.accept(token)
-                finish = "stop"
-                if _settled(gate, rolled_back):
+                if (end := _end(gate, rolled_back, "stop")) is None:
                     continue
-                finish = _finish(gate, finish)
+                finish = end
                 break
             if adm.verdict is Verdict.STOP:
-                if params.logprobs is not None:  # an entropy stop releases this token whole
-                    recorded.append(logprobs.record(logits, token, params.logprobs))
                 gate.settle(final=True, can_rollback=False)  # the text before the match is judged too
                 gate_us.append((time.perf_counter() - g - sampling) * 1e6)
                 emit(gate.release())
                 finish = "content_filter"
                 break
-            if params.logprobs is not None:
-                recorded.append(logprobs.record(logits, token, params.logprobs))
             engine.accept(token)
             sem = gate.settle()  # semantic verdicts that are due
             if sem.verdict is Verdict.ROLLBACK:
@@ -222,8 +217,9 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                   else None)
 
 
-def _settled(gate: Gate, rolled_back: Callable[[int], None]) -> bool:
-    """End of stream: judge every remaining group. True when one was rolled back (generate on).
+def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str) -> str | None:
+    """End of stream: judge every remaining group first. None when one was rolled back (generate
+    on); otherwise the finish reason, content_filter when a rule stopped the stream.
 
     A failure here (the encoder, the engine's rollback) fails closed like any other in the gate.
     """
@@ -231,14 +227,9 @@ def _settled(gate: Gate, rolled_back: Callable[[int], None]) -> bool:
         adm = gate.settle(final=True)
         if adm.verdict is Verdict.ROLLBACK:
             rolled_back(adm.rollback)
-            return True
+            return None
     except Exception as e:
         gate.fail("ingate", e)
-    return False
-
-
-def _finish(gate: Gate, finish: str) -> str:
-    """The finish reason once every group is judged: a semantic stop overrides stop and length."""
     return "content_filter" if gate.stopped or gate.halted else finish
 
 
