@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ingate.calibrate import auroc
 from ingate.gate.gate import Gate, compile_policy
 from ingate.loop import GenerationParams, Result, generate
 from ingate.policy import NONE_POLICY, parse_policy
@@ -94,25 +95,6 @@ def first_answer_token(res: Result, table: list[bytes], tokens: list[int]) -> in
     return 0
 
 
-def auroc(scores: list[float], positive: list[bool]) -> float:
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(positive, dtype=bool)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if not n1 or not n0:
-        return float("nan")
-    order = s.argsort(kind="mergesort")
-    ranks = np.empty(len(s), dtype=float)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
 def coverage_curve(signal: list[float], right: list[bool]) -> list[tuple[float, float]]:
     order = np.argsort(np.asarray(signal), kind="stable")
     r = np.asarray(right, dtype=float)[order]
@@ -167,9 +149,9 @@ def main() -> int:
             acc = np.mean([r["right"] for r in rows])
             print(f"  ungoverned greedy [{i + 1}/{len(qa)}] accuracy so far {acc:.3f}", file=sys.stderr)
     right = [r["right"] for r in rows]
-    wrong = [not x for x in right]
     acc0 = float(np.mean(right))
-    signals = {s: {"auroc": round(auroc([r[s] for r in rows], wrong), 4),
+    # a right answer is the "admissible" class: AUROC that a wrong answer carries more entropy
+    signals = {s: {"auroc": round(auroc(np.asarray([r[s] for r in rows]), np.asarray(right)), 4),
                    "curve": coverage_curve([r[s] for r in rows], right)} for s in ("mean", "max", "first")}
 
     # the rule itself: budgets at quantiles of the ungoverned answers' total entropy
