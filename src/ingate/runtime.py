@@ -115,10 +115,8 @@ class Runtime:
         if bad is None:
             return None
         rule = next(r for r in compiled.semantic_input if r.rule_id == bad.rule_id)
-        rel = ">=" if rule.mode == "deny" else "<"
         d = Decision(rule.rule_id, "refuse", 0, 0, text.encode("utf-8"),
-                     f"semantic input check: prompt scored {bad.score:.3f} {rel} {rule.threshold:g} "
-                     f"(concept {bad.concept!r}); refused before generating")
+                     f"semantic input check: prompt {rule.explain(bad)}; refused before generating")
         refusal = rule.spec.refusal or DEFAULT_REFUSAL
         return Result(refusal, "content_filter", [d], 0, time.perf_counter() - t0, 0.0, [], 0, 0,
                       prompt_tokens=n_prompt)

@@ -400,10 +400,7 @@ class Gate:
                 continue
             rule = next(r for r in gr.rules if r.rule_id == bad.rule_id)
             g, n = gr.reject_head(v)
-            rel = ">=" if rule.mode == "deny" else "<"
-            what = (f"semantic: group of {g.end_tok - g.start_tok} token(s) scored {bad.score:.3f} {rel} "
-                    f"{rule.threshold:g} ({'concept' if rule.mode == 'deny' else 'best allowed concept'} "
-                    f"{bad.concept!r})")
+            what = f"semantic: group of {g.end_tok - g.start_tok} token(s) {rule.explain(bad)}"
             matched = bytes(self.raw[g.start:g.end])
             retry = rule.action == "resample" and n <= rule.spec.max_retries and can_rollback
             if retry and self.rollbacks >= self.compiled.policy.max_rollbacks:

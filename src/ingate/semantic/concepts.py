@@ -61,6 +61,12 @@ class SemanticRule:
         best = sims.argmax(axis=1)
         return sims[np.arange(sims.shape[0]), best], self.owner[best]
 
+    def explain(self, s: Score) -> str:
+        """'scored 0.612 >= 0.45 (concept 'explosives')': the audit's words for a rejection."""
+        if self.mode == "deny":
+            return f"scored {s.score:.3f} >= {self.threshold:g} (concept {s.concept!r})"
+        return f"scored {s.score:.3f} < {self.threshold:g} (best allowed concept {s.concept!r})"
+
     def judge(self, vectors: np.ndarray) -> Score:
         """One verdict over several views of the same text (the group alone, with its window).
 
