@@ -13,7 +13,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from conftest import PARIS_PROMPT, policy, user
+from conftest import PARIS_PROMPT, policy, sampled_distribution, top_entropy, user
 from ingate.loop import GenerationParams, generate
 from ingate.policy import load_policy
 from ingate.sampling import SamplingParams
@@ -25,28 +25,6 @@ STORY = "Tell me a long story about a dragon who learns to paint."
 def _entropy_policy(body: str, message: str = "(I am not certain enough to continue.)"):
     return policy(f"version: 1\nname: unsure\nrules:\n  - id: uncertainty\n    entropy: {body}\n"
                   f"    action: stop\n    message: \"{message}\"\n")
-
-
-def _oracle(logits: np.ndarray, sp: SamplingParams, banned: list[int]) -> tuple[float, np.ndarray]:
-    """The sampled-from distribution (sorted, most probable first) and its entropy."""
-    x = logits.astype(np.float64).copy()
-    x[banned] = -np.inf
-    t = sp.temperature if sp.temperature > 0 else 1.0
-    p = np.exp((x - x.max()) / t)
-    p /= p.sum()
-    order = np.argsort(-p, kind="stable")
-    ps = p[order]
-    if sp.top_p < 1.0 and sp.temperature > 0:
-        keep = int(np.searchsorted(np.cumsum(ps), sp.top_p)) + 1
-        order, ps = order[:keep], ps[:keep] / ps[:keep].sum()
-    nz = ps[ps > 0]
-    return float(-(nz * np.log(nz)).sum()), order
-
-
-def _top_entropy(p_sorted: np.ndarray, k: int) -> float:
-    q = p_sorted[:k] / p_sorted[:k].sum()
-    q = q[q > 0]
-    return float(-(q * np.log(q)).sum())
 
 
 @pytest.mark.parametrize("sp", [SamplingParams(temperature=1.0, seed=3),
@@ -63,17 +41,14 @@ def test_narrowing_keeps_every_sampled_token_within_the_bound(runtime, sp):
     exceeded = 0
     for k, tok in enumerate(gate.tokens):
         logits = np.array(engine.step(), copy=True)
-        h, order = _oracle(logits, sp, [])
+        h, order = sampled_distribution(logits, sp)
         assert abs(h - res.entropy[k]) < 1e-3, (k, h, res.entropy[k])
         if h > bound:
             exceeded += 1
             x = logits.astype(np.float64)
-            t = sp.temperature
-            p = np.exp((x - x.max()) / t)
-            p /= p.sum()
-            ps = p[order] / p[order].sum()
+            p = np.exp((x - x.max()) / sp.temperature)
             rank = int(np.nonzero(order == tok)[0][0])
-            assert _top_entropy(ps, rank + 1) <= bound + 1e-6, (k, rank)
+            assert top_entropy(p, order, rank + 1) <= bound + 1e-6, (k, rank)
         engine.accept(tok)
     assert exceeded >= 5, "the bound should bite on a story at temperature ~1"
     assert res.entropy_summary["exceeded_steps"] == exceeded

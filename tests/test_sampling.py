@@ -6,31 +6,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import sampled_distribution, top_entropy
 from ingate.sampling import Sampler, SamplingParams, _narrow
 
 V = 3000
-
-
-def _reference(logits: np.ndarray, sp: SamplingParams, banned: np.ndarray | None) -> tuple[float, np.ndarray]:
-    x = logits.astype(np.float64).copy()
-    if banned is not None:
-        x[banned] = -np.inf
-    t = sp.temperature if sp.temperature > 0 else 1.0
-    p = np.exp((x - x.max()) / t)
-    p /= p.sum()
-    order = np.argsort(-p, kind="stable")
-    ps = p[order]
-    if sp.top_p < 1.0 and sp.temperature > 0:
-        keep = int(np.searchsorted(np.cumsum(ps), sp.top_p)) + 1
-        order, ps = order[:keep], ps[:keep] / ps[:keep].sum()
-    nz = ps[ps > 0]
-    return float(-(nz * np.log(nz)).sum()), order
-
-
-def _top_entropy(p: np.ndarray, order: np.ndarray, k: int) -> float:
-    q = p[order[:k]] / p[order[:k]].sum()
-    q = q[q > 0]
-    return float(-(q * np.log(q)).sum())
 
 
 sampling = st.sampled_from([SamplingParams(), SamplingParams(temperature=1.0), SamplingParams(temperature=0.7),
@@ -39,13 +18,13 @@ sampling = st.sampled_from([SamplingParams(), SamplingParams(temperature=1.0), S
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**31 - 1), sampling, st.floats(0.5, 8.0), st.floats(0.05, 3.0), st.booleans())
-def test_entropy_and_narrowing_match_the_reference(seed, sp, scale, bound, ban):
+def test_entropy_and_narrowing_match_thesampled_distribution(seed, sp, scale, bound, ban):
     rng = np.random.default_rng(seed)
     logits = (rng.standard_normal(V) * scale).astype(np.float32)
     banned = rng.choice(V, size=50, replace=False) if ban else None
     s = Sampler(SamplingParams(sp.temperature, sp.top_p, sp.top_k, seed), measure=True)
     tok = s.sample(logits, banned)
-    h, order = _reference(logits, sp, banned)
+    h, order = sampled_distribution(logits, sp, banned)
     assert abs(s.entropy - h) < 1e-6 * max(1.0, h)
     assert banned is None or tok not in set(banned.tolist())
     # narrowing: same draw, token within a top set whose entropy is within the bound
@@ -60,7 +39,7 @@ def test_entropy_and_narrowing_match_the_reference(seed, sp, scale, bound, ban):
         p = np.exp((x - x.max()) / sp.temperature)
         rank = int(np.nonzero(order == tok_n)[0][0])
         assert rank < n.narrowed
-        assert _top_entropy(p, order, n.narrowed) <= bound + 1e-9
+        assert top_entropy(p, order, n.narrowed) <= bound + 1e-9
 
 
 @settings(max_examples=60, deadline=None)
@@ -71,6 +50,6 @@ def test_narrow_returns_the_largest_top_set_within_the_bound(seed, bound):
     keep = _narrow(w, bound)
     order = np.argsort(-w, kind="stable")
     assert sorted(keep.tolist()) == sorted(order[: keep.shape[0]].tolist())  # a top set
-    hs = [_top_entropy(w, order, k) for k in range(1, w.shape[0] + 1)]
+    hs = [top_entropy(w, order, k) for k in range(1, w.shape[0] + 1)]
     within = [k for k, h in enumerate(hs, start=1) if h <= bound + 1e-9]
     assert keep.shape[0] == max(within)
