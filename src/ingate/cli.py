@@ -1,4 +1,4 @@
-"""ingate generate | chat | check | audit tail.
+"""ingate generate | chat | serve | check | audit | calibrate | doctor.
 
 Every user error (a bad policy, a missing model, a bad flag value) is one line on stderr that
 says what to fix, and a non-zero exit: 2 for an invalid policy or usage, 1 otherwise.
@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 
 from ingate.engines.base import EngineError
+from ingate.loop import GenerationFailed
 from ingate.policy import Policy, PolicyError, load_policy
 from ingate.sampling import SamplingParams
 
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     x = asub.add_parser("export", help="print requests and decisions since a time, as JSON lines")
     x.add_argument("--since", default="0", help="ISO 8601 time (2026-11-26T08:00) or Unix seconds")
     x.add_argument("--audit", default=None)
+    d = sub.add_parser("doctor", help="check the setup and print what a bug report needs")
+    d.add_argument("--model", default=None, help="path to a GGUF model (default: embedded SmolLM2-135M)")
+    d.add_argument("--audit", default=None, help="audit SQLite path to check (default: $INGATE_AUDIT or "
+                                                 "~/.local/state/ingate/audit.sqlite3)")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
     cal = sub.add_parser("calibrate", help="measure a semantic rule's threshold on labelled texts")
     cal.add_argument("policy", help="policy YAML with at least one semantic rule")
     cal.add_argument("--labelled", required=True,
@@ -169,8 +175,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = None if args.json or args.show_entropy else _stream_out
     try:
         res = rt.run(_messages(args.system, [], args.prompt), policy, params, on_text=out)
-    except EngineError as e:
-        raise UserError(str(e)) from None
+    except GenerationFailed as e:  # audited; what was released stays on stdout
+        if out is not None:
+            sys.stdout.write("\n")
+        raise UserError(str(e.cause)) from None
+    finally:
+        rt.close()
     if args.json:
         print(json.dumps({"text": res.text, "finish_reason": res.finish_reason,
                           "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
@@ -233,9 +243,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 0
         try:
             res = rt.run(_messages(args.system, history, line), policy, params, on_text=_stream_out)
-        except EngineError as e:
-            print(f"ingate: {e}", file=sys.stderr)
+        except GenerationFailed as e:
+            print(f"\ningate: {e.cause}", file=sys.stderr)
             history = []
+            revive = getattr(rt.engine, "ensure_alive", None)
+            if revive is not None and revive():
+                print("ingate: started a new engine process; the conversation starts over", file=sys.stderr)
             continue
         sys.stdout.write("\n")
         sys.stdout.flush()  # the summary goes to stderr: keep it after the text when both are piped
@@ -472,6 +485,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from ingate import doctor
+
+    checks, facts = doctor.run(args.model, args.audit)
+    if args.json:
+        print(json.dumps({"ok": all(c.ok for c in checks), "checks": [c.to_dict() for c in checks], "facts": facts},
+                         ensure_ascii=False, default=str))
+    else:
+        print(doctor.render(checks, facts))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def _since(text: str) -> float:
     import datetime as _dt
 
@@ -490,7 +515,7 @@ def _since(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"generate": cmd_generate, "chat": cmd_chat, "check": cmd_check, "audit": cmd_audit,
-               "serve": cmd_serve, "calibrate": cmd_calibrate}[args.cmd]
+               "serve": cmd_serve, "calibrate": cmd_calibrate, "doctor": cmd_doctor}[args.cmd]
     try:
         return handler(args)
     except UserError as e:

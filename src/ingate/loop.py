@@ -43,6 +43,16 @@ class GenerationParams:
             raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
 
 
+class GenerationFailed(Exception):
+    """The engine failed before the generation could finish (a crash, a full context). `result`
+    (finish_reason `error`) is what was generated, audited and released until then; `cause` is
+    the engine's error, which is also this exception's `__cause__`."""
+
+    def __init__(self, result: Result, cause: BaseException):
+        super().__init__(str(cause))
+        self.result, self.cause = result, cause
+
+
 @dataclass
 class Result:
     text: str
@@ -106,7 +116,6 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 on_text(text)
 
     eos = _eos_ban(engine, params)
-    engine.start(prompt)
     held: list[int] = []
     recorded: list[logprobs.Recorded] = []  # one per admitted token, when logprobs are asked for
     limit = min(params.max_tokens, engine.n_ctx - len(prompt))  # a full context ends with "length"
@@ -115,6 +124,15 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
         del recorded[len(gate.tokens):]
         engine.rollback(n)
 
+    def failed(e: BaseException) -> GenerationFailed:  # the engine died: audited, nothing more released
+        gate.fail("engine", e)
+        emit("")
+        return GenerationFailed(partial_result(gate, len(prompt), time.perf_counter() - t0, ttft), e)
+
+    try:
+        engine.start(prompt)
+    except Exception as e:
+        raise failed(e) from e
     while True:
         if gate.position >= limit:
             if (end := _end(gate, rolled_back, "length")) is None:  # the last group is judged first
@@ -127,10 +145,8 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
             break
         try:
             logits = engine.step()
-        except Exception as e:  # the engine died: audit it, release nothing more, tell the caller
-            gate.fail("engine", e)
-            emit("")
-            raise
+        except Exception as e:
+            raise failed(e) from e
         g = time.perf_counter()
         sampling = 0.0  # sampling is not gate work: the ungoverned loop samples too
         try:
@@ -217,6 +233,14 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                   else None)
 
 
+def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float | None = None) -> Result:
+    """What a generation that the engine could not finish leaves: finish_reason `error`."""
+    if gate is None:
+        return Result("", "error", [], 0, elapsed, ttft, [], 0, 0, prompt_tokens=n_prompt)
+    return Result(gate.text, "error", list(gate.decisions), gate.position, elapsed, ttft, [], gate.held_max_chars,
+                  gate.rollbacks, prompt_tokens=n_prompt)
+
+
 def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str) -> str | None:
     """End of stream: judge every remaining group first. None when one was rolled back (generate
     on); otherwise the finish reason, content_filter when a rule stopped the stream.
@@ -257,13 +281,22 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
     ttft: float | None = None
     finish, n = "length", 0
     eos = _eos_ban(engine, params)
-    engine.start(prompt)
     limit = min(params.max_tokens, engine.n_ctx - len(prompt))
+    try:
+        engine.start(prompt)
+    except Exception as e:
+        raise GenerationFailed(Result("", "error", [], 0, time.perf_counter() - t0, None, [], 0, 0,
+                                      prompt_tokens=len(prompt)), e) from e
     while n < limit:
         if cancelled is not None and cancelled():
             finish = "cancelled"
             break
-        token = sampler.sample(engine.step(), eos)
+        try:
+            logits = engine.step()
+        except Exception as e:  # released so far: exactly what the client saw
+            raise GenerationFailed(Result("".join(parts), "error", [], n, time.perf_counter() - t0, ttft, [], 0, 0,
+                                          prompt_tokens=len(prompt)), e) from e
+        token = sampler.sample(logits, eos)
         if engine.is_eog(token):
             finish = "stop"
             break

@@ -24,6 +24,9 @@ class Metrics:
         self.ttft = Histogram("ingate_time_to_first_token_seconds", "Time to the first released text",
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
         self.queue = Gauge("ingate_queue_depth", "Requests queued or running", registry=r)
+        self.engine_restarts = Counter("ingate_engine_restarts", "Engine processes restarted after a crash",
+                                       registry=r)
+        self.engine_up = Gauge("ingate_engine_up", "1 while the engine process is running", registry=r)
 
     def observe(self, policy: str, res: Result) -> None:
         self.requests.labels(policy, res.finish_reason).inc()

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingate.audit import AuditLog
-from ingate.engines.llamacpp import LlamaCppEngine
+from ingate.engines import Engine, EngineError, load_engine
 from ingate.gate.gate import CompiledPolicy, Decision, Gate, compile_policy
 from ingate.gate.masks import TokenTable
-from ingate.loop import GenerationParams, Result, generate
+from ingate.loop import GenerationFailed, GenerationParams, Result, generate, partial_result
 from ingate.policy import Policy
 from ingate.semantic import scorer
 
@@ -25,15 +25,22 @@ DEFAULT_REFUSAL = "I can't help with that."
 
 @dataclass
 class Runtime:
-    engine: LlamaCppEngine
+    engine: Engine
     table: TokenTable
     audit: AuditLog | None
 
     @classmethod
     def load(cls, model: str | Path | None = None, audit: str | Path | None = None,
-             use_audit: bool = True) -> Runtime:
-        engine = LlamaCppEngine(model)
-        return cls(engine, TokenTable(engine.token_bytes()), AuditLog(audit) if use_audit else None)
+             use_audit: bool = True, isolate: bool | None = None) -> Runtime:
+        """`isolate`: the engine in its own process (default: INGATE_ENGINE_PROCESS, else yes)."""
+        audit_log = AuditLog(audit) if use_audit else None  # a bad audit path fails before the model loads
+        engine = load_engine(model, isolate=isolate)
+        return cls(engine, TokenTable(engine.token_bytes()), audit_log)
+
+    def close(self) -> None:
+        self.engine.close()
+        if self.audit is not None:
+            self.audit.close()
 
     def gate_for(self, policy: Policy, stop: Sequence[str] = (), logprobs: bool = False, entropy: bool = False,
                  session_entropy: float = 0.0) -> Gate | None:
@@ -61,26 +68,40 @@ class Runtime:
         keeps it in the session store); a spent session budget ends the request before generating.
         """
         rid = request_id or uuid.uuid4().hex
-        if isinstance(messages, str):
-            prompt = self.engine.tokenize(messages, add_bos=True)
-        else:
-            prompt = self.engine.chat_prompt(messages)
+        t0 = time.perf_counter()
+        gate: Gate | None = None
+        prompt: list[int] = []
 
         def on_decisions(ds) -> None:
             if self.audit is not None:
                 self.audit.record(rid, policy.name, ds, policy.store_text)
 
-        refused = self._session_budget(policy, session_entropy, len(prompt)) or \
-            self._screen_input(policy, messages, len(prompt))
-        if refused is not None:  # refused before the first token: no generation spent
-            on_decisions(refused.decisions)
-            if on_text and refused.text:
-                on_text(refused.text)
-            res = refused
-        else:
-            gate = self.gate_for(policy, stop, params.logprobs is not None, params.entropy, session_entropy)
-            res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
-                           cancelled=cancelled)
+        try:
+            prompt = self.engine.tokenize(messages, add_bos=True) if isinstance(messages, str) \
+                else self.engine.chat_prompt(messages)
+            refused = self._session_budget(policy, session_entropy, len(prompt)) or \
+                self._screen_input(policy, messages, len(prompt))
+            if refused is not None:  # refused before the first token: no generation spent
+                on_decisions(refused.decisions)
+                if on_text and refused.text:
+                    on_text(refused.text)
+                res = refused
+            else:
+                gate = self.gate_for(policy, stop, params.logprobs is not None, params.entropy, session_entropy)
+                res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
+                               cancelled=cancelled)
+        except (GenerationFailed, EngineError) as e:  # the engine failed: the audit still gets the request
+            if isinstance(e, GenerationFailed):
+                res, cause = e.result, e.cause
+            else:  # before generation began (tokenizing, rendering the template)
+                res, cause = partial_result(None, len(prompt), time.perf_counter() - t0), e
+            if not any(d.rule_id == "engine" for d in res.decisions):  # the gate audits its own
+                d = Decision("engine", "error", res.completion_tokens, 0, b"", f"{type(cause).__name__}: {cause}")
+                on_decisions([d])
+                res.decisions.append(d)
+            if self.audit is not None:
+                self.audit.record_request(rid, policy.name, res, session)
+            raise GenerationFailed(res, cause) from cause
         if self.audit is not None:
             self.audit.record_request(rid, policy.name, res, session)
         return res

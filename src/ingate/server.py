@@ -8,6 +8,7 @@ Every existing OpenAI client works unchanged; what governance did rides along in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ingate.engines import ContextFull, EngineCrashed
 from ingate.gate.gate import Decision
 from ingate.loop import GenerationParams, Result
 from ingate.metrics import Metrics
@@ -109,7 +111,12 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
     sessions = MemorySessionStore(config.session_ttl)
     worker = Worker(runtime, config.max_queue, metrics, sessions)
     model_id = runtime.engine.name
-    app = FastAPI(title="ingate", version="0.1.0")
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        runtime.engine.close()  # stop the engine process with the server
+
+    app = FastAPI(title="ingate", version="0.1.0", lifespan=lifespan)
     app.state.worker = worker
 
     @app.exception_handler(ApiError)
@@ -117,12 +124,20 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
         return exc.response()
 
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok", "model": model_id, "policies": list(config.policies), "queue": worker.depth}
+    async def healthz() -> JSONResponse:
+        """200 while the engine runs; 503 while its process is down (restarting after a crash)."""
+        eng = _engine_health(runtime)
+        up = eng.get("alive", True)
+        body = {"status": "ok" if up else "restarting", "model": model_id, "policies": list(config.policies),
+                "queue": worker.depth, "engine": eng}
+        if worker.restart_error:
+            body["engine"]["restart_error"] = worker.restart_error
+        return JSONResponse(body, status_code=200 if up else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         metrics.queue.set(worker.depth)
+        metrics.engine_up.set(1 if _engine_health(runtime).get("alive", True) else 0)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
@@ -209,6 +224,25 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
     return app
 
 
+def _engine_health(runtime: Runtime) -> dict:
+    info = runtime.engine.info()
+    out = {"layout": info.get("layout"), "threads": info.get("threads")}
+    proc = info.get("process")
+    if proc is not None:
+        out |= {"pid": proc["pid"], "alive": proc["alive"], "restarts": proc["restarts"],
+                "last_crash": proc["last_crash"]}
+    return out
+
+
+def _generation_error(err: BaseException) -> ApiError:
+    """The OpenAI-shaped error for a generation the engine could not finish."""
+    if isinstance(err, EngineCrashed):
+        return ApiError(503, str(err), code="engine_crashed", type_="server_error", headers={"Retry-After": "1"})
+    if isinstance(err, ContextFull):
+        return ApiError(400, str(err), code="context_length_exceeded")
+    return ApiError(500, f"generation failed: {err}", type_="server_error")
+
+
 def _submit(worker: Worker, job: Job, config: ServerConfig) -> None:
     try:
         worker.submit(job)
@@ -290,7 +324,7 @@ async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
         elif kind == "done":
             return val
         else:
-            raise ApiError(500, f"generation failed: {val}", type_="server_error")
+            raise _generation_error(val)
 
 
 async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Policy, chat: bool, usage: bool,
@@ -331,8 +365,8 @@ async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Polic
                     yield f"data: {json.dumps(body)}\n\n"
                 break
             else:
-                err = {"error": {"message": f"generation failed: {val}", "type": "server_error",
-                                 "param": None, "code": None}}
+                e = _generation_error(val)
+                err = {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
                 yield f"data: {json.dumps(err)}\n\n"
                 break
         yield "data: [DONE]\n\n"

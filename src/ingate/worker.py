@@ -15,7 +15,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ingate.loop import GenerationParams, Result
+from ingate.engines import EngineCrashed
+from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.runtime import Runtime
@@ -79,13 +80,37 @@ class Worker:
                                                request_id=job.request_id, stop=job.stop,
                                                cancelled=job.cancel.is_set, session=job.session,
                                                session_entropy=st.entropy_spent if st is not None else 0.0)
-                if self.sessions is not None and job.session:
-                    spent = (res.entropy_summary or {}).get("excess", 0.0)
-                    self.sessions.record(job.session, res.decisions, spent)  # before the client hears "done"
-                if self.metrics is not None:
-                    self.metrics.observe(job.policy.name, res)
+                self._account(job, res)  # before the client hears "done"
                 job._put(("done", res))
+            except GenerationFailed as e:  # the engine failed: what was decided still counts
+                self._account(job, e.result)
+                job._put(("error", e.cause))
+                if isinstance(e.cause, EngineCrashed):
+                    self._revive()
             except Exception as e:  # reported to that request; the worker serves the next one
                 job._put(("error", e))
             finally:
                 self.running = None
+
+    def _account(self, job: Job, res: Result) -> None:
+        if self.sessions is not None and job.session:
+            spent = (res.entropy_summary or {}).get("excess", 0.0)
+            self.sessions.record(job.session, res.decisions, spent)
+        if self.metrics is not None:
+            self.metrics.observe(job.policy.name, res)
+
+    def _revive(self) -> None:
+        """A fresh engine process before the next job; queued requests wait for it, none is lost."""
+        engine = self.runtime.engine
+        ensure = getattr(engine, "ensure_alive", None)
+        if ensure is None:
+            return
+        try:
+            if ensure() and self.metrics is not None:
+                self.metrics.engine_restarts.inc()
+        except Exception as e:  # the next request reports it; the one after tries again
+            self.restart_error = str(e)
+        else:
+            self.restart_error = None
+
+    restart_error: str | None = None

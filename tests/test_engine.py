@@ -1,0 +1,235 @@
+"""The engine on any CPU: weight layouts, the layout probe and its fallback, the engine process
+and its crash recovery, and the thread tuner. Real model, real llama.cpp, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import INGATE, user
+from ingate.engines import EngineCrashed, EngineError, layout, load_engine
+from ingate.engines.llamacpp import LlamaCppEngine, default_model_path
+from ingate.engines.process import EngineProcess
+from ingate.engines.threads import ThreadTuner, candidates, thread_setting
+
+STORY = user("Tell me a story about a dragon who guards a lighthouse.")
+
+
+@pytest.fixture(scope="module")
+def safe_layouts() -> list[str]:
+    """The layouts this machine can run: the probe's verdict and everything slower than it."""
+    chosen = layout.probe(default_model_path()).layout
+    return {"on": ["on", "split", "off"], "split": ["split", "off"], "off": ["off"]}[chosen]
+
+
+def greedy_logits(engine, prompt: list[int], n: int, rollback_at: int | None = None) -> np.ndarray:
+    """Logits of n greedy steps; with `rollback_at`, two tokens are taken back there and redone."""
+    engine.start(prompt)
+    out = [np.array(engine.step(), copy=True)]
+    for i in range(n):
+        engine.accept(int(np.argmax(out[-1])))
+        x = np.array(engine.step(), copy=True)
+        if rollback_at == i:
+            engine.rollback(2)
+            x = np.array(engine.step(), copy=True)
+            np.testing.assert_array_equal(x, out[-2])  # the distribution at the rollback point, exactly
+            engine.accept(int(np.argmax(x)))
+            x = np.array(engine.step(), copy=True)
+        out.append(x)
+    return np.stack(out)
+
+
+# ---- thread tuner (logic only: synthetic timings) ----------------------------------------------
+def feed(tuner: ThreadTuner, ms: dict[int, float], steps: int) -> None:
+    for _ in range(steps):
+        n = tuner.record(ms[tuner.current] / 1000)
+        assert n is None or n == tuner.current
+
+
+def test_tuner_measures_every_candidate_then_runs_the_fastest():
+    t = ThreadTuner([1, 2, 4], window=8, explore_every=64, explore_steps=4)
+    feed(t, {1: 10.0, 2: 4.0, 4: 6.0}, 12)
+    assert t.current == 2 and set(t.estimate) == {1, 2, 4} and all(t.estimate.values())
+
+
+def test_tuner_prefers_fewer_threads_when_no_faster():
+    t = ThreadTuner([1, 2], window=8, explore_steps=4)
+    feed(t, {1: 10.0, 2: 9.5}, 8)  # within the 10% margin: one thread does as well
+    assert t.current == 1
+
+
+def test_tuner_leaves_a_count_that_gets_slow_and_comes_back_when_it_recovers():
+    t = ThreadTuner([1, 2], window=8, explore_every=32, explore_steps=4)
+    feed(t, {1: 10.0, 2: 4.0}, 8)
+    assert t.current == 2
+    feed(t, {1: 10.0, 2: 16.0}, 8)  # another process takes a core: two threads now lose
+    assert t.current == 1
+    feed(t, {1: 10.0, 2: 4.0}, 80)  # the core is free again: re-measured, and taken back
+    assert t.current == 2
+
+
+def test_thread_settings_are_validated(monkeypatch):
+    monkeypatch.setenv("INGATE_THREADS", "many")
+    with pytest.raises(EngineError, match="INGATE_THREADS"):
+        thread_setting()
+    monkeypatch.setenv("INGATE_THREADS", "0")
+    with pytest.raises(EngineError, match="at least 1"):
+        thread_setting()
+    monkeypatch.setenv("INGATE_THREADS", "3")
+    assert thread_setting() == 3
+    monkeypatch.setenv("INGATE_THREADS", "auto")
+    assert thread_setting() is None and candidates(2) == [1, 2] and candidates(12) == [1, 2, 4, 8, 12]
+
+
+def test_layout_and_isolation_settings_are_validated(monkeypatch):
+    monkeypatch.setenv("INGATE_LLAMA_REPACK", "fast")
+    with pytest.raises(EngineError, match="INGATE_LLAMA_REPACK='fast' is not one of auto, on, off, split"):
+        load_engine()
+    monkeypatch.setenv("INGATE_LLAMA_REPACK", "off")
+    monkeypatch.setenv("INGATE_ENGINE_PROCESS", "maybe")
+    with pytest.raises(EngineError, match="INGATE_ENGINE_PROCESS"):
+        load_engine()
+
+
+# ---- layouts, on the real model -----------------------------------------------------------------
+@pytest.mark.slow
+def test_thread_count_never_changes_the_logits(safe_layouts):
+    """The tuner switches threads between tokens; that is safe only because the bits are the same."""
+    for lay in safe_layouts:
+        eng = LlamaCppEngine(layout=lay, n_threads=1)
+        try:
+            prompt = eng.chat_prompt(STORY)
+            one = greedy_logits(eng, prompt, 24)
+            eng.set_threads(2)
+            two = greedy_logits(eng, prompt, 24)
+            np.testing.assert_array_equal(one, two, err_msg=f"layout {lay}")
+        finally:
+            eng.close()
+
+
+@pytest.mark.slow
+def test_every_safe_layout_computes_the_same_distribution(safe_layouts):
+    firsts = {}
+    for lay in safe_layouts:
+        eng = LlamaCppEngine(layout=lay, n_threads=2)
+        try:
+            firsts[lay] = greedy_logits(eng, eng.chat_prompt(STORY), 0)[0]
+        finally:
+            eng.close()
+    ref = firsts["off"]
+    for lay, x in firsts.items():
+        assert np.corrcoef(x, ref)[0, 1] > 0.98, lay
+        assert int(np.argmax(x)) in np.argsort(-ref)[:5], lay
+
+
+@pytest.mark.slow
+def test_the_engine_process_gives_the_same_bits_as_in_process(safe_layouts):
+    lay = safe_layouts[0]
+    inproc = LlamaCppEngine(layout=lay, n_threads=1)
+    proc = EngineProcess(default_model_path(), layout=lay, n_threads=1)
+    try:
+        prompt = inproc.chat_prompt(STORY)
+        assert proc.chat_prompt(STORY) == prompt and proc.token_bytes() == inproc.token_bytes()
+        a = greedy_logits(inproc, prompt, 20, rollback_at=10)
+        b = greedy_logits(proc, prompt, 20, rollback_at=10)
+        np.testing.assert_array_equal(a, b)
+    finally:
+        inproc.close()
+        proc.close()
+
+
+@pytest.mark.slow
+def test_a_native_crash_costs_the_call_in_flight_and_a_restart_serves_again(safe_layouts):
+    lay = safe_layouts[0]
+    eng = EngineProcess(default_model_path(), layout=lay, n_threads=1)
+    try:
+        prompt = eng.chat_prompt(STORY)
+        before = greedy_logits(eng, prompt, 8)
+        eng.start(prompt)
+        eng.step()
+        first_pid = eng.pid
+        os.kill(first_pid, signal.SIGSEGV)
+        eng.accept(1)
+        with pytest.raises(EngineCrashed) as err:
+            eng.step()
+        msg = str(err.value)
+        assert "SIGSEGV" in msg and str(first_pid) in msg and "while decoding" in msg
+        assert "INGATE_LLAMA_REPACK=off" in msg or lay == "off"
+        assert not eng.alive and eng.info()["process"]["last_crash"]
+        assert eng.ensure_alive() is True and eng.alive and eng.pid != first_pid and eng.restarts == 1
+        assert eng.ensure_alive() is False
+        np.testing.assert_array_equal(greedy_logits(eng, prompt, 8), before)  # a fresh engine, same bits
+    finally:
+        eng.close()
+    assert not eng.alive
+
+
+# ---- the probe and its fallback -------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,expected", [("batch", "split"), ("decode", "off"), ("load", "off")])
+def test_auto_falls_back_when_the_probe_dies_and_caches_the_verdict(tmp_path, monkeypatch, stage, expected):
+    """The probe really dies from SIGSEGV (sent to itself at that stage), on any CPU."""
+    monkeypatch.setenv("INGATE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("INGATE_PROBE_CRASH", stage)
+    monkeypatch.delenv("INGATE_LLAMA_REPACK", raising=False)
+    choice = layout.choose(default_model_path())
+    assert choice.layout == expected and not choice.cached
+    assert choice.stages[stage] == {"ok": False, "error": "died from SIGSEGV"}
+    assert "SIGSEGV" in choice.reason
+    again = layout.choose(default_model_path())
+    assert again.cached and again.layout == expected and again.cache_file == choice.cache_file
+
+
+@pytest.mark.slow
+def test_a_forced_layout_skips_the_probe(tmp_path, monkeypatch):
+    monkeypatch.setenv("INGATE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("INGATE_LLAMA_REPACK", "off")
+    monkeypatch.setenv("INGATE_PROBE_CRASH", "load")  # would be seen if a probe ran
+    choice = layout.choose(default_model_path())
+    assert choice.layout == "off" and choice.stages == {} and not (tmp_path / "probe").exists()
+
+
+@pytest.mark.slow
+def test_after_a_fallback_the_cli_still_generates_and_doctor_says_why(tmp_path):
+    env = dict(os.environ, INGATE_CACHE_DIR=str(tmp_path), INGATE_PROBE_CRASH="batch",
+               INGATE_AUDIT=str(tmp_path / "audit.sqlite3"))
+    env.pop("INGATE_LLAMA_REPACK", None)
+    r = subprocess.run([INGATE, "generate", "Name three colours.", "--policy", "none", "--max-tokens", "24"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip()) > 5
+    r = subprocess.run([INGATE, "doctor", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    report = json.loads(r.stdout)
+    assert r.returncode == 1  # the probe crashed: a failing check, with what to do
+    checks = {c["check"]: c for c in report["checks"]}
+    assert not checks["layout"]["ok"] and "split" in checks["layout"]["detail"] and checks["layout"]["fix"]
+    assert checks["engine"]["ok"] and report["facts"]["engine"]["layout"] == "split"
+    assert report["facts"]["layout"]["cached"] is True  # generate probed once; doctor read the verdict
+
+
+@pytest.mark.slow
+def test_doctor_reports_what_a_bug_report_needs(tmp_path):
+    env = dict(os.environ, INGATE_AUDIT=str(tmp_path / "audit.sqlite3"))
+    r = subprocess.run([INGATE, "doctor"], capture_output=True, text=True, env=env, timeout=300)
+    out = r.stdout
+    for needle in ("cpu:", "flags:", "llama.cpp system info:", "layout:", "threads:", "llama-cpp-python 0.3",
+                   "torch", "sentence-transformers", "ok    model:", "ok    engine:", "ok    audit:", "encoder"):
+        assert needle in out, (needle, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag,value,check,words", [
+    ("--model", "/nonexistent/model.gguf", "model", "does not exist; pass --model PATH"),
+    ("--audit", "/proc/ingate/audit.sqlite3", "audit", "writable"),
+])
+def test_doctor_fails_with_one_line_that_says_what_to_do(tmp_path, flag, value, check, words):
+    env = dict(os.environ, INGATE_AUDIT=str(tmp_path / "audit.sqlite3"))
+    r = subprocess.run([INGATE, "doctor", flag, value], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1
+    line = next(x for x in r.stdout.splitlines() if x.startswith(f"FAIL  {check}:"))
+    assert words in line
