@@ -24,6 +24,77 @@ def runtime(tmp_path_factory):
     return Runtime.load(audit=tmp_path_factory.mktemp("audit") / "audit.sqlite3")
 
 
+# Sampling settings a test may search, in order, for a run in which the ungoverned model produces
+# what the test governs. Kernels differ between CPUs (AVX-512, AMX, weight layouts) and so do the
+# last bits of the logits: one seed may give other text elsewhere, but not all of these.
+SEARCH = [(0.0, 0)] + [(0.8, s) for s in range(1, 16)]
+
+
+def gen_params(max_tokens: int = 96, temperature: float = 0.0, seed: int = 0, top_p: float = 1.0):
+    from ingate.loop import GenerationParams
+
+    return GenerationParams(max_tokens=max_tokens,
+                            sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
+
+
+def runs_where(runtime, messages, what: str, produced, max_tokens: int = 96, want: int = 1,
+               search=SEARCH) -> list[tuple]:
+    """Up to `want` (params, ungoverned result) pairs from `search` whose ungoverned text satisfies
+    `produced`. A test that finds nothing to govern has tested nothing, so it fails, never passes,
+    when no setting produces `what`. Results are cached on the runtime per (messages, what, tokens)."""
+    from ingate.policy import NONE_POLICY
+
+    cache = runtime.__dict__.setdefault("_runs_where", {})
+    key = (repr(messages), what, max_tokens)
+    found, tried = cache.setdefault(key, ([], set()))
+    for temperature, seed in search:
+        if len(found) >= want:
+            break
+        if (temperature, seed) in tried:
+            continue
+        tried.add((temperature, seed))
+        p = gen_params(max_tokens, temperature, seed)
+        res = runtime.run(messages, NONE_POLICY, p)
+        if produced(res.text):
+            found.append((p, res))
+    if not found:
+        pytest.fail(f"at none of {len(search)} sampling settings did the ungoverned model produce {what}: "
+                    "nothing to govern, so nothing was tested")
+    return found[:want]
+
+
+def run_where(runtime, messages, what: str, produced, max_tokens: int = 96):
+    return runs_where(runtime, messages, what, produced, max_tokens)[0]
+
+
+PHONE = "415-555-0132"
+
+
+@pytest.fixture(scope="session")
+def phone_run(runtime):
+    """Sampling at which the ungoverned model repeats the PII prompt's phone number. The server and
+    the CLI run the same engine (same layout, bit-identical logits), so they write the same there."""
+    return run_where(runtime, user(PII_PROMPT), repr(PHONE), lambda t: PHONE in t, 64)
+
+
+@pytest.fixture(scope="session")
+def eiffel_run(runtime):
+    """Sampling at which the ungoverned model names the Eiffel tower in its paragraph about Paris."""
+    return run_where(runtime, user(PARIS_PROMPT), "'Eiffel'", lambda t: "eiffel" in t.lower(), 160)
+
+
+def api_sampling(params) -> dict:
+    """The same sampling as OpenAI request fields."""
+    return {"temperature": params.sampling.temperature, "seed": params.sampling.seed,
+            "max_tokens": params.max_tokens}
+
+
+def cli_sampling(params) -> list[str]:
+    """The same sampling as `ingate generate` flags."""
+    return ["--temperature", str(params.sampling.temperature), "--seed", str(params.sampling.seed),
+            "--max-tokens", str(params.max_tokens)]
+
+
 def policy(yaml_text: str, name: str = "test.yaml"):
     return parse_policy(yaml_text, source=name)
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import INGATE, PII_PROMPT
+from conftest import INGATE, PII_PROMPT, cli_sampling
 
 
 def run(*args: str, audit=None, input: str | None = None, timeout: float = 120):
@@ -59,9 +59,9 @@ def test_bad_policy_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_generate_json_shape_and_audit_tail(tmp_path):
+def test_generate_json_shape_and_audit_tail(tmp_path, phone_run):
     audit = tmp_path / "a.sqlite3"
-    r = run("generate", PII_PROMPT, "--json", "--max-tokens", "48", audit=audit)
+    r = run("generate", PII_PROMPT, "--json", *cli_sampling(phone_run[0]), audit=audit)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out) == {"text", "finish_reason", "decisions", "entropy", "stats"}
@@ -87,12 +87,12 @@ def test_generate_streams_text_and_chat_repl_answers(tmp_path):
 
 
 @pytest.mark.slow
-def test_store_text_keeps_the_matched_text(tmp_path):
+def test_store_text_keeps_the_matched_text(tmp_path, phone_run):
     pol = tmp_path / "p.yaml"
     pol.write_text("version: 1\nname: keep\naudit: {store_text: true}\nrules:\n  - id: pii\n"
                    "    forbid: {patterns: [phone]}\n    action: redact\n")
     audit = tmp_path / "a.sqlite3"
-    r = run("generate", PII_PROMPT, "--policy", str(pol), "--max-tokens", "48", "--json", audit=audit)
+    r = run("generate", PII_PROMPT, "--policy", str(pol), *cli_sampling(phone_run[0]), "--json", audit=audit)
     assert json.loads(r.stdout)["decisions"][0]["matched"] == "415-555-0132"
     r = run("audit", "tail", "--json", audit=audit)
     assert json.loads(r.stdout.splitlines()[-1])["matched_text"] == "415-555-0132"

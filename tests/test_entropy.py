@@ -27,10 +27,9 @@ def _entropy_policy(body: str, message: str = "(I am not certain enough to conti
                   f"    action: stop\n    message: \"{message}\"\n")
 
 
-@pytest.mark.parametrize("sp", [SamplingParams(temperature=1.0, seed=3),
-                                SamplingParams(temperature=0.9, top_p=0.95, seed=5)])
-def test_narrowing_keeps_every_sampled_token_within_the_bound(runtime, sp):
-    bound = 1.5
+def _narrowed_run(runtime, sp: SamplingParams, bound: float) -> tuple[int, dict]:
+    """Generate under the bound, replay the logits and check every sampled token against an
+    independent oracle; returns how many steps exceeded the bound."""
     pol = _entropy_policy(f"{{max_token_entropy: {bound}, on_exceed: narrow}}")
     gate = runtime.gate_for(pol)
     prompt = runtime.engine.chat_prompt(user(STORY))
@@ -50,15 +49,27 @@ def test_narrowing_keeps_every_sampled_token_within_the_bound(runtime, sp):
             rank = int(np.nonzero(order == tok)[0][0])
             assert top_entropy(p, order, rank + 1) <= bound + 1e-6, (k, rank)
         engine.accept(tok)
-    assert exceeded >= 5, "the bound should bite on a story at temperature ~1"
     assert res.entropy_summary["exceeded_steps"] == exceeded
+    return exceeded
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.9, 0.95)])
+def test_narrowing_keeps_every_sampled_token_within_the_bound(runtime, temperature, top_p):
+    """Checked on every run; seeds are tried until the bound has bitten at least 5 times in one."""
+    for seed in range(3, 15):
+        if _narrowed_run(runtime, SamplingParams(temperature=temperature, top_p=top_p, seed=seed), 1.5) >= 5:
+            return
+    pytest.fail("in 12 seeds the 1.5-nat bound never bit 5 times on a story: nothing was narrowed")
 
 
 def test_a_spent_budget_ends_at_a_sentence_boundary_with_an_audited_decision(runtime):
     pol = _entropy_policy("{budget: 6.0, baseline: 0.5}")
-    res = runtime.run(user(STORY), pol, GenerationParams(max_tokens=200, sampling=SamplingParams(
-        temperature=0.8, seed=1)), request_id="entropy-budget-1")
-    assert res.finish_reason == "content_filter"
+    for seed in range(1, 13):  # the first seed whose story spends the budget (nearly all do)
+        res = runtime.run(user(STORY), pol, GenerationParams(max_tokens=200, sampling=SamplingParams(
+            temperature=0.8, seed=seed)), request_id=f"entropy-budget-{seed}")
+        if res.finish_reason == "content_filter":
+            break
+    assert res.finish_reason == "content_filter", "in 12 seeds no story spent 6 nats over a 0.5 baseline"
     assert res.text.endswith(" (I am not certain enough to continue.)")
     body = res.text[: -len(" (I am not certain enough to continue.)")]
     assert body.rstrip(" ")[-1:] in (".", "!", "?", "\n"), body
@@ -66,14 +77,15 @@ def test_a_spent_budget_ends_at_a_sentence_boundary_with_an_audited_decision(run
     assert len(d) == 1 and "response entropy budget 6 spent" in d[0].detail
     assert res.entropy_summary["exhausted"] == "response" and res.entropy_summary["excess"] >= 6.0
     with sqlite3.connect(runtime.audit.path) as con:
-        rows = con.execute("SELECT action, detail FROM decisions WHERE request_id='entropy-budget-1'").fetchall()
+        rows = con.execute("SELECT action, detail FROM decisions WHERE request_id=?",
+                           (f"entropy-budget-{seed}",)).fetchall()
     assert ("abstain", d[0].detail) in rows
 
 
 def test_the_session_budget_carries_over(runtime):
     """In-process: what a session spent before counts against its budget in the next request."""
     pol = _entropy_policy("{session_budget: 1000.0, baseline: 0.5}")
-    params = GenerationParams(max_tokens=40, sampling=SamplingParams(temperature=0.8, seed=2))
+    params = GenerationParams(max_tokens=40, sampling=SamplingParams(temperature=0.8, seed=2), ignore_eos=True)
     first = runtime.run(user(STORY), pol, params)
     spent = first.entropy_summary["excess"]
     assert first.finish_reason == "length" and spent > 1.0

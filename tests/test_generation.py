@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 
 import pytest
 
-from conftest import PARIS_PROMPT, PII_PROMPT, policy, user
+from conftest import PARIS_PROMPT, PII_PROMPT, policy, run_where, runs_where, user
 from ingate.gate.gate import Gate, compile_policy
-from ingate.loop import GenerationParams, generate
+from ingate.loop import GenerationFailed, GenerationParams, generate
+from ingate.patterns import BUILTIN_PATTERNS
 from ingate.policy import NONE_POLICY
 from ingate.sampling import SamplingParams
 
@@ -47,35 +49,45 @@ def params(max_tokens: int = 96, temperature: float = 0.0, seed: int = 0, top_p:
                             sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
 
 
-def test_ungoverned_paris_mentions_eiffel(runtime):
-    res = runtime.run(user(PARIS_PROMPT), NONE_POLICY, params())
-    assert "Eiffel" in res.text
+# the PII prompt rarely makes this model repeat its e-mail address; this one often writes one
+EMAIL_PROMPT = "Write an e-mail signature for Jane Doe, whose address is jane.doe@example.org."
 
 
-def test_prevented_phrase_never_appears_in_any_case(runtime):
-    res = runtime.run(user(PARIS_PROMPT), EIFFEL, params(160))
+def test_prevented_phrase_never_appears_in_any_case(runtime, eiffel_run):
+    p, base = eiffel_run
+    res = runtime.run(user(PARIS_PROMPT), EIFFEL, p)
     assert "eiffel" not in res.text.lower()
+    # governed and ungoverned agree until the gate acts; the ungoverned text has the phrase, so it acted
     assert any(d.action == "prevent" and d.rule_id == "tower" for d in res.decisions)
     assert len(res.text) > 200  # the model went on writing about Paris
 
 
-@pytest.mark.parametrize("seed,temperature", [(0, 0.0), (3, 0.7), (0, 0.7), (11, 0.9)])
-def test_prevented_pii_releases_no_digits_run_and_no_address(runtime, seed, temperature):
-    res = runtime.run(user(PII_PROMPT), PII_PREVENT, params(80, temperature, seed))
-    digits = re.sub(r"\D", "", res.text)
-    for i in range(len("4155550132") - 6):
-        assert "4155550132"[i:i + 7] not in digits, res.text
-    low = res.text.lower()
-    assert "@" not in low and "john.smith" not in low and "smith@" not in low, res.text
-    assert not re.search(r"\d{3}\D?\d{3}\D?\d{4}", res.text)
+def test_prevented_pii_releases_no_digits_run_and_no_address(runtime):
+    def has_pii(t: str) -> bool:
+        return "@" in t or bool(re.search(r"\d{3}\D?\d{3}\D?\d{4}", t))
+
+    runs = runs_where(runtime, user(PII_PROMPT), "a phone number or an e-mail address", has_pii, 80, want=3)
+    for p, _base in runs:
+        res = runtime.run(user(PII_PROMPT), PII_PREVENT, p)
+        digits = re.sub(r"\D", "", res.text)
+        for i in range(len("4155550132") - 6):
+            assert "4155550132"[i:i + 7] not in digits, res.text
+        low = res.text.lower()
+        assert "@" not in low and "john.smith" not in low and "smith@" not in low, res.text
+        assert not re.search(r"\d{3}\D?\d{3}\D?\d{4}", res.text)
+        assert any(d.action == "prevent" for d in res.decisions) or res.rollbacks > 0
 
 
-def test_redacted_pii_is_replaced_by_placeholders(runtime):
-    res = runtime.run(user(PII_PROMPT), PII_REDACT, params(80))
-    assert "[PHONE]" in res.text and "415-555" not in res.text
-    res = runtime.run(user(PII_PROMPT), PII_REDACT, params(80, 0.7, 3))
-    assert "[EMAIL]" in res.text and "@example" not in res.text, res.text
+@pytest.mark.parametrize("prompt,kind", [(PII_PROMPT, "phone"), (EMAIL_PROMPT, "email")])
+def test_redacted_pii_is_replaced_by_placeholders(runtime, prompt, kind):
+    pattern, placeholder = BUILTIN_PATTERNS[kind]
+    p, base = run_where(runtime, user(prompt), f"a {kind} (the PII pack's pattern)", lambda t: re.search(pattern, t))
+    res = runtime.run(user(prompt), PII_REDACT, p)
+    assert placeholder in res.text and not re.search(pattern, res.text), res.text
     assert {d.action for d in res.decisions} == {"redact"}
+    # redaction does not steer the model: the text is the ungoverned text with spans replaced
+    pieces = re.split(r"\[(?:PHONE|EMAIL)\]", res.text)
+    assert re.fullmatch(".+?".join(map(re.escape, pieces)), base.text, re.S), (res.text, base.text)
 
 
 @pytest.mark.parametrize("temperature,top_p,seed", [(0.0, 1.0, 0), (0.8, 0.95, 1), (1.0, 1.0, 7)])
@@ -112,12 +124,13 @@ class _Recorder:
         self.engine.rollback(n)
 
 
-def test_forbidden_text_never_enters_the_engine(runtime):
+def test_forbidden_text_never_enters_the_engine(runtime, eiffel_run):
     """Invariant 2: what a mask can prevent is prevented before the token is accepted."""
+    p, _ = eiffel_run
     rec = _Recorder(runtime.engine)
     gate = Gate(compile_policy(EIFFEL), runtime.table)
     prompt = runtime.engine.chat_prompt(user(PARIS_PROMPT))
-    res = generate(rec, prompt, params(160), gate)
+    res = generate(rec, prompt, p, gate)
     assert res.rollbacks + sum(d.action == "prevent" for d in res.decisions) > 0
     tb = runtime.table.token_bytes
     for snap in rec.snapshots:
@@ -151,7 +164,7 @@ def test_fail_closed_on_a_check_error(runtime, monkeypatch):
     assert len(res.text.encode()) <= len(bytes(gate.raw))
 
 
-def test_decisions_are_durable_before_their_text_is_seen(runtime):
+def test_decisions_are_durable_before_their_text_is_seen(runtime, phone_run):
     """Invariant 5: when a placeholder reaches the client, its decision is already committed."""
     db = runtime.audit.path
     checks: list[int] = []
@@ -163,7 +176,7 @@ def test_decisions_are_durable_before_their_text_is_seen(runtime):
                                 " AND detail LIKE '%[PHONE]%'").fetchone()[0]
             checks.append(n)
 
-    runtime.run(user(PII_PROMPT), PII_REDACT, params(80), on_text=on_text)
+    runtime.run(user(PII_PROMPT), PII_REDACT, phone_run[0], on_text=on_text)
     assert checks and all(n >= 1 for n in checks)
 
 
@@ -176,11 +189,11 @@ rules:
     forbid: {phrases: [Eiffel Tower]}
     action: stop
 """)
-    base = runtime.run(user(PARIS_PROMPT), NONE_POLICY, params(120))
-    res = runtime.run(user(PARIS_PROMPT), stop, params(120))
+    p, base = run_where(runtime, user(PARIS_PROMPT), "'Eiffel Tower'", lambda t: "eiffel tower" in t.lower(), 120)
+    res = runtime.run(user(PARIS_PROMPT), stop, p)
     assert res.finish_reason == "content_filter"
     assert "eiffel" not in res.text.lower()
-    assert base.text.startswith(res.text) and base.text.index("Eiffel") >= len(res.text)
+    assert base.text.startswith(res.text) and base.text.lower().index("eiffel tower") >= len(res.text)
 
 
 def test_engine_failure_mid_stream_is_audited_and_releases_nothing_more(runtime, monkeypatch):
@@ -202,22 +215,31 @@ def test_engine_failure_mid_stream_is_audited_and_releases_nothing_more(runtime,
     audited: list = []
     seen: list[str] = []
     prompt = runtime.engine.chat_prompt(user(PII_PROMPT))
-    with pytest.raises(EngineError):
+    with pytest.raises(GenerationFailed) as err:
         generate(runtime.engine, prompt, params(64), gate, on_text=seen.append, on_decisions=audited.extend)
+    assert isinstance(err.value.cause, EngineError) and err.value.result.finish_reason == "error"
+    assert err.value.result.text == gate.text and err.value.result.completion_tokens == 11
     assert audited[-1].action == "error" and audited[-1].rule_id == "engine"
     assert "".join(seen) == gate.text
     assert "415-555-01" not in gate.text
 
 
-def test_logprobs_cover_released_text_and_never_show_governed_alternatives(runtime):
-    p = GenerationParams(max_tokens=80, logprobs=5, sampling=SamplingParams(temperature=0.0))
-    res = runtime.run(user(PII_PROMPT), PII_REDACT, p)
+def test_logprobs_cover_released_text_and_never_show_governed_alternatives(runtime, phone_run, eiffel_run):
+    """Alternatives are hidden when they could begin, continue or complete a governed match. The
+    token actually released at a position is always listed: the client sees it in the text anyway
+    (on some CPUs "e" of "Concorde" is released, and "e" could begin "Eiffel")."""
+    res = runtime.run(user(PII_PROMPT), PII_REDACT, dataclasses.replace(phone_run[0], logprobs=5))
     assert res.logprobs and "".join(e["token"] for e in res.logprobs) == res.text
     assert any(e["token"] == "[PHONE]" and e["top_logprobs"] == [] for e in res.logprobs)
     for e in res.logprobs:
         assert e["logprob"] <= 0.0
         for alt in e["top_logprobs"]:
-            assert not any(c.isdigit() for c in alt["token"]), alt  # a digit would begin a phone number
-    res = runtime.run(user(PARIS_PROMPT), EIFFEL, GenerationParams(max_tokens=120, logprobs=5))
-    shown = [a["token"].lower() for e in res.logprobs for a in e["top_logprobs"]]
-    assert shown and not any("eif" in t or t.strip() in ("e", "ei") for t in shown)
+            if alt["token"] != e["token"]:
+                assert not any(c.isdigit() for c in alt["token"]), alt  # a digit would begin a phone number
+    res = runtime.run(user(PARIS_PROMPT), EIFFEL, dataclasses.replace(eiffel_run[0], logprobs=5))
+    shown = [(e["token"].lower(), a["token"].lower()) for e in res.logprobs for a in e["top_logprobs"]]
+    assert shown
+    for released, alt in shown:
+        assert "eif" not in alt, alt
+        if alt != released:  # "e", "ei", " E": the start of "Eiffel", not the token the client already has
+            assert not "eiffel".startswith(alt.strip()) or not alt.strip(), (released, alt)

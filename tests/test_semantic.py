@@ -28,16 +28,27 @@ def _params(seed: int, n: int = 96) -> GenerationParams:
     return GenerationParams(max_tokens=n, sampling=SamplingParams(temperature=0.8, seed=seed))
 
 
+SEEDS = range(12)  # searched in order; what one CPU's kernels write at one seed, another's may not
+
+
+def _resampled(res) -> bool:
+    return any(d.action == "resample" for d in res.decisions)
+
+
 @pytest.fixture(scope="module")
 def runs(runtime):
+    """At least 3 seeded runs, and more until one has been rolled back and still finished normally
+    (what the tests below need to see); the invariants are checked on every run."""
     pol = explosives_policy()
     out = []
-    for seed in range(3):
+    for seed in SEEDS:
         gate = runtime.gate_for(pol)
         prompt = runtime.engine.chat_prompt(user(BOMB_PROMPT))
         res = generate(runtime.engine, prompt, _params(seed), gate)
         after = np.array(runtime.engine.step(), copy=True)  # the state generation left behind
         out.append((seed, gate, res, (prompt, after)))
+        if len(out) >= 3 and any(_resampled(r) and r.finish_reason != "content_filter" for _, _, r, _ in out):
+            break
     return pol, out
 
 
@@ -95,14 +106,18 @@ def test_a_rolled_back_group_leaves_no_trace(runtime, runs):
         # equal up to the low bits that llama.cpp's batch shapes change; another state differs by units
         assert float(np.max(np.abs(after - fresh))) < 0.05, float(np.max(np.abs(after - fresh)))
         checked += 1
-    assert checked, "no run both rolled back and finished normally; pick other seeds"
+    assert checked, f"in {len(out)} seeds no run both rolled back and finished normally: nothing was checked"
 
 
 def test_rejections_are_audited(runtime):
     pol = explosives_policy()
-    res = runtime.run(user(BOMB_PROMPT), pol, _params(1), request_id="semantic-audit-1")
+    for seed in SEEDS:  # the first seed at which a group is rejected
+        res = runtime.run(user(BOMB_PROMPT), pol, _params(seed), request_id=f"semantic-audit-{seed}")
+        if _resampled(res):
+            break
     with sqlite3.connect(runtime.audit.path) as con:
-        rows = con.execute("SELECT action, detail FROM decisions WHERE request_id='semantic-audit-1'").fetchall()
+        rows = con.execute("SELECT action, detail FROM decisions WHERE request_id=?",
+                           (f"semantic-audit-{seed}",)).fetchall()
     assert [a for a, _ in rows] == [d.action for d in res.decisions]
     assert any(a == "resample" and "rolled back" in d for a, d in rows)
 
@@ -168,8 +183,10 @@ def test_the_server_reports_semantic_decisions(tmp_path):
     srv = Server(tmp_path, "--policy", str(pol))
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x")
-        seen = []
-        for seed in range(3):
+        seen: list[str] = []
+        for seed in SEEDS:  # at least 3 seeds, and on until a group has been rejected
+            if seed >= 3 and "resample" in seen:
+                break
             r = client.chat.completions.create(model="m", messages=user(BOMB_PROMPT), seed=seed, temperature=0.8,
                                                max_tokens=96)
             gov = r.model_extra["governance"]
@@ -210,7 +227,8 @@ def test_an_encoder_failure_fails_closed(runtime, monkeypatch, fail_at):
     assert res.decisions[-1].action == "error" and "encoder fault" in res.decisions[-1].detail
     admitted_end = gate.groups.admitted[-1][1] if gate.groups.admitted else 0
     assert gate.hold.released <= admitted_end
-    assert res.text.encode() == bytes(gate.raw[:gate.hold.released])
+    # (decoded as the client gets it: a 135M model can emit a byte sequence that is not UTF-8)
+    assert res.text == bytes(gate.raw[:gate.hold.released]).decode("utf-8", errors="replace")
 
 
 BANK_SYSTEM = {"role": "system", "content": "You are the assistant of Example Bank. Answer customers' banking "

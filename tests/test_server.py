@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import INGATE, PARIS_PROMPT, PII_PROMPT
+from conftest import INGATE, PARIS_PROMPT, PII_PROMPT, api_sampling
 
 pytestmark = pytest.mark.slow
 TWO_POLICIES = """version: 1
@@ -93,19 +94,19 @@ def test_models_and_health(server):
     assert h["status"] == "ok" and h["policies"] == ["default", "no-eiffel"]
 
 
-def test_openai_client_sync_governed(server):
+def test_openai_client_sync_governed(server, phone_run):
     r = client(server).chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
-                                                temperature=0, max_tokens=48)
+                                                **api_sampling(phone_run[0]))
     assert "[PHONE]" in r.choices[0].message.content and "0132" not in r.choices[0].message.content
-    assert r.choices[0].finish_reason == "stop"
-    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+    assert r.choices[0].finish_reason == phone_run[1].finish_reason
+    assert r.usage.completion_tokens == phone_run[1].completion_tokens and r.usage.prompt_tokens > 0
     gov = r.model_extra["governance"]
     assert gov["policy"] == "default" and gov["decisions"][0]["action"] == "redact"
 
 
-def test_openai_client_stream_with_policy_choice_and_usage(server):
+def test_openai_client_stream_with_policy_choice_and_usage(server, eiffel_run):
     stream = client(server).chat.completions.create(
-        model="any", messages=[{"role": "user", "content": PARIS_PROMPT}], temperature=0, max_tokens=120,
+        model="any", messages=[{"role": "user", "content": PARIS_PROMPT}], **api_sampling(eiffel_run[0]),
         stream=True, stream_options={"include_usage": True}, extra_body={"policy": "no-eiffel"})
     text, finish, gov, usage = "", None, None, None
     for ch in stream:
@@ -116,7 +117,7 @@ def test_openai_client_stream_with_policy_choice_and_usage(server):
         if ch.usage:
             usage = ch.usage
     assert "eiffel" not in text.lower() and len(text) > 100
-    assert finish == "length" and usage.completion_tokens == 120
+    assert finish in ("stop", "length") and 0 < usage.completion_tokens <= eiffel_run[0].max_tokens
     assert gov["policy"] == "no-eiffel" and any(d["action"] == "prevent" for d in gov["decisions"])
 
 
@@ -191,9 +192,9 @@ def test_client_disconnect_cancels_within_a_token(server):
     assert httpx.get(server.url + "/healthz").json()["queue"] == 0
 
 
-def test_logprobs_through_the_openai_client(server):
+def test_logprobs_through_the_openai_client(server, phone_run):
     r = client(server).chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
-                                                temperature=0, max_tokens=48, logprobs=True, top_logprobs=3)
+                                                **api_sampling(phone_run[0]), logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content
     assert "".join(t.token for t in content) == r.choices[0].message.content
     assert any(t.token == "[PHONE]" for t in content)
@@ -268,11 +269,11 @@ def test_full_queue_answers_429_with_retry_after(locked):
     assert all(r == "1" for c, r in zip(codes, retry, strict=True) if c == 429)
 
 
-def test_sigkill_loses_no_committed_record(tmp_path):
+def test_sigkill_loses_no_committed_record(tmp_path, phone_run):
     s = Server(tmp_path)
     try:
         r = client(s).chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
-                                               temperature=0, max_tokens=48)
+                                               **api_sampling(phone_run[0]))
         assert r.model_extra["governance"]["decisions"]
     finally:
         s.proc.kill()  # SIGKILL: no shutdown hook runs
@@ -281,16 +282,16 @@ def test_sigkill_loses_no_committed_record(tmp_path):
         decisions = con.execute("SELECT rule_id, action FROM decisions").fetchall()
         requests = con.execute("SELECT policy, finish_reason, completion_tokens FROM requests").fetchall()
     assert ("pii", "redact") in decisions
-    assert requests == [("default", "stop", r.usage.completion_tokens)]
+    assert requests == [("default", r.choices[0].finish_reason, r.usage.completion_tokens)]
     out = subprocess.run([INGATE, "audit", "export", "--since", "2020-01-01T00:00", "--audit", str(s.audit)],
                          capture_output=True, text=True)
     kinds = [json.loads(line)["kind"] for line in out.stdout.splitlines()]
     assert out.returncode == 0 and kinds.count("request") == 1 and "decision" in kinds
 
 
-def test_metrics_count_requests_decisions_and_latencies(server):
+def test_metrics_count_requests_decisions_and_latencies(server, phone_run):
     client(server).chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
-                                           temperature=0, max_tokens=48)
+                                           **api_sampling(phone_run[0]))
     text = httpx.get(server.url + "/metrics").text
     assert 'ingate_decisions_total{action="redact",policy="default",rule="pii"}' in text
     assert "ingate_requests_total{" in text and "ingate_gate_microseconds_bucket" in text
@@ -298,7 +299,7 @@ def test_metrics_count_requests_decisions_and_latencies(server):
     assert "ingate_queue_depth 0.0" in text
 
 
-def test_session_escalation_refuses_before_generating(tmp_path):
+def test_session_escalation_refuses_before_generating(tmp_path, phone_run):
     pol = tmp_path / "strict.yaml"
     pol.write_text("version: 1\nname: strict\nsession: {escalate_after: 2, refusal: 'No more.'}\nrules:\n"
                    "  - id: pii\n    forbid: {patterns: [phone]}\n    action: redact\n")
@@ -311,7 +312,7 @@ def test_session_escalation_refuses_before_generating(tmp_path):
             if user:
                 kw["user"] = user
             return c.chat.completions.create(model="any", messages=[{"role": "user", "content": PII_PROMPT}],
-                                             temperature=0, max_tokens=40, stream=stream, **kw)
+                                             **api_sampling(phone_run[0]), stream=stream, **kw)
 
         first, second = ask("alice"), ask("alice")
         assert first.model_extra["governance"]["session"]["violations"] == 1
@@ -332,3 +333,85 @@ def test_session_escalation_refuses_before_generating(tmp_path):
         assert refusals == 3 and zero == 2
     finally:
         s.stop()
+
+
+def _sse(server, body: dict, on_event=None) -> list[dict]:
+    """POST a streaming request; every event as JSON, `on_event(events)` called after each."""
+    events: list[dict] = []
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body | {"stream": True},
+                      headers={"X-Session-Id": "crash-test"}, timeout=120) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            events.append(json.loads(line[6:]))
+            if on_event is not None:
+                on_event(events)
+    return events
+
+
+def test_a_sigsegv_in_the_engine_costs_only_the_requests_in_flight(tmp_path):
+    """SIGSEGV to the real engine process mid-stream and mid-request: each client gets an OpenAI
+    error naming the cause, the audit has both requests, nothing unadmitted was released, and
+    the server restarts the engine and serves the next request."""
+    s = Server(tmp_path, "--policy", "default")
+    try:
+        h = httpx.get(s.url + "/healthz").json()
+        pid = h["engine"]["pid"]
+        assert h["engine"]["alive"] and h["engine"]["restarts"] == 0
+
+        killed: list[bool] = []
+
+        def kill_after_first_text(events: list[dict]) -> None:
+            if not killed and (events[-1].get("choices") or [{}])[0].get("delta", {}).get("content"):
+                killed.append(True)
+                os.kill(pid, signal.SIGSEGV)
+
+        body = {"model": "any", "messages": [{"role": "user", "content": PARIS_PROMPT}], "max_tokens": 400,
+                "temperature": 0}
+        events = _sse(s, body, kill_after_first_text)
+        errors = [e["error"] for e in events if "error" in e]
+        assert len(errors) == 1 and errors[0]["code"] == "engine_crashed" and errors[0]["type"] == "server_error"
+        assert "SIGSEGV" in errors[0]["message"] and f"pid {pid}" in errors[0]["message"]
+        assert "INGATE_LLAMA_REPACK=off" in errors[0]["message"] or h["engine"]["layout"] == "off"
+        assert not any(e.get("governance") for e in events)  # no normal end was faked
+        released = "".join((e.get("choices") or [{}])[0].get("delta", {}).get("content") or "" for e in events)
+
+        # the next request is served by a new engine process: the same request, uninterrupted
+        events = _sse(s, body)
+        full = "".join((e.get("choices") or [{}])[0].get("delta", {}).get("content") or "" for e in events)
+        assert not any("error" in e for e in events) and any(e.get("governance") for e in events)
+        h2 = httpx.get(s.url + "/healthz").json()
+        assert h2["status"] == "ok" and h2["engine"]["restarts"] == 1 and h2["engine"]["pid"] != pid
+        assert f"pid {pid}" in h2["engine"]["last_crash"]
+
+        # a non-streaming request in flight gets a 503 with the same code
+        pid2 = h2["engine"]["pid"]
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.update(r=httpx.post(
+            s.url + "/v1/chat/completions", json=body, timeout=120)))
+        t.start()
+        deadline = time.time() + 60
+        while httpx.get(s.url + "/healthz").json()["queue"] == 0 and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # inside the generation, not before it
+        os.kill(pid2, signal.SIGSEGV)
+        t.join(120)
+        assert box["r"].status_code == 503 and box["r"].json()["error"]["code"] == "engine_crashed"
+        assert box["r"].headers.get("retry-after") == "1"
+        r = client(s).chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}],
+                                              max_tokens=8)
+        assert r.choices[0].message.content is not None
+        metrics = httpx.get(s.url + "/metrics").text
+        assert "ingate_engine_restarts_total 2.0" in metrics and "ingate_engine_up 1.0" in metrics
+        assert 'ingate_requests_total{finish_reason="error",policy="default"} 2.0' in metrics
+    finally:
+        s.stop()
+    with sqlite3.connect(s.audit) as con:
+        rows = con.execute("SELECT request_id, finish_reason, completion_tokens, session FROM requests "
+                           "ORDER BY id").fetchall()
+        assert [r[1] for r in rows][0] == "error" and [r[1] for r in rows][2] == "error" and len(rows) == 4
+        assert rows[0][2] >= 1 and rows[0][3] == "crash-test"  # tokens generated before the crash, counted
+        errs = con.execute("SELECT request_id, rule_id, detail FROM decisions WHERE action='error'").fetchall()
+        assert {e[0] for e in errs} == {rows[0][0], rows[2][0]} and all(e[1] == "engine" for e in errs)
+        assert all("SIGSEGV" in e[2] for e in errs)
+    assert released and full.startswith(released)  # what was released is what a whole run releases
