@@ -3,6 +3,7 @@ and its crash recovery, and the thread tuner. Real model, real llama.cpp, real s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,11 +12,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import INGATE, user
+from conftest import INGATE, PII_PROMPT, gen_params, policy, user
+from ingate.core import EngineCore, Request, isolated
 from ingate.engines import EngineCrashed, EngineError, layout, load_engine
 from ingate.engines.llamacpp import LlamaCppEngine, default_model_path
-from ingate.engines.process import EngineProcess
 from ingate.engines.threads import ThreadTuner, candidates, thread_setting
+from ingate.loop import GenerationFailed
 
 STORY = user("Tell me a story about a dragon who guards a lighthouse.")
 
@@ -90,10 +92,9 @@ def test_layout_and_isolation_settings_are_validated(monkeypatch):
     monkeypatch.setenv("INGATE_LLAMA_REPACK", "fast")
     with pytest.raises(EngineError, match="INGATE_LLAMA_REPACK='fast' is not one of auto, on, off, split"):
         load_engine()
-    monkeypatch.setenv("INGATE_LLAMA_REPACK", "off")
     monkeypatch.setenv("INGATE_ENGINE_PROCESS", "maybe")
     with pytest.raises(EngineError, match="INGATE_ENGINE_PROCESS"):
-        load_engine()
+        isolated()
 
 
 # ---- layouts, on the real model -----------------------------------------------------------------
@@ -113,6 +114,32 @@ def test_thread_count_never_changes_the_logits(safe_layouts):
 
 
 @pytest.mark.slow
+def test_a_rollback_leaves_the_state_a_fresh_run_would_have(safe_layouts):
+    """Rolled back to the first generated token or later, then decoded on: the logits are bit for
+    bit those of decoding the surviving tokens afresh, in every layout (the prompt's last token is
+    not re-evaluated alone, which would take other kernels than the prompt's batch)."""
+    for lay in safe_layouts:
+        eng = LlamaCppEngine(layout=lay, n_threads=1)
+        try:
+            prompt = eng.chat_prompt(STORY)
+            fresh = greedy_logits(eng, prompt, 12)
+            eng.start(prompt)
+            x = eng.step()
+            for _ in range(5):  # five tokens, all taken back
+                eng.accept(int(np.argmax(x)))
+                x = eng.step()
+            eng.rollback(5)
+            np.testing.assert_array_equal(eng.step(), fresh[0], err_msg=lay)
+            got = [np.array(eng.step(), copy=True)]
+            for _ in range(12):
+                eng.accept(int(np.argmax(got[-1])))
+                got.append(np.array(eng.step(), copy=True))
+            np.testing.assert_array_equal(np.stack(got), fresh, err_msg=lay)
+        finally:
+            eng.close()
+
+
+@pytest.mark.slow
 def test_every_safe_layout_computes_the_same_distribution(safe_layouts):
     firsts = {}
     for lay in safe_layouts:
@@ -127,46 +154,71 @@ def test_every_safe_layout_computes_the_same_distribution(safe_layouts):
         assert int(np.argmax(x)) in np.argsort(-ref)[:5], lay
 
 
-@pytest.mark.slow
-def test_the_engine_process_gives_the_same_bits_as_in_process(safe_layouts):
-    lay = safe_layouts[0]
-    inproc = LlamaCppEngine(layout=lay, n_threads=1)
-    proc = EngineProcess(default_model_path(), layout=lay, n_threads=1)
-    try:
-        prompt = inproc.chat_prompt(STORY)
-        assert proc.chat_prompt(STORY) == prompt and proc.token_bytes() == inproc.token_bytes()
-        a = greedy_logits(inproc, prompt, 20, rollback_at=10)
-        b = greedy_logits(proc, prompt, 20, rollback_at=10)
-        np.testing.assert_array_equal(a, b)
-    finally:
-        inproc.close()
-        proc.close()
+REDACT = policy("version: 1\nname: pii\nrules:\n  - id: pii\n    forbid: {patterns: [email, phone]}\n"
+                "    action: redact\n")
 
 
 @pytest.mark.slow
-def test_a_native_crash_costs_the_call_in_flight_and_a_restart_serves_again(safe_layouts):
-    lay = safe_layouts[0]
-    eng = EngineProcess(default_model_path(), layout=lay, n_threads=1)
+def test_the_engine_core_process_gives_what_the_runtime_gives_in_process(runtime, tmp_path):
+    """The process boundary changes nothing: same text, decisions and logprobs, seed for seed."""
+    core = EngineCore(default_model_path(), tmp_path / "audit.sqlite3", [REDACT])
     try:
-        prompt = eng.chat_prompt(STORY)
-        before = greedy_logits(eng, prompt, 8)
-        eng.start(prompt)
-        eng.step()
-        first_pid = eng.pid
-        os.kill(first_pid, signal.SIGSEGV)
-        eng.accept(1)
-        with pytest.raises(EngineCrashed) as err:
-            eng.step()
-        msg = str(err.value)
-        assert "SIGSEGV" in msg and str(first_pid) in msg and "while decoding" in msg
-        assert "INGATE_LLAMA_REPACK=off" in msg or lay == "off"
-        assert not eng.alive and eng.info()["process"]["last_crash"]
-        assert eng.ensure_alive() is True and eng.alive and eng.pid != first_pid and eng.restarts == 1
-        assert eng.ensure_alive() is False
-        np.testing.assert_array_equal(greedy_logits(eng, prompt, 8), before)  # a fresh engine, same bits
+        for seed in (0, 1, 2):
+            p = dataclasses.replace(gen_params(48, 0.8 if seed else 0.0, seed), logprobs=2)
+            a = runtime.run(user(PII_PROMPT), REDACT, p)
+            seen: list[str] = []
+            b = core.run(Request(user(PII_PROMPT), REDACT, p), on_text=seen.append)
+            assert (b.text, b.finish_reason, b.completion_tokens) == (a.text, a.finish_reason, a.completion_tokens)
+            assert "".join(seen) == b.text and b.logprobs == a.logprobs
+            assert [(d.rule_id, d.action, d.byte_offset) for d in b.decisions] == \
+                [(d.rule_id, d.action, d.byte_offset) for d in a.decisions]
     finally:
-        eng.close()
-    assert not eng.alive
+        core.close()
+    assert not core.alive
+
+
+@pytest.mark.slow
+def test_a_native_crash_costs_the_request_in_flight_and_a_restart_serves_again(tmp_path):
+    """SIGSEGV to the real engine process mid-generation: the caller gets EngineCrashed naming the
+    signal, what was released is what the crashed run had released, the audit has the request
+    (finish_reason error) and its error, and a new process serves the same request in full."""
+    audit = tmp_path / "audit.sqlite3"
+    core = EngineCore(default_model_path(), audit, [REDACT])
+    req = Request(user("Tell me a long story about a dragon who guards a lighthouse."), REDACT,
+                  dataclasses.replace(gen_params(300, 0.8, 7), ignore_eos=True), request_id="doomed")
+    first_pid = core.pid
+    seen: list[str] = []
+
+    def on_text(t: str) -> None:
+        seen.append(t)
+        if len(seen) == 3:
+            os.kill(first_pid, signal.SIGSEGV)
+
+    try:
+        with pytest.raises(GenerationFailed) as err:
+            core.run(req, on_text=on_text)
+        cause, partial = err.value.cause, err.value.result
+        assert isinstance(cause, EngineCrashed)
+        assert "SIGSEGV" in str(cause) and f"pid {first_pid}" in str(cause) and "while generating" in str(cause)
+        assert "INGATE_LLAMA_REPACK=off" in str(cause) or core.layout == "off"
+        assert partial.finish_reason == "error" and partial.text == "".join(seen) and partial.completion_tokens >= 3
+        assert not core.alive and core.info()["process"]["last_crash"]
+        with pytest.raises(GenerationFailed):  # nothing runs on a dead core; it is not restarted behind one's back
+            core.run(Request(user("Hi"), REDACT, gen_params(4)))
+        assert core.ensure_alive() is True and core.alive and core.pid != first_pid and core.restarts == 1
+        assert core.ensure_alive() is False
+        again = core.run(dataclasses.replace(req, request_id="again"))
+        assert again.text.startswith(partial.text) and again.completion_tokens == 300
+    finally:
+        core.close()
+    import sqlite3
+
+    with sqlite3.connect(audit) as con:
+        rows = dict(con.execute("SELECT request_id, finish_reason FROM requests").fetchall())
+        errs = con.execute("SELECT rule_id, detail FROM decisions WHERE request_id='doomed' AND action='error'"
+                           ).fetchall()
+    assert rows["doomed"] == "error" and rows["again"] == "length"
+    assert len(errs) == 1 and errs[0][0] == "engine" and "SIGSEGV" in errs[0][1]
 
 
 # ---- the probe and its fallback -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import sys
 from collections import Counter
 
+from ingate.core import Request
 from ingate.engines.base import EngineError
 from ingate.loop import GenerationFailed
 from ingate.policy import Policy, PolicyError, load_policy
@@ -145,12 +146,13 @@ def _params(args: argparse.Namespace):
                                                     top_k=args.top_k, seed=args.seed))
 
 
-def _runtime(args: argparse.Namespace):
+def _core(args: argparse.Namespace, policies: list[Policy]):
+    """The engine core (its own process unless INGATE_ENGINE_PROCESS=0), policies compiled and warm."""
     from ingate.audit import AuditError
-    from ingate.runtime import Runtime
+    from ingate.core import open_core
 
     try:
-        return Runtime.load(args.model, args.audit)
+        return open_core(args.model, args.audit, policies)
     except (EngineError, AuditError) as e:
         raise UserError(str(e)) from None
 
@@ -171,16 +173,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError("empty prompt: give the text to generate from", code=2)
     policy = _policy(args.policy)
     params = dataclasses.replace(_params(args), entropy=args.json or args.show_entropy)
-    rt = _runtime(args)
+    core = _core(args, [policy])
     out = None if args.json or args.show_entropy else _stream_out
     try:
-        res = rt.run(_messages(args.system, [], args.prompt), policy, params, on_text=out)
+        res = core.run(Request(_messages(args.system, [], args.prompt), policy, params), on_text=out)
     except GenerationFailed as e:  # audited; what was released stays on stdout
         if out is not None:
             sys.stdout.write("\n")
         raise UserError(str(e.cause)) from None
     finally:
-        rt.close()
+        core.close()
     if args.json:
         print(json.dumps({"text": res.text, "finish_reason": res.finish_reason,
                           "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
@@ -229,10 +231,17 @@ def _stream_out(text: str) -> None:
 def cmd_chat(args: argparse.Namespace) -> int:
     policy = _policy(args.policy)
     params = _params(args)
-    rt = _runtime(args)
+    core = _core(args, [policy])
     history: list[dict[str, str]] = []
-    print(f"ingate chat: model {rt.engine.name}, policy {policy.name}. Empty line or Ctrl-D to quit.",
+    print(f"ingate chat: model {core.name}, policy {policy.name}. Empty line or Ctrl-D to quit.",
           file=sys.stderr)
+    try:
+        return _chat_loop(args, core, policy, params, history)
+    finally:
+        core.close()
+
+
+def _chat_loop(args: argparse.Namespace, core, policy: Policy, params, history: list[dict[str, str]]) -> int:
     while True:
         try:
             line = input("> ")
@@ -242,12 +251,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not line.strip():
             return 0
         try:
-            res = rt.run(_messages(args.system, history, line), policy, params, on_text=_stream_out)
+            res = core.run(Request(_messages(args.system, history, line), policy, params), on_text=_stream_out)
         except GenerationFailed as e:
             print(f"\ningate: {e.cause}", file=sys.stderr)
-            history = []
-            revive = getattr(rt.engine, "ensure_alive", None)
-            if revive is not None and revive():
+            history.clear()
+            if core.ensure_alive():
                 print("ingate: started a new engine process; the conversation starts over", file=sys.stderr)
             continue
         sys.stdout.write("\n")
@@ -438,19 +446,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if unknown:
             raise UserError(f"API key {key[:4]}...: unknown policy {unknown[0]!r}; loaded: {', '.join(policies)}",
                             code=2)
-    rt = _runtime(args)
+    core = _core(args, list(policies.values()))
     import uvicorn
 
     from ingate.server import ServerConfig, create_app
 
-    app = create_app(rt, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
+    app = create_app(core, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
                                       max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                                       session_ttl=args.session_ttl))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
-    print(f"ingate: serving {rt.engine.name} with policies {', '.join(policies)} on {url}\n"
+    print(f"ingate: serving {core.name} with policies {', '.join(policies)} on {url}\n"
           f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
-          f"    -d '{{\"model\": \"{rt.engine.name}\", \"messages\": [{{\"role\": \"user\", "
+          f"    -d '{{\"model\": \"{core.name}\", \"messages\": [{{\"role\": \"user\", "
           f"\"content\": \"Hello\"}}]}}'", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

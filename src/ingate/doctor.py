@@ -85,48 +85,41 @@ def run(model: str | None = None, audit: str | None = None, generate_tokens: int
             checks.append(Check("layout", False, str(e), f"set {layout.ENV} to one of {', '.join(layout.CHOICES)}"))
 
     if choice is not None and path is not None:
-        checks.append(_engine_check(path, choice.layout, threads, generate_tokens, facts))
+        checks.append(_engine_check(path, generate_tokens, facts))
     checks.append(_cache_check(facts))
     checks.append(_audit_check(audit, facts))
     checks.append(_encoder_check(facts))
     return checks, facts
 
 
-def _engine_check(path: Path, lay: str, threads: int | None, n: int, facts: dict) -> Check:
-    """Load the model in its own process and decode `n` tokens greedily."""
-    import numpy as np
-
+def _engine_check(path: Path, n: int, facts: dict) -> Check:
+    """Start the engine core in its own process, as the server does, and generate `n` tokens."""
+    from ingate.core import EngineCore, Request
     from ingate.engines.base import EngineError
-    from ingate.engines.process import EngineProcess
+    from ingate.loop import GenerationFailed, GenerationParams
+    from ingate.policy import NONE_POLICY
 
     t0 = time.perf_counter()
     try:
-        eng = EngineProcess(path, layout=lay, n_threads=threads)
+        core = EngineCore(path, None, [NONE_POLICY], use_audit=False)
     except EngineError as e:
         return Check("engine", False, str(e), "set INGATE_LLAMA_REPACK=off and run `ingate doctor` again")
     try:
         load_s = time.perf_counter() - t0
-        prompt = eng.chat_prompt([{"role": "user", "content": "Say hello."}])
-        eng.start(prompt)
-        t1 = time.perf_counter()
-        x = eng.step()
-        prompt_ms = (time.perf_counter() - t1) * 1000
-        t2 = time.perf_counter()
-        for _ in range(n):
-            eng.accept(int(np.argmax(x)))
-            x = eng.step()
-        tps = n / (time.perf_counter() - t2)
-        info = eng.info()
-        facts["engine"] = info | {"load_s": round(load_s, 2), "prompt_tokens": len(prompt),
-                                  "prompt_ms": round(prompt_ms, 1), "decode_tokens_per_s": round(tps, 1)}
+        res = core.run(Request([{"role": "user", "content": "Say hello."}], NONE_POLICY,
+                               GenerationParams(max_tokens=n, ignore_eos=True)))
+        info = core.info()
+        st = res.stats()
+        facts["engine"] = info | {"load_s": round(load_s, 2), "prompt_tokens": res.prompt_tokens,
+                                  "ttft_ms": st["ttft_ms"], "decode_tokens_per_s": st["tokens_per_s"]}
         th = info.get("threads", {})
         return Check("engine", True, f"{info.get('name')}: layout {info.get('layout')}, threads {th.get('mode')} "
-                                     f"(now {th.get('current')}), prompt of {len(prompt)} tokens in "
-                                     f"{prompt_ms:.0f} ms, {n} tokens decoded at {tps:.0f} tokens/s")
-    except EngineError as e:
-        return Check("engine", False, str(e), "set INGATE_LLAMA_REPACK=off and run `ingate doctor` again")
+                                     f"(now {th.get('current')}), first token after {st['ttft_ms']} ms, "
+                                     f"{res.completion_tokens} tokens at {st['tokens_per_s']} tokens/s")
+    except GenerationFailed as e:
+        return Check("engine", False, str(e.cause), "set INGATE_LLAMA_REPACK=off and run `ingate doctor` again")
     finally:
-        eng.close()
+        core.close()
 
 
 def _cache_check(facts: dict) -> Check:

@@ -31,10 +31,11 @@ class Runtime:
 
     @classmethod
     def load(cls, model: str | Path | None = None, audit: str | Path | None = None,
-             use_audit: bool = True, isolate: bool | None = None) -> Runtime:
-        """`isolate`: the engine in its own process (default: INGATE_ENGINE_PROCESS, else yes)."""
+             use_audit: bool = True, layout: str | None = None) -> Runtime:
+        """Everything in this process. `layout`: a weight layout already chosen (the engine core
+        process gets it from its parent); None chooses one (INGATE_LLAMA_REPACK, the probe)."""
         audit_log = AuditLog(audit) if use_audit else None  # a bad audit path fails before the model loads
-        engine = load_engine(model, isolate=isolate)
+        engine = load_engine(model, layout=layout)
         return cls(engine, TokenTable(engine.token_bytes()), audit_log)
 
     def close(self) -> None:
@@ -61,11 +62,13 @@ class Runtime:
     def run(self, messages: list[dict[str, str]] | str, policy: Policy, params: GenerationParams,
             on_text: Callable[[str], None] | None = None, request_id: str | None = None,
             stop: Sequence[str] = (), cancelled: Callable[[], bool] | None = None,
-            session: str | None = None, session_entropy: float = 0.0) -> Result:
+            session: str | None = None, session_entropy: float = 0.0,
+            on_audited: Callable[[list[Decision]], None] | None = None) -> Result:
         """One governed generation. `messages` is a chat, or a raw prompt string (completions).
 
         `session_entropy`: excess entropy the session spent in earlier responses (the server
         keeps it in the session store); a spent session budget ends the request before generating.
+        `on_audited`: told of each batch of decisions once it is durable, before its text is released.
         """
         rid = request_id or uuid.uuid4().hex
         t0 = time.perf_counter()
@@ -75,6 +78,8 @@ class Runtime:
         def on_decisions(ds) -> None:
             if self.audit is not None:
                 self.audit.record(rid, policy.name, ds, policy.store_text)
+            if on_audited is not None:
+                on_audited(ds)
 
         try:
             prompt = self.engine.tokenize(messages, add_bos=True) if isinstance(messages, str) \

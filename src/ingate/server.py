@@ -18,12 +18,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ingate.audit import AuditLog
 from ingate.engines import ContextFull, EngineCrashed
 from ingate.gate.gate import Decision
 from ingate.loop import GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
-from ingate.runtime import Runtime
 from ingate.sampling import SamplingParams
 from ingate.session import MemorySessionStore
 from ingate.worker import Job, QueueFull, Worker
@@ -102,19 +102,18 @@ class CompletionRequest(_Common):
 
 
 # ---- the app -----------------------------------------------------------------------------------
-def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
+def create_app(core, config: ServerConfig) -> FastAPI:
+    """`core`: an ingate.core.EngineCore (or LocalCore) with every policy of `config` compiled and warm."""
     if not config.policies:
         raise ValueError("at least one policy is needed")
-    for p in config.policies.values():
-        runtime.prepare(p)  # compile and warm every policy now: requests never pay for it
     metrics = Metrics()
     sessions = MemorySessionStore(config.session_ttl)
-    worker = Worker(runtime, config.max_queue, metrics, sessions)
-    model_id = runtime.engine.name
+    worker = Worker(core, config.max_queue, metrics, sessions)
+    model_id = core.name
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        runtime.engine.close()  # stop the engine process with the server
+        core.close()  # stop the engine process with the server
 
     app = FastAPI(title="ingate", version="0.1.0", lifespan=lifespan)
     app.state.worker = worker
@@ -126,7 +125,7 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         """200 while the engine runs; 503 while its process is down (restarting after a crash)."""
-        eng = _engine_health(runtime)
+        eng = _engine_health(core)
         up = eng.get("alive", True)
         body = {"status": "ok" if up else "restarting", "model": model_id, "policies": list(config.policies),
                 "queue": worker.depth, "engine": eng}
@@ -137,7 +136,7 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
     @app.get("/metrics")
     async def prometheus() -> Response:
         metrics.queue.set(worker.depth)
-        metrics.engine_up.set(1 if _engine_health(runtime).get("alive", True) else 0)
+        metrics.engine_up.set(1 if _engine_health(core).get("alive", True) else 0)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
@@ -196,7 +195,7 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
         job = Job(messages, policy, params, stop, loop, asyncio.Queue(), session=session)
         state = sessions.get(session) if session and policy.escalate_after else None
         if state is not None and state.violations >= policy.escalate_after:
-            refused = _refuse(runtime, policy, job, state.violations)
+            refused = _refuse(core.audit, policy, job, state.violations)
             metrics.observe(policy.name, refused)
             job.events.put_nowait(("text", policy.refusal))
             job.events.put_nowait(("done", refused))
@@ -224,8 +223,8 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
     return app
 
 
-def _engine_health(runtime: Runtime) -> dict:
-    info = runtime.engine.info()
+def _engine_health(core) -> dict:
+    info = core.info()
     out = {"layout": info.get("layout"), "threads": info.get("threads")}
     proc = info.get("process")
     if proc is not None:
@@ -251,14 +250,14 @@ def _submit(worker: Worker, job: Job, config: ServerConfig) -> None:
                        code="queue_full", type_="rate_limit_error", headers={"Retry-After": "1"}) from None
 
 
-def _refuse(runtime: Runtime, policy: Policy, job: Job, violations: int) -> Result:
+def _refuse(audit: AuditLog | None, policy: Policy, job: Job, violations: int) -> Result:
     """Escalation: the session has spent its allowance; refuse before any generation, audited."""
     d = Decision("session", "refuse", 0, 0, b"",
                  f"session has {violations} violations (escalate_after: {policy.escalate_after}); refused")
     res = Result(policy.refusal, "content_filter", [d], 0, 0.0, 0.0, [], 0, 0)
-    if runtime.audit is not None:
-        runtime.audit.record(job.request_id, policy.name, [d])
-        runtime.audit.record_request(job.request_id, policy.name, res, job.session)
+    if audit is not None:
+        audit.record(job.request_id, policy.name, [d])
+        audit.record_request(job.request_id, policy.name, res, job.session)
     return res
 
 

@@ -1,9 +1,10 @@
 """One model, one generation at a time, fed by a bounded queue.
 
 llama.cpp contexts are not thread-safe, and on a small CPU box concurrent decodes only slow
-each other down; so the server hands every request to this single worker thread. Each job
-streams its released text back to its request's event loop, and can be cancelled between
-two tokens.
+each other down; so the server hands every request to this single worker thread, which hands it
+to the engine core (its own process by default). Each job streams its released text back to its
+request's event loop, and can be cancelled between two tokens. When the core dies, the job
+in flight ends with the crash, and the worker starts a new core before the next job.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ingate.core import Request
 from ingate.engines import EngineCrashed
 from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
-from ingate.runtime import Runtime
 from ingate.session import SessionStore
 
 
@@ -47,9 +48,9 @@ class Job:
 
 
 class Worker:
-    def __init__(self, runtime: Runtime, max_queue: int = 16, metrics: Metrics | None = None,
+    def __init__(self, core, max_queue: int = 16, metrics: Metrics | None = None,
                  sessions: SessionStore | None = None):
-        self.runtime = runtime
+        self.core = core  # ingate.core.EngineCore or LocalCore
         self.metrics = metrics
         self.sessions = sessions
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -75,11 +76,10 @@ class Worker:
             self.running = job
             try:
                 st = self.sessions.get(job.session) if self.sessions is not None and job.session else None
-                res: Result = self.runtime.run(job.messages, job.policy, job.params,
-                                               on_text=lambda t, j=job: j._put(("text", t)),
-                                               request_id=job.request_id, stop=job.stop,
-                                               cancelled=job.cancel.is_set, session=job.session,
-                                               session_entropy=st.entropy_spent if st is not None else 0.0)
+                req = Request(job.messages, job.policy, job.params, job.stop, job.request_id, job.session,
+                              st.entropy_spent if st is not None else 0.0)
+                res: Result = self.core.run(req, on_text=lambda t, j=job: j._put(("text", t)),
+                                            cancelled=job.cancel.is_set)
                 self._account(job, res)  # before the client hears "done"
                 job._put(("done", res))
             except GenerationFailed as e:  # the engine failed: what was decided still counts
@@ -101,12 +101,8 @@ class Worker:
 
     def _revive(self) -> None:
         """A fresh engine process before the next job; queued requests wait for it, none is lost."""
-        engine = self.runtime.engine
-        ensure = getattr(engine, "ensure_alive", None)
-        if ensure is None:
-            return
         try:
-            if ensure() and self.metrics is not None:
+            if self.core.ensure_alive() and self.metrics is not None:
                 self.metrics.engine_restarts.inc()
         except Exception as e:  # the next request reports it; the one after tries again
             self.restart_error = str(e)

@@ -74,6 +74,9 @@ class _Model:
         cp.n_seq_max = 1
         cp.n_threads = cp.n_threads_batch = n_threads
         cp.no_perf = True
+        # llama.cpp's own default is "auto" (on, on CPU); off as in llama-cpp-python's Llama, whose
+        # outputs ingate matched before it drove the C API itself. Speed is the same here.
+        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         with quiet_stderr():
             ctx = lc.llama_init_from_model(model, cp)
         if not ctx:
@@ -177,6 +180,9 @@ class LlamaCppEngine:
         self._vocab = lc.llama_model_get_vocab(self._main.model)
         self.vocab_size = int(lc.llama_vocab_n_tokens(self._vocab))
         self._ids: list[int] = []  # tokens in the main KV cache
+        self.n_prompt = 0
+        self._prompt_logits: np.ndarray | None = None  # the distribution after the prompt
+        self._at_prompt_end = False  # rolled back to the prompt's end: step() returns _prompt_logits
         self._pending: list[int] = []
         self._token_bytes: list[bytes] | None = None
         self._eog = {t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self._vocab, t)}
@@ -248,6 +254,9 @@ class LlamaCppEngine:
         # the batch shapes llama.cpp computes with, and so the last bits of the logits: the same
         # seed would then give different text depending on what ran before (invariant 4).
         self._truncate(0)
+        self.n_prompt = len(prompt)
+        self._prompt_logits = None
+        self._at_prompt_end = False
         if self._prompt is not None and len(prompt) > 1:
             # split: the batch through plain weights, its KV handed to the decode context, and
             # the last prompt token decoded there, so every logit comes from the decode path.
@@ -273,10 +282,19 @@ class LlamaCppEngine:
                     self.set_threads(n)
             self._ids += self._pending
             self._pending = []
+            self._at_prompt_end = False
+            if self._prompt_logits is None and self._main.n == self.n_prompt:
+                # kept for a rollback to the first generated token: re-evaluating the prompt's last
+                # token alone would take other kernels than the prompt's batch (AMX tiles against
+                # VNNI) and change the logits' low bits, so the state would not be the fresh one
+                self._prompt_logits = np.array(self._main.logits(self.vocab_size), copy=True)
+        elif self._at_prompt_end:
+            return self._prompt_logits
         return self._main.logits(self.vocab_size)
 
     def accept(self, token: int) -> None:
         self._pending.append(token)
+        self._at_prompt_end = False
 
     def rollback(self, n: int) -> None:
         if n <= 0:
@@ -287,9 +305,13 @@ class LlamaCppEngine:
         n -= drop_pending
         if n:
             self._truncate(self._main.n - n)
-        if not self._pending and self._main.n > 0:
+        if self._pending or self._main.n == 0:
+            return
+        if self._main.n == self.n_prompt and self._prompt_logits is not None:
+            self._at_prompt_end = True  # back at the prompt's end: its logits, exactly as first computed
+        else:
             # The logits llama.cpp holds belong to a token we just dropped: re-evaluate the
-            # new last token so that step() returns the distribution at the rollback point.
+            # new last token (alone, as it was first) so that step() returns the distribution there.
             last = self._ids[-1]
             self._truncate(self._main.n - 1)
             self._pending = [last]
@@ -297,6 +319,11 @@ class LlamaCppEngine:
     @property
     def n_past(self) -> int:
         return self._main.n + len(self._pending)
+
+    @property
+    def n_generated(self) -> int:
+        """Tokens accepted after the prompt (rolled-back ones not counted)."""
+        return max(0, self.n_past - self.n_prompt)
 
     def set_threads(self, n: int) -> None:
         self.n_threads = n
