@@ -55,6 +55,8 @@ lint: install-test
 
 bench: install-test
 	$(PIP) install -c constraints.txt -e ".[semantic,bench]"
+	$(BIN)/python bench/layouts.py
+	$(BIN)/python bench/engine_process.py
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/masks.py
 	$(BIN)/python bench/server.py
