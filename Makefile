@@ -20,7 +20,9 @@ AMX_FIX       := native/gcc-amx-tilecfg.h
 AMX_FIX_HASH  := $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('$(AMX_FIX)','rb').read()).hexdigest()[:12])")
 WHEELHOUSE    ?= $(HOME)/.cache/ingate/wheels/llama-cpp-python-$(LLAMA_VERSION)-amxfix-$(AMX_FIX_HASH)
 
-$(WHEELHOUSE)/.built: constraints.txt $(AMX_FIX) | $(BIN)/python
+# No file prerequisites: the wheelhouse's name already holds the version and the fix's hash, and a
+# fresh checkout's newer file times must not rebuild a wheel that is already there.
+$(WHEELHOUSE)/.built: | $(BIN)/python
 	@echo "building llama-cpp-python $(LLAMA_VERSION) from source into $(WHEELHOUSE) (about 8 minutes on 2 cores, once per machine)..."
 	CMAKE_ARGS="-DCMAKE_C_FLAGS=-include$(CURDIR)/$(AMX_FIX) -DCMAKE_CXX_FLAGS=-include$(CURDIR)/$(AMX_FIX)" \
 		$(PIP) wheel --no-deps --no-cache-dir --no-binary llama-cpp-python -w $(WHEELHOUSE) "llama-cpp-python==$(LLAMA_VERSION)"

@@ -178,6 +178,28 @@ def test_the_engine_core_process_gives_what_the_runtime_gives_in_process(runtime
 
 
 @pytest.mark.slow
+def test_a_caller_that_fails_mid_stream_leaves_the_core_clean(tmp_path):
+    """A text callback that raises (a closed stdout) cancels the core's generation; the next
+    request gets its own text, not the rest of the abandoned one."""
+    core = EngineCore(default_model_path(), tmp_path / "audit.sqlite3", [REDACT])
+    try:
+        req = Request(user(PII_PROMPT), REDACT, gen_params(48))
+        want = core.run(req)
+
+        def broken(_t: str) -> None:
+            raise BrokenPipeError("stdout closed")
+
+        long = Request(user("Tell me a long story about a dragon."), REDACT,
+                       dataclasses.replace(gen_params(200), ignore_eos=True))
+        with pytest.raises(BrokenPipeError):
+            core.run(long, on_text=broken)
+        again = core.run(req)
+        assert (again.text, again.completion_tokens) == (want.text, want.completion_tokens) and core.alive
+    finally:
+        core.close()
+
+
+@pytest.mark.slow
 def test_a_native_crash_costs_the_request_in_flight_and_a_restart_serves_again(tmp_path):
     """SIGSEGV to the real engine process mid-generation: the caller gets EngineCrashed naming the
     signal, what was released is what the crashed run had released, the audit has the request

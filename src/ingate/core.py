@@ -269,10 +269,13 @@ class EngineCore:
         with self._busy:
             if not self.alive:
                 raise self._failed(req, text, audited, seen, t0, "starting a generation", dead=True)
+            sent_cancel = False
             try:
                 self._conn.send(("run", req))
-                sent_cancel = False
-                while True:
+            except (EOFError, OSError):
+                raise self._failed(req, text, audited, seen, t0, "starting a generation") from None
+            while True:
+                try:  # only the socket's errors mean the core died; the callbacks' are the caller's
                     if cancelled is not None and not sent_cancel and cancelled():
                         self._conn.send(("cancel",))  # the core stops within one token
                         sent_cancel = True
@@ -281,7 +284,16 @@ class EngineCore:
                             raise EOFError
                         continue
                     msg = self._conn.recv()
-                    kind = msg[0]
+                except (EOFError, OSError):
+                    raise self._failed(req, text, audited, seen, t0, "generating") from None
+                kind = msg[0]
+                if kind == "done":
+                    return msg[1]
+                if kind == "failed":
+                    raise GenerationFailed(msg[1], _error(msg[2], msg[3]))
+                if kind == "error":
+                    raise _error(msg[1], msg[2])
+                try:
                     if kind == "text":
                         text.append(msg[1])
                         seen["tokens"] = msg[2]
@@ -292,14 +304,23 @@ class EngineCore:
                         audited.extend(msg[1])
                         if on_audited is not None:
                             on_audited(msg[1])
-                    elif kind == "done":
-                        return msg[1]
-                    elif kind == "failed":
-                        raise GenerationFailed(msg[1], _error(msg[2], msg[3]))
-                    else:
-                        raise _error(msg[1], msg[2])
-            except (EOFError, OSError):
-                raise self._failed(req, text, audited, seen, t0, "generating") from None
+                except BaseException:  # the caller's callback failed (a closed pipe, Ctrl-C): stop the work
+                    self._abandon()
+                    raise
+
+    def _abandon(self) -> None:
+        """Cancel the generation in flight and read what is left of it, so the next request starts
+        clean; a core that does not finish within 10 s is killed (and restarted on demand)."""
+        try:
+            self._conn.send(("cancel",))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if self._conn.poll(0.1) and self._conn.recv()[0] in ("done", "failed", "error"):
+                    return
+        except (EOFError, OSError):
+            pass
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
 
     def _failed(self, req: Request, text: list[str], audited: list[Decision], seen: dict, t0: float,
                 what: str, dead: bool = False) -> GenerationFailed:
