@@ -27,6 +27,8 @@ def run(*args: str, audit=None, input: str | None = None, timeout: float = 120):
     (["generate", "hi", "--model", "/nonexistent/model.gguf"], ["does not exist", "--model"]),
     (["generate", "hi", "--policy", "/nonexistent/policy.yaml"], ["does not exist"]),
     (["check", "/nonexistent/policy.yaml"], ["does not exist"]),
+    (["serve", "--api-key", "k::everything"], ["governance detail 'everything'", "minimal, full"]),
+    (["generate", "hi", "--audit-key-file", "/nonexistent/key"], ["audit key file", "does not exist"]),
 ])
 def test_bad_input_gets_one_line_and_nonzero_exit(tmp_path, args, words):
     r = run(*args, audit=tmp_path / "a.sqlite3")
@@ -70,12 +72,14 @@ def test_generate_json_shape_and_audit_tail(tmp_path, phone_run):
                                  "held_max_chars", "rollbacks"}
     assert "[PHONE]" in out["text"] and "0132" not in out["text"]
     d = out["decisions"][0]
-    assert d["rule"] == "pii" and d["action"] == "redact" and "matched" not in d  # hashed by default
+    assert d["rule"] == "pii" and d["action"] == "redact" and "matched" not in d  # not kept by default
+    assert d["detail"] == "redacted one phone" and d["internal_detail"] == "phone replaced by [PHONE]"
     r = run("audit", "tail", "-n", "5", audit=audit)
     assert r.returncode == 0 and "pii redact" in r.stdout and "[PHONE]" in r.stdout
     r = run("audit", "tail", "--json", audit=audit)
     row = json.loads(r.stdout.splitlines()[-1])
-    assert row["matched_text"] is None and len(row["matched_sha256"]) == 64
+    assert row["matched_text"] is None and len(row["matched_digest"]) == 64
+    assert row["digest_kind"].startswith("hmac-sha256:")
 
 
 @pytest.mark.slow

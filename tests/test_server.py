@@ -80,7 +80,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory):
     yield from _two_policy_server(tmp_path_factory, "locked", "--api-key", "sekret", "--api-key",
-                                  "narrow:no-eiffel", "--max-queue", "1")
+                                  "narrow:no-eiffel", "--api-key", "auditor::full", "--max-queue", "1")
 
 
 def client(server, key: str = "none") -> openai.OpenAI:
@@ -246,6 +246,23 @@ def test_auth_and_policy_restricted_keys(locked):
     r = client(locked, "narrow").chat.completions.create(model="any", max_tokens=4, extra_body={"policy": "no-eiffel"},
                                                          messages=[{"role": "user", "content": "hi"}])
     assert r.model_extra["governance"]["policy"] == "no-eiffel"
+    r = httpx.post(locked.url + "/v1/chat/completions", headers={"Authorization": "Bearer narrow"},
+                   json={"messages": [{"role": "user", "content": "hi"}], "policy": "nope"})
+    assert r.status_code == 400 and r.json()["error"]["message"].endswith("known: no-eiffel")  # only its own
+
+
+def test_governance_detail_is_minimal_unless_the_key_is_trusted(locked, phone_run):
+    """Every key sees what was done; only a key written KEY:POLICIES:full sees the internal detail."""
+    def ask(key: str) -> list[dict]:
+        r = client(locked, key).chat.completions.create(
+            model="any", messages=[{"role": "user", "content": PII_PROMPT}], **api_sampling(phone_run[0]))
+        return r.model_extra["governance"]["decisions"]
+
+    plain, trusted = ask("sekret"), ask("auditor")
+    assert plain and [d["action"] for d in plain] == [d["action"] for d in trusted]
+    assert plain[0] == {"rule": "pii", "action": "redact", "token_index": plain[0]["token_index"],
+                        "byte_offset": plain[0]["byte_offset"], "detail": "redacted one phone"}
+    assert trusted[0]["internal_detail"] == "phone replaced by [PHONE]"
 
 
 def test_full_queue_answers_429_with_retry_after(locked):

@@ -59,6 +59,13 @@ def _gen_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--audit", default=None, help="audit SQLite path (default: $INGATE_AUDIT or "
                                                  "~/.local/state/ingate/audit.sqlite3)")
+    _key_flag(p)
+
+
+def _key_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audit-key-file", default=None,
+                   help="the audit's HMAC key (default: $INGATE_AUDIT_KEY, $INGATE_AUDIT_KEY_FILE, or AUDIT.key "
+                        "beside the audit file, made at first start)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,13 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=_positive_int, default=8000)
     s.add_argument("--api-key", action="append", default=None,
-                   help="require this bearer key; KEY:POLICY+POLICY restricts it to those policies "
+                   help="require this bearer key; KEY:POLICY+POLICY restricts it to those policies, "
+                        "KEY:POLICIES:full (or KEY::full, every policy) shows it full governance detail "
                         "(also $INGATE_API_KEYS, comma-separated)")
     s.add_argument("--max-queue", type=_positive_int, default=16, help="requests waiting before 429")
     s.add_argument("--max-tokens-cap", type=_positive_int, default=2048)
     s.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000)
     s.add_argument("--session-ttl", type=_positive_int, default=3600, help="seconds a session outlives its last use")
+    s.add_argument("--governance-detail", choices=("minimal", "full"), default="minimal",
+                   help="what clients see of governance: minimal (rule, action, position, a generic sentence) or "
+                        "full (also the internal detail and, with store_text, the matched text); an API key "
+                        "written KEY:POLICIES:full overrides it for that key")
     s.add_argument("--audit", default=None)
+    _key_flag(s)
     k = sub.add_parser("check", help="validate a policy and print a summary")
     k.add_argument("policy")
     k.add_argument("--text", default=None, help="also report what the policy would match in TEXT")
@@ -106,11 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     x = asub.add_parser("export", help="print requests and decisions since a time, as JSON lines")
     x.add_argument("--since", default="0", help="ISO 8601 time (2026-11-26T08:00) or Unix seconds")
     x.add_argument("--audit", default=None)
+    f = asub.add_parser("find", help="decisions that withheld exactly TEXT (looked up by its keyed digest)")
+    f.add_argument("text")
+    f.add_argument("--audit", default=None)
+    f.add_argument("--json", action="store_true")
+    _key_flag(f)
+    sc = asub.add_parser("scrub", help="blank the plain SHA-256 digests written before the audit was keyed")
+    sc.add_argument("--audit", default=None)
     d = sub.add_parser("doctor", help="check the setup and print what a bug report needs")
     d.add_argument("--model", default=None, help="path to a GGUF model (default: embedded SmolLM2-135M)")
     d.add_argument("--audit", default=None, help="audit SQLite path to check (default: $INGATE_AUDIT or "
                                                  "~/.local/state/ingate/audit.sqlite3)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
+    _key_flag(d)
     cal = sub.add_parser("calibrate", help="measure a semantic rule's threshold on labelled texts")
     cal.add_argument("policy", help="policy YAML with at least one semantic rule")
     cal.add_argument("--labelled", required=True,
@@ -152,7 +173,7 @@ def _core(args: argparse.Namespace, policies: list[Policy]):
     from ingate.core import open_core
 
     try:
-        return open_core(args.model, args.audit, policies)
+        return open_core(args.model, args.audit, policies, audit_key_file=args.audit_key_file)
     except (EngineError, AuditError) as e:
         raise UserError(str(e)) from None
 
@@ -183,9 +204,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(str(e.cause)) from None
     finally:
         core.close()
-    if args.json:
+    if args.json:  # the operator's own command line: the full report
+        from ingate import report
+
         print(json.dumps({"text": res.text, "finish_reason": res.finish_reason,
-                          "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
+                          "decisions": [report.decision(d, "full", policy.store_text) for d in res.decisions],
                           "entropy": [round(h, 4) if h == h else None for h in (res.entropy or [])],
                           "stats": res.stats()}, ensure_ascii=False))
     else:
@@ -420,16 +443,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api_keys(flags: list[str] | None) -> dict[str, set[str] | None]:
+def _api_keys(flags: list[str] | None):
+    """KEY, KEY:POLICY+POLICY, KEY:POLICY+POLICY:DETAIL or KEY::DETAIL (every policy), from the
+    flags and $INGATE_API_KEYS (comma-separated)."""
     import os
 
+    from ingate.report import LEVELS
+    from ingate.server import Grant
+
     specs = list(flags or []) + [k for k in os.environ.get("INGATE_API_KEYS", "").split(",") if k.strip()]
-    keys: dict[str, set[str] | None] = {}
+    keys: dict[str, Grant] = {}
     for spec in specs:
-        key, _, pols = spec.strip().partition(":")
+        key, _, rest = spec.strip().partition(":")
+        pols, _, detail = rest.partition(":")
         if not key:
-            raise UserError(f"API key spec {spec!r} has no key; write KEY or KEY:POLICY+POLICY", code=2)
-        keys[key] = {p for p in pols.split("+") if p} or None if pols else None
+            raise UserError(f"API key spec {spec!r} has no key; write KEY, KEY:POLICY+POLICY or "
+                            "KEY:POLICY+POLICY:full", code=2)
+        if detail and detail not in LEVELS:
+            raise UserError(f"API key {key[:4]}...: governance detail {detail!r} is not one of "
+                            f"{', '.join(LEVELS)}", code=2)
+        keys[key] = Grant(frozenset(p for p in pols.split("+") if p) or None, detail or None)
     return keys
 
 
@@ -441,8 +474,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UserError(f"two policies are named {p.name!r}; give each loaded policy its own name", code=2)
         policies[p.name] = p
     keys = _api_keys(args.api_key)
-    for key, allowed in keys.items():
-        unknown = sorted((allowed or set()) - set(policies))
+    for key, grant in keys.items():
+        unknown = sorted((grant.policies or set()) - set(policies))
         if unknown:
             raise UserError(f"API key {key[:4]}...: unknown policy {unknown[0]!r}; loaded: {', '.join(policies)}",
                             code=2)
@@ -452,8 +485,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ingate.server import ServerConfig, create_app
 
     app = create_app(core, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
-                                      max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
-                                      session_ttl=args.session_ttl))
+                                        max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
+                                        session_ttl=args.session_ttl, governance_detail=args.governance_detail))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
     print(f"ingate: serving {core.name} with policies {', '.join(policies)} on {url}\n"
@@ -468,35 +501,40 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from ingate.audit import AuditError, AuditLog
 
     try:
-        log = AuditLog(args.audit)
+        log = AuditLog(args.audit, getattr(args, "audit_key_file", None), write=args.audit_cmd == "find")
     except AuditError as e:
         raise UserError(str(e)) from None
     if args.audit_cmd == "export":
         for r in log.export(_since(args.since)):
             print(json.dumps(r, ensure_ascii=False))
         return 0
-    rows = log.tail(args.n)
+    if args.audit_cmd == "scrub":
+        n = log.scrub_unkeyed()
+        print(f"blanked {n} plain SHA-256 digest(s) in {log.path}")
+        return 0
+    rows = log.find(args.text) if args.audit_cmd == "find" else log.tail(args.n)
     if args.json:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
         return 0
     if not rows:
-        print(f"no decisions recorded in {log.path}")
+        print(f"no decisions withheld that text in {log.path}" if args.audit_cmd == "find"
+              else f"no decisions recorded in {log.path}")
     import datetime as _dt
 
     for r in rows:
         ts = _dt.datetime.fromtimestamp(r["ts"]).isoformat(timespec="seconds")
         text = f" text={r['matched_text']!r}" if r["matched_text"] is not None else ""
+        digest = f" {r['digest_kind']}={r['matched_digest'][:12]}" if r["matched_digest"] else ""
         print(f"{ts} {r['request_id'][:12]} {r['policy']}/{r['rule_id']} {r['action']} "
-              f"tok={r['token_index']} off={r['byte_offset']} sha256={r['matched_sha256'][:12]}{text} "
-              f"- {r['detail']}")
+              f"tok={r['token_index']} off={r['byte_offset']}{digest}{text} - {r['detail']}")
     return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from ingate import doctor
 
-    checks, facts = doctor.run(args.model, args.audit)
+    checks, facts = doctor.run(args.model, args.audit, args.audit_key_file)
     if args.json:
         print(json.dumps({"ok": all(c.ok for c in checks), "checks": [c.to_dict() for c in checks], "facts": facts},
                          ensure_ascii=False, default=str))

@@ -61,13 +61,13 @@ def isolated() -> bool:
 
 
 def open_core(model: str | Path | None, audit: str | Path | None, policies: Sequence[Policy],
-              use_audit: bool = True, isolate: bool | None = None):
+              use_audit: bool = True, isolate: bool | None = None, audit_key_file: str | Path | None = None):
     """The engine core for a server or the CLI: its own process unless INGATE_ENGINE_PROCESS=0."""
     if isolate if isolate is not None else isolated():
-        return EngineCore(model, audit, policies, use_audit=use_audit)
+        return EngineCore(model, audit, policies, use_audit=use_audit, audit_key_file=audit_key_file)
     from ingate.runtime import Runtime
 
-    rt = Runtime.load(model, audit, use_audit=use_audit)
+    rt = Runtime.load(model, audit, use_audit=use_audit, audit_key_file=audit_key_file)
     for p in policies:
         rt.prepare(p)
     return LocalCore(rt)
@@ -109,7 +109,8 @@ def _serve(conn: Connection) -> None:
 
     cfg = conn.recv()
     try:
-        rt = Runtime.load(cfg["model"], cfg["audit"], use_audit=cfg["use_audit"], layout=cfg["layout"])
+        rt = Runtime.load(cfg["model"], cfg["audit"], use_audit=cfg["use_audit"], layout=cfg["layout"],
+                          audit_key_file=cfg["audit_key_file"])
         rt.engine.layout_reason = cfg["layout_reason"]
         for p in cfg["policies"]:
             rt.prepare(p)  # compile and warm now: no request pays for it
@@ -157,14 +158,16 @@ class EngineCore:
     """The engine core in a child process, with the `LocalCore` interface. One request at a time."""
 
     def __init__(self, model: str | Path | None, audit: str | Path | None, policies: Sequence[Policy],
-                 use_audit: bool = True):
+                 use_audit: bool = True, audit_key_file: str | Path | None = None):
         from ingate.engines import layout
         from ingate.engines.llamacpp import resolve_model_path
         from ingate.engines.threads import thread_setting
 
         thread_setting()  # a bad INGATE_THREADS is reported here, not by a dying child
         self.model = str(resolve_model_path(model))
-        self.audit = AuditLog(audit) if use_audit else None  # writes what a dead core could not
+        # writes what a dead core could not; opened (and its key made) before the core opens it too
+        self.audit = AuditLog(audit, audit_key_file) if use_audit else None
+        self._key_file = str(audit_key_file) if audit_key_file is not None else None
         self.policies = list(policies)
         choice = layout.choose(Path(self.model))  # probed in a child of its own, cached
         self.layout, self.layout_reason = choice.layout, choice.reason
@@ -187,7 +190,7 @@ class EngineCore:
         conn = Connection(ours.detach())
         try:
             conn.send({"model": self.model, "audit": str(self.audit.path) if self.audit else None,
-                       "use_audit": self.audit is not None, "layout": self.layout,
+                       "use_audit": self.audit is not None, "audit_key_file": self._key_file, "layout": self.layout,
                        "layout_reason": self.layout_reason, "policies": self.policies})
             deadline = time.monotonic() + START_TIMEOUT_S
             while not conn.poll(0.05):

@@ -36,7 +36,8 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
-def run(model: str | None = None, audit: str | None = None, generate_tokens: int = 48) -> tuple[list[Check], dict]:
+def run(model: str | None = None, audit: str | None = None, audit_key_file: str | None = None,
+        generate_tokens: int = 48) -> tuple[list[Check], dict]:
     """All checks, and the facts a bug report needs."""
     from ingate.engines import layout
     from ingate.engines.base import EngineError
@@ -87,7 +88,7 @@ def run(model: str | None = None, audit: str | None = None, generate_tokens: int
     if choice is not None and path is not None:
         checks.append(_engine_check(path, generate_tokens, facts))
     checks.append(_cache_check(facts))
-    checks.append(_audit_check(audit, facts))
+    checks.append(_audit_check(audit, audit_key_file, facts))
     checks.append(_encoder_check(facts))
     return checks, facts
 
@@ -140,16 +141,19 @@ def _cache_check(facts: dict) -> Check:
     return Check("cache", True, str(d))
 
 
-def _audit_check(audit: str | None, facts: dict) -> Check:
+def _audit_check(audit: str | None, key_file: str | None, facts: dict) -> Check:
     from ingate.audit import AuditError, AuditLog, default_audit_path
 
     path = Path(audit) if audit else default_audit_path()
-    facts["audit"] = str(path)
+    facts["audit"] = {"path": str(path)}
     try:
-        AuditLog(path).close()
+        log = AuditLog(path, key_file)
     except AuditError as e:
-        return Check("audit", False, str(e), "pass --audit PATH or set INGATE_AUDIT to a writable file")
-    return Check("audit", True, str(path))
+        return Check("audit", False, str(e), "pass --audit PATH (a writable file) and --audit-key-file FILE "
+                                             "(mode 600), or set INGATE_AUDIT and INGATE_AUDIT_KEY")
+    facts["audit"] |= {"key": log.key.source, "key_id": log.key.id}
+    log.close()
+    return Check("audit", True, f"{path}; digests keyed with {log.key.source} (key id {log.key.id})")
 
 
 def _encoder_check(facts: dict) -> Check:

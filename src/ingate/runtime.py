@@ -31,10 +31,11 @@ class Runtime:
 
     @classmethod
     def load(cls, model: str | Path | None = None, audit: str | Path | None = None,
-             use_audit: bool = True, layout: str | None = None) -> Runtime:
+             use_audit: bool = True, layout: str | None = None, audit_key_file: str | Path | None = None) -> Runtime:
         """Everything in this process. `layout`: a weight layout already chosen (the engine core
-        process gets it from its parent); None chooses one (INGATE_LLAMA_REPACK, the probe)."""
-        audit_log = AuditLog(audit) if use_audit else None  # a bad audit path fails before the model loads
+        process gets it from its parent); None chooses one (INGATE_LLAMA_REPACK, the probe).
+        `audit_key_file`: the audit's HMAC key (ingate.audit.load_key says where it is looked for)."""
+        audit_log = AuditLog(audit, audit_key_file) if use_audit else None  # a bad audit fails before the model loads
         engine = load_engine(model, layout=layout)
         return cls(engine, TokenTable(engine.token_bytes()), audit_log)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ingate import report
 from ingate.audit import AuditLog
 from ingate.engines import ContextFull, EngineCrashed
 from ingate.gate.gate import Decision
@@ -29,15 +32,28 @@ from ingate.session import MemorySessionStore
 from ingate.worker import Job, QueueFull, Worker
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What one API key may do: use these policies (None: all), see this governance detail
+    (None: the server's `governance_detail`). Written KEY[:POLICY+POLICY[:minimal|full]]."""
+
+    policies: frozenset[str] | None = None
+    detail: str | None = None
+
+
 @dataclass
 class ServerConfig:
     policies: dict[str, Policy]  # name -> policy; the first is the default
-    api_keys: dict[str, set[str] | None] = field(default_factory=dict)  # key -> allowed policies (None: all)
+    api_keys: dict[str, Grant] = field(default_factory=dict)  # key -> what it may use and see
+    governance_detail: str = "minimal"  # what a client sees of governance unless its key says more
     max_queue: int = 16
     max_tokens_cap: int = 2048
     default_max_tokens: int = 256
     max_body_bytes: int = 1_000_000
     session_ttl: float = 3600.0
+
+
+log = logging.getLogger("ingate.server")
 
 
 class ApiError(Exception):
@@ -113,6 +129,7 @@ def create_app(core, config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
+        worker.close()
         core.close()  # stop the engine process with the server
 
     app = FastAPI(title="ingate", version="0.1.0", lifespan=lifespan)
@@ -146,16 +163,16 @@ def create_app(core, config: ServerConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        key_policies = _auth(request, config)
+        grant = _auth(request, config)
         req = await _parse(request, ChatRequest, config)
         max_tokens = req.max_completion_tokens or req.max_tokens
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages if m.role != "tool"]
-        return await _serve(request, req, messages, max_tokens, key_policies, chat=True)
+        return await _serve(request, req, messages, max_tokens, grant, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        key_policies = _auth(request, config)
+        grant = _auth(request, config)
         req = await _parse(request, CompletionRequest, config)
         prompt = req.prompt
         if isinstance(prompt, list):
@@ -164,11 +181,10 @@ def create_app(core, config: ServerConfig) -> FastAPI:
             prompt = prompt[0]
         if not prompt.strip():
             raise ApiError(400, "prompt is empty; give the text to complete", "prompt")
-        return await _serve(request, req, prompt, req.max_tokens, key_policies, chat=False)
+        return await _serve(request, req, prompt, req.max_tokens, grant, chat=False)
 
-    async def _serve(request: Request, req: _Common, messages, max_tokens: int | None,
-                     key_policies: set[str] | None, chat: bool):
-        policy = _choose_policy(request, req, config, key_policies)
+    async def _serve(request: Request, req: _Common, messages, max_tokens: int | None, grant: Grant, chat: bool):
+        policy = _choose_policy(request, req, config, grant.policies)
         if req.n != 1:
             raise ApiError(400, "n > 1 is not supported: ingate generates one governed choice per request; "
                                 "send n separate requests", "n")
@@ -203,9 +219,18 @@ def create_app(core, config: ServerConfig) -> FastAPI:
             _submit(worker, job, config)
         rid = ("chatcmpl-" if chat else "cmpl-") + job.request_id[:24]
         created = int(time.time())
+        level = grant.detail or config.governance_detail
+
+        def governance(res: Result) -> dict:
+            st = sessions.get(job.session) if job.session else None
+            ses = None if not job.session else {
+                "id": job.session, "violations": st.violations if st else 0, "escalate_after": policy.escalate_after,
+                "entropy_spent": round(st.entropy_spent, 4) if st else 0.0}
+            return report.governance(policy, res, level, ses)
+
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(job, rid, created, model_id, policy, chat, usage, sessions),
+            return StreamingResponse(_stream(job, rid, created, model_id, chat, usage, governance),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
         res = await _collect(request, job, parts)
@@ -217,8 +242,7 @@ def create_app(core, config: ServerConfig) -> FastAPI:
         else:
             choice["text"] = text
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": model_id, "choices": [choice], "usage": _usage(res),
-                "governance": _governance(policy, res, sessions, job.session)}
+                "model": model_id, "choices": [choice], "usage": _usage(res), "governance": governance(res)}
 
     return app
 
@@ -233,13 +257,16 @@ def _engine_health(core) -> dict:
     return out
 
 
-def _generation_error(err: BaseException) -> ApiError:
-    """The OpenAI-shaped error for a generation the engine could not finish."""
+def _generation_error(err: BaseException, request_id: str) -> ApiError:
+    """The OpenAI-shaped error for a generation the engine could not finish. An unexpected error's
+    text stays in the server's log (it may quote a policy); the client gets the request id."""
     if isinstance(err, EngineCrashed):
         return ApiError(503, str(err), code="engine_crashed", type_="server_error", headers={"Retry-After": "1"})
     if isinstance(err, ContextFull):
         return ApiError(400, str(err), code="context_length_exceeded")
-    return ApiError(500, f"generation failed: {err}", type_="server_error")
+    log.error("request %s failed: %s: %s", request_id, type(err).__name__, err)
+    return ApiError(500, f"generation failed with an internal error (request {request_id}; the server's log "
+                         "and audit have the details)", type_="server_error", code="internal_error")
 
 
 def _submit(worker: Worker, job: Job, config: ServerConfig) -> None:
@@ -286,10 +313,10 @@ async def _parse(request: Request, model: type[BaseModel], config: ServerConfig)
         raise ApiError(400, f"{loc}: {msg}", param=str(err["loc"][0]) if err["loc"] else None) from None
 
 
-def _auth(request: Request, config: ServerConfig) -> set[str] | None:
-    """None when auth is off or the key may use every policy; otherwise the allowed policy names."""
+def _auth(request: Request, config: ServerConfig) -> Grant:
+    """What the request's key may use and see (everything, at the server's detail, when auth is off)."""
     if not config.api_keys:
-        return None
+        return Grant()
     header = request.headers.get("authorization", "")
     key = header[7:].strip() if header.lower().startswith("bearer ") else ""
     if key not in config.api_keys:
@@ -298,11 +325,11 @@ def _auth(request: Request, config: ServerConfig) -> set[str] | None:
     return config.api_keys[key]
 
 
-def _choose_policy(request: Request, req: _Common, config: ServerConfig, allowed: set[str] | None) -> Policy:
+def _choose_policy(request: Request, req: _Common, config: ServerConfig, allowed: frozenset[str] | None) -> Policy:
     name = req.policy or request.headers.get("x-ingate-policy") or next(iter(config.policies))
     if name not in config.policies:
-        raise ApiError(400, f"unknown policy {name!r}; known: {', '.join(config.policies)}", "policy",
-                       "unknown_policy")
+        known = [p for p in config.policies if allowed is None or p in allowed]
+        raise ApiError(400, f"unknown policy {name!r}; known: {', '.join(known)}", "policy", "unknown_policy")
     if allowed is not None and name not in allowed:
         raise ApiError(403, f"this API key may not use policy {name!r}; allowed: {', '.join(sorted(allowed))}",
                        "policy", "policy_not_allowed", type_="permission_error")
@@ -323,11 +350,11 @@ async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
         elif kind == "done":
             return val
         else:
-            raise _generation_error(val)
+            raise _generation_error(val, job.request_id)
 
 
-async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Policy, chat: bool, usage: bool,
-                  sessions: MemorySessionStore):
+async def _stream(job: Job, rid: str, created: int, model_id: str, chat: bool, usage: bool,
+                  governance: Callable[[Result], dict]):
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(delta_text: str | None, finish: str | None = None, role: bool = False,
@@ -357,14 +384,14 @@ async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Polic
                 yield chunk(val)
             elif kind == "done":
                 yield chunk(None if chat else "", finish=val.finish_reason, logprobs=val.logprobs,
-                            extra={"governance": _governance(policy, val, sessions, job.session)})
+                            extra={"governance": governance(val)})
                 if usage:
                     body = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [],
                             "usage": _usage(val)}
                     yield f"data: {json.dumps(body)}\n\n"
                 break
             else:
-                e = _generation_error(val)
+                e = _generation_error(val, job.request_id)
                 err = {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
                 yield f"data: {json.dumps(err)}\n\n"
                 break
@@ -378,22 +405,3 @@ async def _stream(job: Job, rid: str, created: int, model_id: str, policy: Polic
 def _usage(res: Result) -> dict:
     return {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
             "total_tokens": res.prompt_tokens + res.completion_tokens}
-
-
-def _governance(policy: Policy, res: Result, sessions: MemorySessionStore, session: str | None) -> dict:
-    s = res.stats()
-    out = {"policy": policy.name, "decisions": [d.to_dict(policy.store_text) for d in res.decisions],
-           "rollbacks": res.rollbacks, "held_max_chars": res.held_max_chars, "gate_us_p50": s["gate_us_p50"]}
-    if res.semantic is not None:
-        out["semantic"] = res.semantic
-    if res.entropy_summary is not None:
-        out["entropy"] = dict(res.entropy_summary)
-        if res.entropy_released is not None:  # per token, aligned with logprobs.content
-            out["entropy"]["tokens"] = [h for _, h in res.entropy_released]
-    if session:
-        st = sessions.get(session)
-        out["session"] = {"id": session, "violations": st.violations if st else 0,
-                          "escalate_after": policy.escalate_after,
-                          "entropy_spent": round(st.entropy_spent, 4) if st else 0.0}
-    return out
-

@@ -10,6 +10,7 @@ in flight ends with the crash, and the worker starts a new core before the next 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import uuid
@@ -68,9 +69,16 @@ class Worker:
         except queue.Full:
             raise QueueFull from None
 
+    def close(self) -> None:
+        """Stop the worker thread once the jobs queued before this are done."""
+        with contextlib.suppress(queue.Full):  # a full queue at shutdown: the daemon thread dies with us
+            self._jobs.put_nowait(None)  # type: ignore[arg-type]
+
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
+            if job is None:
+                return
             if job.cancel.is_set():  # the client left while it waited
                 continue
             self.running = job

@@ -13,7 +13,6 @@ of the token holding the partial match: the client never sees a byte that could 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
@@ -34,22 +33,20 @@ from ingate.semantic.groups import Groups
 
 @dataclass(frozen=True)
 class Decision:
-    """One act of the gate, audited before the text it concerns is released."""
+    """One act of the gate, audited before the text it concerns is released.
+
+    `detail` is for the audit and the operator: it may name the phrase, the pattern, a score.
+    `public` is what a client may be told (ingate.report): set where a decision can say more than
+    its action without disclosing anything withheld ("redacted one email"); empty otherwise.
+    """
 
     rule_id: str
-    action: str  # prevent | redact | stop | resample | refuse | cancel | error
+    action: str  # prevent | redact | stop | resample | refuse | abstain | cancel | error
     token_index: int
     byte_offset: int
     matched: bytes
     detail: str
-
-    def to_dict(self, store_text: bool = False) -> dict:
-        d = {"rule": self.rule_id, "action": self.action, "token_index": self.token_index,
-             "byte_offset": self.byte_offset, "detail": self.detail,
-             "matched_sha256": hashlib.sha256(self.matched).hexdigest()}
-        if store_text:
-            d["matched"] = self.matched.decode("utf-8", errors="replace")
-        return d
+    public: str = ""
 
 
 class Verdict(Enum):
@@ -480,9 +477,11 @@ class Gate:
         for sp in self.spans:
             if self.hold.released < sp.end <= b:
                 k = bisect_right(self.tok_start, sp.start) - 1
+                # a built-in pattern's name says no more than its placeholder does; a phrase would
                 self.decisions.append(Decision(sp.rule_id, "redact", k, sp.start,
                                                bytes(self.raw[sp.start:sp.end]),
-                                               f"{sp.label} replaced by {sp.placeholder}"))
+                                               f"{sp.label} replaced by {sp.placeholder}",
+                                               f"redacted one {sp.label}" if sp.label in BUILTIN_PATTERNS else ""))
                 self.redacted.append(sp)
         text = self.hold.release(self.raw, b, self.spans)
         if self.spans and self.spans[0].end <= self.hold.released:

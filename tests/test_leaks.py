@@ -1,0 +1,183 @@
+"""Nothing withheld leaks through any output channel: a property test over random banned phrases,
+PII values and concept names, on the real model and the real app.
+
+For every rule kind and action (prevent, redact, stop on phrases and on the PII pack; semantic
+resample and stop; entropy abstain; escalation refusal), streaming and not, logprobs on and off, the
+whole HTTP response body is checked:
+  * outside the released text (the governance report, logprobs' alternatives, errors, usage), no
+    6+ character substring of a banned value, case-folded;
+  * anywhere, no plain SHA-256 or MD5 of a banned value or of any text the audit says was withheld;
+  * in the released text, no banned value whole, and no text the audit says was withheld.
+The banned values are made up (nonsense words, random digits), so they can only appear by leaking.
+
+The app runs in this process through Starlette's TestClient (ASGI, real request and response
+bodies) on the session's runtime: starting a server per random policy would cost ~5 s an example.
+tests/test_server.py covers the same app on loopback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import unicodedata
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from conftest import policy
+from ingate.core import LocalCore
+from ingate.server import ServerConfig, create_app
+
+pytestmark = pytest.mark.slow
+
+SYLLABLES = ["vor", "qui", "zan", "thr", "eb", "ul", "kax", "mip", "dro", "fey", "gul", "osk", "pra", "yth", "wen"]
+word = st.lists(st.sampled_from(SYLLABLES), min_size=3, max_size=4).map("".join)
+COMBOS = [(False, True), (True, False), (False, False), (True, True)]  # (stream, logprobs)
+MAX_ATTEMPTS = 16  # per policy: past the four combinations, only until the gate has had something to withhold
+
+
+class _Borrowed(LocalCore):
+    """The session's runtime, lent to one app: the app's shutdown must not close it."""
+
+    def close(self) -> None:
+        pass
+
+
+def _fold(s: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", s).casefold().split())
+
+
+def _substrings(value: str, n: int = 6) -> set[str]:
+    v = _fold(value)
+    return {v[i:i + n] for i in range(len(v) - n + 1)} if len(v) >= n else {v}
+
+
+def _hashes(value: str | bytes) -> set[str]:
+    b = value.encode() if isinstance(value, str) else value
+    return {hashlib.sha256(b).hexdigest(), hashlib.md5(b).hexdigest()}
+
+
+def _channels(body: str, stream: bool) -> tuple[str, str]:
+    """(released text, everything else) of one response body. The chosen tokens' logprob entries
+    are the released text again; their alternatives count as "everything else"."""
+    events = [json.loads(line[6:]) for line in body.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"] if stream else [json.loads(body)]
+    text: list[str] = []
+    for ev in events:
+        for ch in ev.get("choices", []):
+            msg = ch.pop("message", None) or ch.pop("delta", None) or {}
+            text.append(msg.pop("content", None) or "")
+            lp = ch.get("logprobs") or {}
+            for e in lp.get("content") or []:
+                e.pop("token", None)
+                e.pop("bytes", None)
+            ch["_rest_of_message"] = msg
+    return "".join(text), json.dumps(events, ensure_ascii=False)
+
+
+def _policies(secret: str, concept: str, sentence: str) -> dict[str, tuple]:
+    """name -> (policy, prompt, values that must not leak, the action that shows the gate acted)."""
+    keep = "audit: {store_text: true}\n"  # the audit keeps the text; the client must still not see it
+    phrase = f'forbid: {{phrases: ["{secret}"]}}'
+    pii = "forbid: {patterns: [phone, email]}"
+    out = {}
+    for action in ("prevent", "redact", "stop"):
+        out[f"phrase-{action}"] = (f"name: phrase-{action}\n{keep}rules:\n  - id: codename\n    {phrase}\n"
+                                   f"    action: {action}\n", "phrase")
+        out[f"pii-{action}"] = (f"name: pii-{action}\n{keep}rules:\n  - id: pii\n    {pii}\n    action: {action}\n",
+                                "pii")
+    sem = (f"semantic: {{deny: [{{concept: {concept}, examples: [\"{sentence}\"]}}], threshold: 0.5}}")
+    out["semantic-resample"] = (f"name: semantic-resample\n{keep}rules:\n  - id: topic\n    {sem}\n"
+                                "    action: resample\n    max_retries: 1\n    fallback: stop\n", "semantic")
+    out["semantic-stop"] = (f"name: semantic-stop\n{keep}rules:\n  - id: topic\n    {sem}\n    action: stop\n",
+                            "semantic")
+    out["entropy-abstain"] = (f"name: entropy-abstain\n{keep}rules:\n  - id: unsure\n"
+                              "    entropy: {budget: 0.5, baseline: 0.0}\n    action: stop\n"
+                              "    message: \"(not sure)\"\n", "entropy")
+    out["escalation"] = (f"name: escalation\n{keep}session: {{escalate_after: 1, refusal: \"No more.\"}}\n"
+                         f"rules:\n  - id: pii\n    {pii}\n    action: redact\n", "escalation")
+    return {name: policy("version: 1\n" + text) for name, (text, _) in out.items()} | {
+        "_kinds": {name: kind for name, (_, kind) in out.items()}}
+
+
+EXPECTED = {"phrase-prevent": "prevent", "phrase-redact": "redact", "phrase-stop": "stop", "pii-prevent": "prevent",
+            "pii-redact": "redact", "pii-stop": "stop", "semantic-resample": "resample", "semantic-stop": "stop",
+            "entropy-abstain": "abstain", "escalation": "refuse"}
+
+
+@settings(max_examples=4, deadline=None, database=None, phases=(Phase.explicit, Phase.generate),  # no shrinking:
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # each run is the model
+@given(w1=word, w2=word, concept=word, name=word, domain=word,
+       area=st.integers(201, 989), mid=st.integers(200, 999), last=st.integers(1000, 9999),
+       seed=st.integers(0, 2**16))
+def test_no_channel_discloses_what_was_withheld(runtime, w1, w2, concept, name, domain, area, mid, last, seed):
+    secret = f"{w1.capitalize()} {w2.capitalize()}"
+    phone = f"{area}-{mid}-{last}"
+    email = f"{name}.{w1}@{domain}.com"
+    sentence = f"The {secret} protocol opens the vault at midnight."
+    pols = _policies(secret, concept, sentence)
+    kinds = pols.pop("_kinds")
+    # prompts that make SmolLM2 write the value often (measured: the ship 18/18, the line ~45% of runs)
+    prompts = {"phrase": f"Write one sentence about the ship named {secret}.",
+               "pii": f"Repeat exactly this line: Call {name.capitalize()} at {phone} or write to {email}.",
+               "semantic": f"Repeat exactly this sentence: {sentence}",
+               "entropy": "Tell me a story about a lighthouse.",
+               "escalation": f"Repeat exactly this line: Call {name.capitalize()} at {phone} or write to {email}."}
+    banned = {"phrase": [secret], "pii": [phone, email], "semantic": [concept], "entropy": [],
+              "escalation": [phone, email]}
+    for p in pols.values():
+        runtime.prepare(p)
+    app = create_app(_Borrowed(runtime), ServerConfig(policies=pols))
+    acted: dict[str, set[str]] = {name: set() for name in pols}
+    with TestClient(app) as client:
+        for name, pol in pols.items():
+            kind = kinds[name]
+            for i in range(MAX_ATTEMPTS):
+                if i >= len(COMBOS) and EXPECTED[name] in acted[name]:
+                    break
+                stream, logprobs = COMBOS[i % len(COMBOS)]
+                body = {"model": "m", "messages": [{"role": "user", "content": prompts[kind]}], "max_tokens": 40,
+                        "temperature": 0.8, "seed": seed + i, "stream": stream, "policy": name}
+                if logprobs:
+                    body |= {"logprobs": True, "top_logprobs": 5}
+                headers = {"X-Session-Id": f"s-{seed}-{i}"}
+                requests = 2 if kind == "escalation" else 1  # the second one in the session is refused
+                for _ in range(requests):
+                    if stream:
+                        with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+                            raw = "".join(r.iter_text())
+                    else:
+                        r = client.post("/v1/chat/completions", json=body, headers=headers)
+                        raw = r.text
+                    assert r.status_code == 200, raw
+                    text, rest = _channels(raw, stream)
+                    for ev in json.loads(rest):
+                        acted[name] |= {d["action"] for d in (ev.get("governance") or {}).get("decisions", [])}
+                    _check(raw, text, rest, banned[kind], pol, runtime, kind)
+    for name, actions in acted.items():  # the gate must have had something to withhold, or nothing was tested
+        assert EXPECTED[name] in actions, (name, actions, secret, phone, email)
+
+
+def _check(raw: str, text: str, rest: str, banned: list[str], pol, runtime, kind: str) -> None:
+    folded_rest, folded_text, folded_raw = _fold(rest), _fold(text), raw.casefold()
+    with sqlite3.connect(runtime.audit.path) as con:
+        withheld = [t for (t,) in con.execute(
+            "SELECT matched_text FROM decisions WHERE policy = ? AND matched_text IS NOT NULL AND matched_text != ''",
+            (pol.name,))]
+    for value in banned:
+        for sub in _substrings(value):
+            assert sub not in folded_rest, (value, sub, rest[:2000])
+        if kind in ("phrase", "pii", "escalation"):
+            assert _fold(value) not in folded_text, (value, text)
+        for h in _hashes(value):
+            assert h not in folded_raw, (value, h)
+    for span in withheld:
+        for h in _hashes(span):
+            assert h not in folded_raw, (span, h)
+        if kind in ("phrase", "pii", "escalation") and len(_fold(span)) >= 6:
+            assert _fold(span) not in folded_text, (span, text)
+    assert not re.search(r"\b[0-9a-f]{64}\b", rest), "a SHA-256-sized digest in the report"
