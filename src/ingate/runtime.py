@@ -1,7 +1,7 @@
 """What a process loads once and keeps: the engine, its token table, compiled policies.
 
-The CLI and (later) the server build requests on top of a `Runtime`; a request never pays to
-load a model or compile a policy.
+The engine core (ingate.core) holds one, in its own process by default, and the server and the
+CLI send it requests; a request never pays to load a model or compile a policy.
 """
 
 from __future__ import annotations
