@@ -24,14 +24,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from io import BytesIO
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server import free_port, http_stream, pct  # noqa: E402  (bench/server.py: one SSE client for both)
+from server import free_port, http_stream, pct, wait_ready  # noqa: E402  (bench/server.py: shared helpers)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -59,17 +58,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "ingate.cli", "serve", "--port", str(self.port),
                                       "--policy", "default"], env=env, cwd=tmp,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server {name} exited with {self.proc.returncode}")
-            time.sleep(0.2)
-        raise RuntimeError(f"server {name} did not start")
+        wait_ready(self.url, self.proc, f"server {name}")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -2,7 +2,7 @@
 and what `auto` picks (INGATE_LLAMA_REPACK, INGATE_THREADS).
 
 Every configuration is loaded at once, each in its own process (a layout that crashes on this CPU
-is reported as "crashed: SIGILL" instead of ending the benchmark), and asked in turn for short
+is reported as "died from SIGILL" instead of ending the benchmark), and asked in turn for short
 blocks of decoding and prompt evaluation, in rotating order: on this shared, noisy machine the
 load changes within seconds, and fine interleaving spreads it over all configurations alike.
 
@@ -17,13 +17,14 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ingate.engines.base import exit_reason
 
 HERE = Path(__file__).resolve().parent
 SHORT = "Write a short paragraph about Paris and its famous tower."
@@ -85,7 +86,7 @@ class Config:
         if line:
             return json.loads(line)
         rc = self.proc.wait()
-        self.crashed = signal.Signals(-rc).name if rc < 0 else f"exit status {rc}"
+        self.crashed = exit_reason(rc)
         return None
 
     def ask(self, cmd: str) -> dict | None:
@@ -141,7 +142,7 @@ def main() -> int:
     configs = []
     for lay, th in specs:
         configs.append(Config(lay, th, args.long))
-        print(f"layouts: loaded {configs[-1].name}" + (f" (crashed: {configs[-1].crashed})"
+        print(f"layouts: loaded {configs[-1].name}" + (f" ({configs[-1].crashed})"
                                                         if configs[-1].crashed else ""), file=sys.stderr)
     for c in configs:
         c.ask("decode 16")  # warm up: caches, thread pools, the tuner's first measurements
@@ -164,10 +165,9 @@ def main() -> int:
         c.close()
     table = {c.name: summarize(c) for c in configs}
 
-    def best_decode(threads: int) -> tuple[str, float]:
+    def best_decode(threads: int) -> str:
         ok = {n: t["decode_tps"] for n, t in table.items() if n.endswith(f"/{threads}") and "crashed" not in t}
-        n = max(ok, key=ok.get)
-        return n, ok[n]
+        return max(ok, key=ok.get)
 
     def paired(a: Config, b: Config) -> float:
         """Median over rounds of a's block tokens/s over b's in the same round (noise hits both)."""
@@ -177,7 +177,7 @@ def main() -> int:
     by_name = {c.name: c for c in configs}
     targets = {}
     for th in (1, 2):
-        fastest, _ = best_decode(th)
+        fastest = best_decode(th)
         targets[f"fastest_{th}t"] = fastest
         targets[f"decode_auto_over_fastest_{th}t"] = paired(by_name[f"{choice.layout}/{th}"], by_name[fastest])
         targets[f"long_prompt_auto_over_off_{th}t"] = round(table[f"{choice.layout}/{th}"]["long_ms"]
@@ -198,7 +198,7 @@ def main() -> int:
           "tokens, ms | load, s |", "|---|---|---|---|---|---|"]
     for name, t in table.items():
         if "crashed" in t:
-            md.append(f"| {name} | crashed: {t['crashed']} | | | | |")
+            md.append(f"| {name} | {t['crashed']} | | | | |")
         else:
             extra = f" (tuner ended at {t['threads_final'].get('current')})" if name.endswith("/auto") else ""
             md.append(f"| {name}{extra} | {t['decode_tps']} | {t['decode_ms_p50']} / {t['decode_ms_p99']} | "

@@ -46,6 +46,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, proc: subprocess.Popen, name: str = "ingate serve", timeout: float = 300) -> None:
+    """Until the server's /healthz answers 200; raises if it exits or takes longer than `timeout`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {proc.returncode}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} did not start in {timeout:.0f} s")
+
+
 def http_stream(url: str, prompt: str, seed: int, tokens: int, policy: str) -> dict:
     body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "temperature": 0.8, "top_p": 0.95, "seed": seed, "stream": True, "policy": policy,
@@ -124,12 +139,7 @@ def main() -> int:
     proc = subprocess.Popen([INGATE, "serve", "--port", str(port), "--policy", "default", "--policy", "none",
                              "--max-queue", "64"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_ready(url, proc)
         rt = Runtime.load(audit=Path(tempfile.mkdtemp()) / "audit.sqlite3")
         default = load_policy(None)
         rt.prepare(default)

@@ -79,8 +79,8 @@ def _channels(body: str, stream: bool) -> tuple[str, str]:
     return "".join(text), json.dumps(events, ensure_ascii=False)
 
 
-def _policies(secret: str, concept: str, sentence: str) -> dict[str, tuple]:
-    """name -> (policy, prompt, values that must not leak, the action that shows the gate acted)."""
+def _policies(secret: str, concept: str, sentence: str) -> tuple[dict, dict[str, str]]:
+    """(name -> policy, name -> kind of prompt and banned values)."""
     keep = "audit: {store_text: true}\n"  # the audit keeps the text; the client must still not see it
     phrase = f'forbid: {{phrases: ["{secret}"]}}'
     pii = "forbid: {patterns: [phone, email]}"
@@ -90,7 +90,7 @@ def _policies(secret: str, concept: str, sentence: str) -> dict[str, tuple]:
                                    f"    action: {action}\n", "phrase")
         out[f"pii-{action}"] = (f"name: pii-{action}\n{keep}rules:\n  - id: pii\n    {pii}\n    action: {action}\n",
                                 "pii")
-    sem = (f"semantic: {{deny: [{{concept: {concept}, examples: [\"{sentence}\"]}}], threshold: 0.5}}")
+    sem = f"semantic: {{deny: [{{concept: {concept}, examples: [\"{sentence}\"]}}], threshold: 0.5}}"
     out["semantic-resample"] = (f"name: semantic-resample\n{keep}rules:\n  - id: topic\n    {sem}\n"
                                 "    action: resample\n    max_retries: 1\n    fallback: stop\n", "semantic")
     out["semantic-stop"] = (f"name: semantic-stop\n{keep}rules:\n  - id: topic\n    {sem}\n    action: stop\n",
@@ -100,8 +100,8 @@ def _policies(secret: str, concept: str, sentence: str) -> dict[str, tuple]:
                               "    message: \"(not sure)\"\n", "entropy")
     out["escalation"] = (f"name: escalation\n{keep}session: {{escalate_after: 1, refusal: \"No more.\"}}\n"
                          f"rules:\n  - id: pii\n    {pii}\n    action: redact\n", "escalation")
-    return {name: policy("version: 1\n" + text) for name, (text, _) in out.items()} | {
-        "_kinds": {name: kind for name, (_, kind) in out.items()}}
+    return ({name: policy("version: 1\n" + text) for name, (text, _) in out.items()},
+            {name: kind for name, (_, kind) in out.items()})
 
 
 EXPECTED = {"phrase-prevent": "prevent", "phrase-redact": "redact", "phrase-stop": "stop", "pii-prevent": "prevent",
@@ -119,8 +119,7 @@ def test_no_channel_discloses_what_was_withheld(runtime, w1, w2, concept, name, 
     phone = f"{area}-{mid}-{last}"
     email = f"{name}.{w1}@{domain}.com"
     sentence = f"The {secret} protocol opens the vault at midnight."
-    pols = _policies(secret, concept, sentence)
-    kinds = pols.pop("_kinds")
+    pols, kinds = _policies(secret, concept, sentence)
     # prompts that make SmolLM2 write the value often (measured: the ship 18/18, the line ~45% of runs)
     prompts = {"phrase": f"Write one sentence about the ship named {secret}.",
                "pii": f"Repeat exactly this line: Call {name.capitalize()} at {phone} or write to {email}.",

@@ -239,6 +239,8 @@ class AuditLog:
     def find(self, text: str) -> list[dict]:
         """Decisions whose matched text was `text`, by its keyed digest: how an operator asks
         "was this value ever withheld?" without the audit keeping the value."""
+        if not text:
+            return []  # an empty digest marks decisions that matched nothing, not a value
         digest, _ = self.digest(text.encode("utf-8"))
         return self._rows("SELECT * FROM decisions WHERE matched_digest = ? ORDER BY id", (digest,))
 

@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ingate.audit import AuditLog
-from ingate.engines.base import ContextFull, EngineCrashed, EngineError
+from ingate.engines.base import ContextFull, EngineCrashed, EngineError, exit_reason
 from ingate.gate.gate import Decision
 from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.policy import Policy
@@ -202,7 +202,7 @@ class EngineCore:
                 proc.kill()
             proc.wait(5)
             conn.close()
-            raise EngineError(f"the engine process {_death(proc.returncode)} while loading the model "
+            raise EngineError(f"the engine process {exit_reason(proc.returncode)} while loading the model "
                               f"{self.model!r} (weight layout {self.layout}); {_advice(self.layout)}") from None
         if msg[0] == "error":
             proc.wait(5)
@@ -331,7 +331,7 @@ class EngineCore:
         if self._proc is not None:
             self._proc.wait(5)
         if not dead:
-            self.last_crash = (f"the engine process (pid {self.pid}) {_death(self._proc.returncode)} while "
+            self.last_crash = (f"the engine process (pid {self.pid}) {exit_reason(self._proc.returncode)} while "
                                f"{what} (weight layout {self.layout})")
         err = EngineCrashed(f"{self.last_crash or 'the engine process is not running'}: a native crash in "
                             f"llama.cpp; the server starts a new engine process; {_advice(self.layout)}")
@@ -347,18 +347,6 @@ class EngineCore:
 def _error(kind: str, message: str) -> Exception:
     return {"ContextFull": ContextFull, "EngineCrashed": EngineCrashed, "EngineError": EngineError}.get(
         kind, RuntimeError)(message)
-
-
-def _death(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "stopped answering"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"died from {name}"
-    return f"exited with status {exitcode}"
 
 
 def _advice(layout: str) -> str:

@@ -69,7 +69,6 @@ def run(model: str | None = None, audit: str | None = None, audit_key_file: str 
                             "candidates": candidates() if threads is None else [threads]}
     except EngineError as e:
         checks.append(Check("threads", False, str(e), "set INGATE_THREADS to a whole number or auto"))
-        threads = 1
 
     choice = None
     if path is not None:

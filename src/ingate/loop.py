@@ -233,10 +233,12 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                   else None)
 
 
-def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float | None = None) -> Result:
-    """What a generation that the engine could not finish leaves: finish_reason `error`."""
+def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float | None = None,
+                   text: str = "", tokens: int = 0) -> Result:
+    """What a generation that the engine could not finish leaves: finish_reason `error`.
+    Without a gate (ungoverned), `text` and `tokens` are what was released and generated."""
     if gate is None:
-        return Result("", "error", [], 0, elapsed, ttft, [], 0, 0, prompt_tokens=n_prompt)
+        return Result(text, "error", [], tokens, elapsed, ttft, [], 0, 0, prompt_tokens=n_prompt)
     return Result(gate.text, "error", list(gate.decisions), gate.position, elapsed, ttft, [], gate.held_max_chars,
                   gate.rollbacks, prompt_tokens=n_prompt)
 
@@ -285,8 +287,7 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
     try:
         engine.start(prompt)
     except Exception as e:
-        raise GenerationFailed(Result("", "error", [], 0, time.perf_counter() - t0, None, [], 0, 0,
-                                      prompt_tokens=len(prompt)), e) from e
+        raise GenerationFailed(partial_result(None, len(prompt), time.perf_counter() - t0), e) from e
     while n < limit:
         if cancelled is not None and cancelled():
             finish = "cancelled"
@@ -294,8 +295,8 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
         try:
             logits = engine.step()
         except Exception as e:  # released so far: exactly what the client saw
-            raise GenerationFailed(Result("".join(parts), "error", [], n, time.perf_counter() - t0, ttft, [], 0, 0,
-                                          prompt_tokens=len(prompt)), e) from e
+            raise GenerationFailed(partial_result(None, len(prompt), time.perf_counter() - t0, ttft,
+                                                  "".join(parts), n), e) from e
         token = sampler.sample(logits, eos)
         if engine.is_eog(token):
             finish = "stop"

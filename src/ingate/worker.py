@@ -57,6 +57,7 @@ class Worker:
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="ingate-worker", daemon=True)
         self.running: Job | None = None
+        self.restart_error: str | None = None  # the last failed engine restart, for /healthz
         self._thread.start()
 
     @property
@@ -116,5 +117,3 @@ class Worker:
             self.restart_error = str(e)
         else:
             self.restart_error = None
-
-    restart_error: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Protocol
 
 import numpy as np
@@ -18,6 +19,18 @@ class ContextFull(EngineError):
 class EngineCrashed(EngineError):
     """The engine's process died (a native crash in llama.cpp). The requests it was serving end
     with this error; the next request gets a fresh engine process."""
+
+
+def exit_reason(code: int | None) -> str:
+    """How a child process ended, from its exit code (negative: the signal that killed it)."""
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"died from {signal.Signals(-code).name}"
+        except ValueError:
+            return f"died from signal {-code}"
+    return f"exited with status {code}"
 
 
 class Engine(Protocol):

@@ -20,7 +20,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ingate.engines.base import EngineError
+from ingate.engines.base import EngineError, exit_reason
 
 ENV = "INGATE_LLAMA_REPACK"
 CHOICES = ("auto", "on", "off", "split")
@@ -177,15 +176,10 @@ def probe(model_path: Path, timeout: float = PROBE_TIMEOUT_S) -> LayoutChoice:
 def _death(rc: int | None, stderr: str) -> str:
     if rc is None:
         return "hung (timed out)"
-    if rc < 0:
-        try:
-            return f"died from {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"died from signal {-rc}"
     if rc == 0:
         return "stopped early"
-    tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-    return f"failed with exit status {rc}" + (f" ({tail[:200]})" if tail else "")
+    tail = stderr.strip().splitlines()[-1] if rc > 0 and stderr.strip() else ""
+    return exit_reason(rc) + (f" ({tail[:200]})" if tail else "")
 
 
 def _what(result: dict) -> str:

@@ -182,7 +182,6 @@ class LlamaCppEngine:
         self._ids: list[int] = []  # tokens in the main KV cache
         self.n_prompt = 0
         self._prompt_logits: np.ndarray | None = None  # the distribution after the prompt
-        self._at_prompt_end = False  # rolled back to the prompt's end: step() returns _prompt_logits
         self._pending: list[int] = []
         self._token_bytes: list[bytes] | None = None
         self._eog = {t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self._vocab, t)}
@@ -256,7 +255,6 @@ class LlamaCppEngine:
         self._truncate(0)
         self.n_prompt = len(prompt)
         self._prompt_logits = None
-        self._at_prompt_end = False
         if self._prompt is not None and len(prompt) > 1:
             # split: the batch through plain weights, its KV handed to the decode context, and
             # the last prompt token decoded there, so every logit comes from the decode path.
@@ -282,19 +280,17 @@ class LlamaCppEngine:
                     self.set_threads(n)
             self._ids += self._pending
             self._pending = []
-            self._at_prompt_end = False
             if self._prompt_logits is None and self._main.n == self.n_prompt:
                 # kept for a rollback to the first generated token: re-evaluating the prompt's last
                 # token alone would take other kernels than the prompt's batch (AMX tiles against
                 # VNNI) and change the logits' low bits, so the state would not be the fresh one
                 self._prompt_logits = np.array(self._main.logits(self.vocab_size), copy=True)
-        elif self._at_prompt_end:
-            return self._prompt_logits
+        if self._main.n == self.n_prompt and self._prompt_logits is not None:
+            return self._prompt_logits  # at the prompt's end, first time or rolled back to it
         return self._main.logits(self.vocab_size)
 
     def accept(self, token: int) -> None:
         self._pending.append(token)
-        self._at_prompt_end = False
 
     def rollback(self, n: int) -> None:
         if n <= 0:
@@ -305,16 +301,13 @@ class LlamaCppEngine:
         n -= drop_pending
         if n:
             self._truncate(self._main.n - n)
-        if self._pending or self._main.n == 0:
-            return
-        if self._main.n == self.n_prompt and self._prompt_logits is not None:
-            self._at_prompt_end = True  # back at the prompt's end: its logits, exactly as first computed
-        else:
-            # The logits llama.cpp holds belong to a token we just dropped: re-evaluate the
-            # new last token (alone, as it was first) so that step() returns the distribution there.
-            last = self._ids[-1]
-            self._truncate(self._main.n - 1)
-            self._pending = [last]
+        if self._pending or self._main.n == 0 or (self._main.n == self.n_prompt and self._prompt_logits is not None):
+            return  # back at the prompt's end, step() returns its logits exactly as first computed
+        # The logits llama.cpp holds belong to a token we just dropped: re-evaluate the new last
+        # token (alone, as it was first) so that step() returns the distribution there.
+        last = self._ids[-1]
+        self._truncate(self._main.n - 1)
+        self._pending = [last]
 
     @property
     def n_past(self) -> int:
