@@ -5,31 +5,41 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingate.gate.normalize import INVALID, feed, norm_text, normalize_token
+from ingate.gate.normalize import INVALID, MARK_B, Fold, feed, fold_text, normalize_token
 
-TEXT = st.text(alphabet=st.sampled_from(list("aZ ß\tﬁＡｃé€😀\n.-\u0301")), max_size=30)
+TEXT = st.text(alphabet=st.sampled_from(list("aZ ß\tﬁＡｃé€😀\n.-\u0301\u200bІ")), max_size=30)
+FOLDS = st.builds(Fold, casefold=st.booleans(), confusables=st.booleans(), accents=st.booleans(),
+                  separators=st.booleans(), leet=st.booleans(), whole_word=st.booleans())
 
 
 @settings(max_examples=300, deadline=None)
-@given(TEXT, st.lists(st.integers(0, 200), max_size=12))
-def test_feeding_in_any_chunks_gives_the_same_pieces(text, cuts):
+@given(TEXT, st.lists(st.integers(0, 200), max_size=12), FOLDS)
+def test_feeding_in_any_chunks_gives_the_same_pieces(text, cuts, fold):
     data = text.encode()
-    whole = feed(b"", data, 0, True)[1]
+    whole = feed(b"", data, 0, fold)[1]
     pending, pieces, prev = b"", [], 0
     for c in sorted({min(c, len(data)) for c in cuts}) + [len(data)]:
-        pending, ps = feed(pending, data[prev:c], prev, True)
+        pending, ps = feed(pending, data[prev:c], prev, fold)
         pieces += ps
         prev = c
     assert pending == b"" and pieces == whole
-    # offsets tile the raw bytes exactly, and each piece is the normalization of its character
-    assert [p[1] for p in pieces] == ([0] + [p[2] for p in pieces[:-1]] if pieces else [])
-    assert not pieces or pieces[-1][2] == len(data)
+    # pieces are in order, inside the text; only a zero-width edge mark has no extent
+    assert all(a[2] <= b[1] or a[1] == a[2] or b[1] == b[2] for a, b in zip(pieces, pieces[1:], strict=False))
+    assert all(0 <= p[1] <= p[2] <= len(data) and (p[1] < p[2] or p[0] == MARK_B) for p in pieces)
 
 
 def test_what_is_folded():
-    assert norm_text("  ＡＣＭＥ\t\n Corp ", True) == "acme corp"
-    assert norm_text("Straße", True) == "strasse"
-    assert norm_text("ﬁnance", True) == "finance"
-    assert norm_text("Acme", False) == "Acme"
-    assert normalize_token(b"\xa9ab", True) == INVALID + b"ab"  # a stray continuation byte
-    assert normalize_token("ab€".encode()[:-1], True) == b"ab"  # an unfinished character waits
+    f = Fold()
+    assert fold_text("ＡＣＭＥ\t Corp", f) == "acrne  corp"  # UTS #39: 'm' looks like 'rn'
+    assert fold_text("ＡＣＭＥ\t Corp", Fold(confusables=False)) == "acme  corp"
+    assert fold_text("Straße", f) == "strasse"
+    assert fold_text("ﬁnance", f) == "finance"
+    assert fold_text("Acme", Fold(casefold=False, confusables=False)) == "Acme"
+    assert fold_text("Аcmе", f) == fold_text("acme", f)  # Cyrillic а and е
+    assert fold_text("ca\u200bfé", f) == fold_text("cafe\u0301", f) == "cafe"
+    assert fold_text("ca\u0301fe", Fold(accents=False)) == fold_text("cáfe", Fold(accents=False))
+    assert fold_text("B-l-u-e  H.a.r", Fold(separators=True)) == "blueha" + "r"
+    assert fold_text("a b", Fold(whole_word=True)) == "a\x01 \x01b"
+    assert normalize_token(b"\xa9ab", f) == INVALID + b"ab"  # a stray continuation byte
+    assert normalize_token(b"\xa9ab", Fold(separators=True)) == b"ab"
+    assert normalize_token("ab€".encode()[:-1], f) == b"ab"  # an unfinished character waits

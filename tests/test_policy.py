@@ -255,6 +255,12 @@ def test_phrase_matching_normalizes_case_width_and_spacing():
     pol = parse_policy("version: 1\nname: n\nrules:\n  - id: c\n    forbid: {phrases: ['Acme Corp']}\n"
                        "    action: prevent\n")
     det = compile_policy(pol).detectors[0]
+    for text in ["acme corp", "ACME   CORP", "Ａｃｍｅ\tＣｏｒｐ", "aCmE\n corp", "acmecorp", "acme-corp"]:
+        assert det.first_match(text.encode()) is not None, text  # prevent ignores separators
+    assert det.first_match(b"acm corp") is None
+    exact = compile_policy(parse_policy("version: 1\nname: n\nrules:\n  - id: c\n    forbid: "
+                                        "{phrases: ['Acme Corp'], separators: exact}\n    action: prevent\n"))
+    det = exact.detectors[0]
     for text in ["acme corp", "ACME   CORP", "Ａｃｍｅ\tＣｏｒｐ", "aCmE\n corp"]:
         assert det.first_match(text.encode()) is not None, text
     for text in ["acmecorp", "acme-corp", "acm corp"]:

@@ -322,6 +322,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  - {r.id}: {r.action} on {'; '.join(what)}")
     for d in compiled.detectors:
         extra = f", mask states {len(d.search.accept)}" if d.rolls_back else ""
+        fold = getattr(d, "fold", None)
+        extra += f"; {fold.describe()}" if fold is not None else ""
         print(f"    {d.rule_id}/{d.kind}: {len(d.dfa.trans)} DFA states{extra}")
     for sr in compiled.semantic:
         spec = sr.spec
@@ -340,13 +342,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             verdict = "INADMISSIBLE" if sc.inadmissible else "admissible"
             print(f"  semantic: rule {sc.rule_id} scored {sc.score:.3f} (concept {sc.concept!r}): {verdict}")
     if args.text is not None:
+        from ingate.gate.explain import describe
+
         data = args.text.encode("utf-8")
         for d in compiled.detectors:
-            _, ms = d.advance(d.initial(), data, 0)
-            for st, end, labels in ms:
-                names = ", ".join(d.labels[i] for i in sorted(labels))
-                print(f"  match: rule {d.rule_id} ({d.action}) {names}: "
-                      f"{data[st:end].decode('utf-8', errors='replace')!r} at {st}")
+            for m in d.matches(data):
+                print(describe(d, args.text, m))
     return 0
 
 

@@ -244,12 +244,20 @@ def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float
 
 
 def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str) -> str | None:
-    """End of stream: judge every remaining group first. None when one was rolled back (generate
-    on); otherwise the finish reason, content_filter when a rule stopped the stream.
+    """End of stream: decide what waited for the end (a whole word's edge), judge every remaining
+    group. None when something was rolled back (generate on); otherwise the finish reason,
+    content_filter when a rule stopped the stream.
 
     A failure here (the encoder, the engine's rollback) fails closed like any other in the gate.
     """
     try:
+        edge = gate.end_of_text()  # a whole word that ends the text is decided now
+        if edge.verdict is Verdict.ROLLBACK:
+            rolled_back(edge.rollback)
+            return None
+        if edge.verdict is Verdict.STOP:
+            gate.settle(final=True, can_rollback=False)
+            return "content_filter"
         adm = gate.settle(final=True)
         if adm.verdict is Verdict.ROLLBACK:
             rolled_back(adm.rollback)

@@ -43,6 +43,12 @@ class Forbid(_Strict):
     phrases: list[str] = Field(default_factory=list)
     phrases_file: str | None = None
     case_sensitive: bool = False
+    # how phrases are read (README "Phrase matching"); separators default to ignore for prevent
+    separators: Literal["ignore", "exact"] | None = None
+    confusables: Literal["fold", "exact"] = "fold"
+    accents: Literal["ignore", "exact"] = "ignore"
+    leet: Literal["fold", "exact"] = "exact"
+    whole_word: bool = False
     patterns: list[str] = Field(default_factory=list)
     regex: list[str] = Field(default_factory=list)
 
@@ -67,7 +73,31 @@ class Forbid(_Strict):
     def _something(self) -> Forbid:
         if not (self.phrases or self.phrases_file or self.patterns or self.regex):
             raise ValueError("forbids nothing; give at least one of phrases, phrases_file, patterns, regex")
+        modes = sorted(set(PHRASE_MODES) & self.model_fields_set)
+        if modes and not (self.phrases or self.phrases_file):
+            raise ValueError(f"{', '.join(modes)} only apply to phrases, and this rule has none; remove "
+                             f"{'them' if len(modes) > 1 else 'it'} (patterns and regexes match as written)")
         return self
+
+    def matching(self, action: str | None) -> PhraseMatching:
+        sep = self.separators or ("ignore" if action == "prevent" else "exact")
+        return PhraseMatching(separators=sep == "ignore", confusables=self.confusables == "fold",
+                              accents=self.accents == "ignore", leet=self.leet == "fold",
+                              whole_word=self.whole_word)
+
+
+PHRASE_MODES = ("separators", "confusables", "accents", "leet", "whole_word", "case_sensitive")
+
+
+@dataclass(frozen=True)
+class PhraseMatching:
+    """How a rule reads text for its phrases, defaults resolved (the gate turns it into a Fold)."""
+
+    separators: bool = False  # True: ignored
+    confusables: bool = True  # True: folded
+    accents: bool = True  # True: ignored
+    leet: bool = False  # True: folded
+    whole_word: bool = False
 
 
 class Concept(_Strict):
@@ -261,6 +291,7 @@ class RuleSpec:
     action: Action | None
     phrases: tuple[str, ...] = ()
     case_sensitive: bool = False
+    matching: PhraseMatching = field(default_factory=PhraseMatching)
     patterns: tuple[str, ...] = ()  # built-in pattern names
     regex: tuple[str, ...] = ()
     placeholder: str | None = None
@@ -413,7 +444,8 @@ def parse_policy(text: str, source: str = "<string>", base: Path | None = None) 
                 phrases += (extra := _read_lines_file(base, r.forbid.phrases_file, where))
                 digest.update("\n".join(extra).encode("utf-8"))
             rules.append(RuleSpec(id=r.id, action=r.action, phrases=tuple(phrases),
-                                  case_sensitive=r.forbid.case_sensitive, patterns=tuple(r.forbid.patterns),
+                                  case_sensitive=r.forbid.case_sensitive,
+                                  matching=r.forbid.matching(r.action), patterns=tuple(r.forbid.patterns),
                                   regex=tuple(r.forbid.regex), placeholder=r.placeholder))
         except PolicyError as e:
             problems.extend(e.problems)

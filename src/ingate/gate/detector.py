@@ -7,7 +7,8 @@ that start is what hold-back holds from and what a rollback returns to. Work per
 O(live threads), never O(output length).
 
 `PatternDetector` reads raw bytes. `PhraseDetector` reads the stream through the phrase
-normalizer (`normalize.py`) and maps positions back to raw offsets.
+normalizer (`normalize.py`) under the rule's `Fold` and maps positions back to raw offsets.
+A whole-word phrase ends with a word edge, which the end of the text supplies: `finish`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingate.gate.automaton import ByteDFA, PatternError, SearchDFA, compile_regexes, search_dfa
-from ingate.gate.normalize import feed, norm_text, normalize_token
+from ingate.gate.checks import Check
+from ingate.gate.normalize import MARK, MARK_B, SEP, WORD, Fold, feed, normalize_token, phrase_char
 
 Threads = dict[int, int]  # anchored state -> earliest start (raw offset); insertion order = start order
 Match = tuple[int, int, frozenset[int]]  # raw start, raw end (exclusive), labels
@@ -60,6 +62,8 @@ class PatternDetector:
     def advance(self, state: Any, data: bytes, pos: int) -> tuple[Any, list[Match]]:
         """Feed `data` (which starts at raw offset `pos`); return the new state and completed matches."""
         n = len(data)
+        if not n:
+            return state, []
         return self._scan(state, zip(data, range(pos, pos + n), range(pos + 1, pos + n + 1), strict=True))
 
     def _scan(self, threads: Threads, stream) -> tuple[Threads, list[Match]]:
@@ -95,23 +99,91 @@ class PatternDetector:
         """(search state, vocabulary view): the view names how token bytes are read."""
         return sstate, None
 
+    def finish(self, state: Any, pos: int) -> tuple[Any, list[Match]]:
+        """The text ends at raw offset `pos`: matches that needed what comes next (a word edge)."""
+        return state, []
+
+    def matches(self, data: bytes) -> list[Match]:
+        """Every completed match in a standalone text, its end included: `ingate check --text`, tests."""
+        st, ms = self.advance(self.initial(), data, 0)
+        return ms + self.finish(st, len(data))[1]
+
     def first_match(self, data: bytes) -> Match | None:
-        """The first completed match in a standalone text: for `ingate check --text` and tests."""
-        _, ms = self.advance(self.initial(), data, 0)
-        return ms[0] if ms else None
+        ms = self.matches(data)
+        return min(ms, key=lambda m: (m[0], m[1])) if ms else None
+
+
+@dataclass
+class CheckedDetector(PatternDetector):
+    """A pattern whose matches must also pass a checksum and stand whole (`checks.py`): threads
+    are keyed by the DFA state and the check's state together, the product automaton, built as
+    it is walked. A thread starts only after a byte that cannot touch the number, and a match
+    is reported when the byte after it cannot either (or at `finish`). Masks are computed on
+    `mask_dfa`, the pattern followed by an edge: a superset."""
+
+    check: Check | None = None
+    mask_dfa: ByteDFA | None = None
+
+    @property
+    def search(self) -> SearchDFA:
+        if self._search is None:
+            self._search = search_dfa(self.mask_dfa or self.dfa)
+        return self._search
+
+    def initial(self) -> Any:
+        return ({}, False)
+
+    def earliest(self, state: Any, raw_len: int) -> int | None:
+        threads, _ = state
+        return min(threads.values()) if threads else None
+
+    def advance(self, state: Any, data: bytes, pos: int) -> tuple[Any, list[Match]]:
+        if not data:
+            return state, []
+        assert self.check is not None
+        trans = self._trans
+        check = self.check
+        step, touches, c0 = check.step, check.touches, check.initial()
+        t0 = trans[0]
+        threads, after_touch = state
+        matches: list[Match] = []
+        for i, b in enumerate(data):
+            p = pos + i
+            touch = touches(b)
+            if not touch:
+                matches.extend(self._ends(threads, p))
+            new: dict = {}
+            for (s, cs), st in threads.items():
+                ns = trans[s][b]
+                if ns >= 0 and (ncs := step(cs, b)) is not None and (ns, ncs) not in new:
+                    new[(ns, ncs)] = st
+            if not after_touch:
+                ns = t0[b]
+                if ns >= 0 and (ncs := step(c0, b)) is not None and (ns, ncs) not in new:
+                    new[(ns, ncs)] = p
+            threads, after_touch = new, touch
+        return (threads, after_touch), matches
+
+    def _ends(self, threads: dict, p: int) -> list[Match]:
+        assert self.check is not None
+        acc, ok, accept = self._acc, self.check.accepts, self.dfa.accept
+        return [(st, p, accept[s]) for (s, cs), st in threads.items() if acc[s] and ok(cs)]
+
+    def finish(self, state: Any, pos: int) -> tuple[Any, list[Match]]:
+        threads, _ = state
+        return ({}, False), self._ends(threads, pos)
 
 
 @dataclass
 class PhraseDetector(PatternDetector):
-    case_sensitive: bool = False
+    fold: Fold = field(default_factory=Fold)
     kind: str = "phrases"
 
-    @property
-    def casefold(self) -> bool:
-        return not self.case_sensitive
-
     def initial(self) -> Any:
-        return ({}, b"")
+        if not self.fold.whole_word:
+            return ({}, b"")
+        threads, _ = self._scan({}, iter(((MARK_B[0], 0, 0),)))  # the text starts at a word edge
+        return (threads, b"")
 
     def earliest(self, state: Any, raw_len: int) -> int | None:
         threads, pending = state
@@ -123,7 +195,7 @@ class PhraseDetector(PatternDetector):
 
     def advance(self, state: Any, data: bytes, pos: int) -> tuple[Any, list[Match]]:
         threads, pending = state
-        pending, pieces = feed(pending, data, pos, self.casefold)
+        pending, pieces = feed(pending, data, pos, self.fold)
         if all(len(nb) == 1 for nb, _, _ in pieces):  # the common case: one byte per character
             stream = ((nb[0], st, end) for nb, st, end in pieces)
         else:
@@ -131,12 +203,19 @@ class PhraseDetector(PatternDetector):
         threads, ms = self._scan(threads, stream)
         return (threads, pending), ms
 
+    def finish(self, state: Any, pos: int) -> tuple[Any, list[Match]]:
+        threads, _ = state
+        if not self.fold.whole_word or not threads:
+            return state, []
+        threads, ms = self._scan(threads, iter(((MARK_B[0], pos, pos),)))
+        return (threads, b""), ms
+
     def search_initial(self) -> Any:
-        return (0, b"")
+        return (self.search.run(MARK_B) if self.fold.whole_word else 0, b"")
 
     def advance_search(self, sstate: Any, data: bytes) -> Any:
         u, pending = sstate
-        pending, pieces = feed(pending, data, 0, self.casefold)
+        pending, pieces = feed(pending, data, 0, self.fold)
         item = self.search.table.item
         for nb, _, _ in pieces:
             for b in nb:
@@ -145,25 +224,64 @@ class PhraseDetector(PatternDetector):
 
     def mask_view(self, sstate: Any) -> tuple[int, Any]:
         u, pending = sstate
-        return u, (self.casefold, pending)
+        return u, (self.fold, pending)
 
 
-def compile_phrase_detector(rule_id: str, action: str, phrases: list[str], case_sensitive: bool,
+def phrase_regex(phrase: str, fold: Fold) -> str:
+    """The phrase as a regex over folded text; the stream's spaces and edges as the fold writes them."""
+    items: list[tuple[int, list[str]]] = []  # (WORD | SEP, alternatives); whitespace is (SEP, [" "])
+    space = (SEP, [" "])
+    for ch in phrase:
+        kind, alts = phrase_char(ch, fold)
+        if kind == WORD:
+            items.append((WORD, alts))
+        elif kind == SEP and not fold.separators and alts:
+            if alts == [" "] and items and items[-1] == space:
+                continue  # a run of whitespace is one
+            items.append((SEP, alts))
+    while items and items[0] == space:
+        items.pop(0)
+    while items and items[-1] == space:
+        items.pop()
+    if not items:
+        if fold.separators and any(phrase_char(c, fold)[0] == SEP for c in phrase):
+            raise PatternError(f"phrase {phrase!r} has no letters or digits, and separators are ignored; "
+                               "set separators: exact on the rule, or remove the phrase")
+        raise PatternError(f"phrase {phrase!r} is empty once normalized (whitespace or invisible characters "
+                           "only); remove it")
+    ww = fold.whole_word
+    gap = re.escape(MARK) + "*" if fold.separators and ww else ""
+
+    def word(alts: list[str]) -> str:
+        forms = [gap.join(re.escape(c) for c in a) for a in alts]
+        return forms[0] if len(forms) == 1 else "(?:" + "|".join(forms) + ")"
+
+    parts: list[str] = []
+    for kind, alts in items:
+        if kind == WORD:
+            if parts and gap:
+                parts.append(gap)
+            parts.append(word(alts))
+        elif alts == [" "]:
+            parts.append(f"(?:{re.escape(MARK + ' ' + MARK)})+" if ww else " +")
+        else:
+            parts.append(re.escape(MARK + alts[0] + MARK) if ww else re.escape(alts[0]))
+    rx = "".join(parts)
+    if ww:
+        rx = (re.escape(MARK) if items[0][0] == WORD else "") + rx + (re.escape(MARK) if items[-1][0] == WORD else "")
+    return rx
+
+
+def compile_phrase_detector(rule_id: str, action: str, phrases: list[str], fold: Fold,
                             placeholder: str) -> PhraseDetector:
-    """Phrases become literal regexes over normalized text; a space stands for any whitespace run."""
-    casefold = not case_sensitive
-    rx = []
-    for p in phrases:
-        n = norm_text(p, casefold)
-        if not n:
-            raise PatternError(f"phrase {p!r} is empty once normalized (whitespace only); remove it")
-        rx.append(" +".join(re.escape(w) for w in n.split(" ")))
+    """Phrases become literal regexes over folded text (a space stands for any whitespace run)."""
+    rx = [phrase_regex(p, fold) for p in phrases]
     return PhraseDetector(rule_id, action, compile_regexes(rx), list(phrases), [placeholder] * len(phrases),
-                          case_sensitive=case_sensitive)
+                          fold=fold)
 
 
-def normalized_vocab(token_bytes: list[bytes], casefold: bool, pending: bytes = b"") -> list[bytes]:
+def normalized_vocab(token_bytes: list[bytes], fold: Fold, pending: bytes = b"") -> list[bytes]:
     """The vocabulary as the phrase automaton reads it after `pending` bytes of an unfinished character."""
     if not pending:
-        return [normalize_token(t, casefold) for t in token_bytes]
-    return [b"".join(p[0] for p in feed(pending, t, 0, casefold)[1]) for t in token_bytes]
+        return [normalize_token(t, fold) for t in token_bytes]
+    return [b"".join(p[0] for p in feed(pending, t, 0, fold)[1]) for t in token_bytes]

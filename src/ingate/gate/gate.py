@@ -22,11 +22,13 @@ from enum import Enum
 import numpy as np
 
 from ingate.gate.automaton import PatternError, compile_regexes
-from ingate.gate.detector import Match, PatternDetector, compile_phrase_detector
+from ingate.gate.checks import CHECKS
+from ingate.gate.detector import CheckedDetector, Match, PatternDetector, compile_phrase_detector
 from ingate.gate.entropy import EntropyBudget
 from ingate.gate.masks import MaskCache, TokenTable
+from ingate.gate.normalize import Fold
 from ingate.holdback import HoldBack, Span
-from ingate.patterns import BUILTIN_PATTERNS
+from ingate.patterns import BUILTIN_PATTERNS, CHECKED
 from ingate.policy import Policy, PolicyError, RuleSpec
 from ingate.semantic.groups import Groups
 
@@ -113,7 +115,7 @@ def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
     out: list[PatternDetector] = []
     if rule.phrases:
         try:
-            out.append(compile_phrase_detector(rule.id, rule.action, list(rule.phrases), rule.case_sensitive,
+            out.append(compile_phrase_detector(rule.id, rule.action, list(rule.phrases), fold_of(rule),
                                                rule.placeholder or "[REDACTED]"))
         except PatternError as e:
             raise PolicyError([f"{where}, field forbid.phrases: {e}"]) from None
@@ -130,13 +132,23 @@ def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
         # One automaton scans the union for redact and stop. A prevent rule also needs a search
         # DFA per automaton for its masks, and the union's can explode (IBAN x api_key: 10^5+
         # states) where each pattern's alone stays small, so prevent gets one per pattern.
-        groups = [list(range(len(regexes)))] if rule.action != "prevent" else [[i] for i in range(len(regexes))]
+        # A checksummed pattern has its own automaton too: its threads carry the check's state.
+        checked = [i for i, p in enumerate(rule.patterns) if p in CHECKED]
+        plain = [i for i in range(len(regexes)) if i not in checked]
+        groups = [[i] for i in checked]
+        groups += ([plain] if plain else []) if rule.action != "prevent" else [[i] for i in plain]
         for g in groups:
             try:
                 dfa = compile_regexes([regexes[i] for i in g])
             except PatternError as e:
                 raise PolicyError([f"{where}, field forbid: {e}"]) from None
-            out.append(PatternDetector(rule.id, rule.action, dfa, [labels[i] for i in g], [phs[i] for i in g]))
+            ls, ps = [labels[i] for i in g], [phs[i] for i in g]
+            if g[0] in checked:
+                check = CHECKS[CHECKED[labels[g[0]]]]
+                mask_dfa = compile_regexes([f"(?:{regexes[g[0]]}){check.edge}"])
+                out.append(CheckedDetector(rule.id, rule.action, dfa, ls, ps, check=check, mask_dfa=mask_dfa))
+            else:
+                out.append(PatternDetector(rule.id, rule.action, dfa, ls, ps))
     for d in out:
         if d.rolls_back:
             try:
@@ -144,6 +156,12 @@ def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
             except PatternError as e:
                 raise PolicyError([f"{where}, field forbid: {e}"]) from None
     return out
+
+
+def fold_of(rule: RuleSpec) -> Fold:
+    m = rule.matching
+    return Fold(casefold=not rule.case_sensitive, confusables=m.confusables, accents=m.accents,
+                separators=m.separators, leet=m.leet, whole_word=m.whole_word)
 
 
 def stop_sequences(stop: Sequence[str]) -> PatternDetector:
@@ -293,6 +311,32 @@ class Gate:
         if self.entropy is not None:
             return self._entropy_step(entropy, p0, data)
         return Admission(Verdict.ADMIT)
+
+    def end_of_text(self) -> Admission:
+        """The text ends here (the model chose to end, or max_tokens): decide the matches that were
+        waiting for one more character, a whole word's edge. ROLLBACK or STOP as in `admit`."""
+        p = len(self.raw)
+        stop: tuple[PatternDetector, Match] | None = None
+        for i, (d, th) in enumerate(zip(self.detectors, self.threads, strict=True)):
+            nt, ms = d.finish(th, p)
+            if not ms:
+                continue
+            if d.action == "prevent":
+                return self._prevent(d, ms, -1, p, b"")
+            self.threads[i] = nt
+            if d.action == "redact":
+                for m in ms:
+                    self._add_span(d, m)
+            elif stop is None or min(m[0] for m in ms) < stop[1][0]:
+                stop = (d, min(ms, key=lambda m: m[0]))
+        if stop is None:
+            return Admission(Verdict.ADMIT)
+        d, (st, end, labels) = stop
+        self._cap = st if self._cap is None else min(self._cap, st)
+        if d.action != "end":
+            self._decide(d.rule_id, "stop", st, bytes(self.raw[st:end]), f"matched {self._label(d, labels)}; "
+                         "stream ended")
+        return Admission(Verdict.STOP if d.action != "end" else Verdict.END)
 
     def _entropy_step(self, h: float, p0: int, data: bytes) -> Admission:
         """Spend the budgets; once one is spent, end at the next sentence boundary."""

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from ingate.gate.detector import PatternDetector, normalized_vocab
+from ingate.gate.normalize import Fold
 
 
 class TokenTable:
@@ -37,13 +38,13 @@ class TokenTable:
         self._views: dict[tuple, TokenTable] = {}
         self._lock = threading.Lock()
 
-    def view(self, casefold: bool, pending: bytes = b"") -> TokenTable:
-        """The vocabulary as phrase automata read it (normalized; after `pending` bytes of an
-        unfinished character). Built once per vocabulary and shared by every policy."""
-        key = (casefold, pending)
+    def view(self, fold: Fold, pending: bytes = b"") -> TokenTable:
+        """The vocabulary as phrase automata read it (folded; after `pending` bytes of an
+        unfinished character). Built once per vocabulary and fold, and shared by every policy."""
+        key = (fold, pending)
         t = self._views.get(key)
         if t is None:
-            t = TokenTable(normalized_vocab(self.token_bytes, casefold, pending))
+            t = TokenTable(normalized_vocab(self.token_bytes, fold, pending))
             with self._lock:
                 self._views[key] = t
         return t
