@@ -97,9 +97,13 @@ def _policy(phrase: str, action: str, extra: str = "") -> str:
             + ("    placeholder: '■'\n" if action == "redact" else ""))
 
 
-def _drive(gate: Gate, queue: list[int], check_mask: bool) -> tuple[str, bool]:
+def _drive(gate: Gate, queue: list[int], check_mask: bool, exact_mask: bool = True) -> tuple[str, bool]:
     """Propose the tokens in order; a rolled-back or resampled token is simply skipped (the
-    adversary tries the next one). Returns (released text, stopped)."""
+    adversary tries the next one). Returns (released text, stopped).
+
+    The mask never forbids a token that admission would take (it is sound). It forbids every
+    token admission refuses unless the text holds a character that reads two ways ('I' as 'l'):
+    masks follow first readings, admission both (`exact_mask=False` for such texts)."""
     out: list[str] = []
     while queue:
         tok = queue.pop(0)
@@ -109,7 +113,9 @@ def _drive(gate: Gate, queue: list[int], check_mask: bool) -> tuple[str, bool]:
         mask = gate.mask() if check_mask else None
         adm = gate.admit(tok)
         if mask is not None:
-            assert bool(mask[tok]) == (adm.verdict in (Verdict.RESAMPLE, Verdict.ROLLBACK)), (tok, adm)
+            refused = adm.verdict in (Verdict.RESAMPLE, Verdict.ROLLBACK)
+            assert not mask[tok] or refused, (tok, adm)
+            assert bool(mask[tok]) == refused or not exact_mask, (tok, adm)
         if adm.verdict in (Verdict.RESAMPLE, Verdict.ROLLBACK):
             continue
         out.append(gate.release())
@@ -139,7 +145,9 @@ def test_prevent_never_releases_a_disguised_phrase(data, whole_word):
     fold = {"separators": True}
     assert spans(full, [phrase], whole_word, **fold), (phrase, full)  # there is something to govern
     gate, queue = _gate(_policy(phrase, "prevent", "      whole_word: true\n" if whole_word else ""), toks)
-    out, _ = _drive(gate, queue, check_mask=True)
+    two_way = any(len(readings(c, separators=True)) > 1 for c in full)
+    # whole words: masks ignore edges (a superset of what admission refuses), so only the outcome counts
+    out, _ = _drive(gate, queue, check_mask=not whole_word, exact_mask=not two_way)
     raw = bytes(gate.raw).decode("utf-8", errors="replace")
     assert spans(raw, [phrase], whole_word, **fold) == [], (phrase, raw)  # never admitted
     assert spans(out, [phrase], whole_word, **fold) == [], (phrase, out)  # so never released
@@ -194,11 +202,11 @@ def test_the_red_team_spellings_match_and_near_misses_do_not():
 def test_whole_words_need_an_edge_on_both_sides_and_the_end_of_text_is_one():
     det = compile_phrase_detector("r", "redact", ["island"], Fold(whole_word=True), "■")
     assert det.matches(b"an island.") and det.matches(b"island") and det.matches(b"(island)")
-    assert not det.matches(b"islands") and not det.matches(b"peninsular island-ish"[:0] + b"isthmusisland")
+    assert not det.matches(b"islands") and not det.matches(b"isthmusisland") and det.matches(b"is\xe2\x80\x8bland")
+    assert det.matches("the \u200bisland\u200b.".encode())  # invisible characters are no edge, and no word
     text = "the Ιsland\u200b!".encode()  # Greek capital iota reads as i (and l)
     m = det.first_match(text)
-    # the span ends where the edge is seen: an invisible character before it goes with the word
-    assert m is not None and text[m[0]:m[1]] == "Ιsland\u200b".encode()
+    assert m is not None and text[m[0]:m[1]] == "Ιsland".encode()  # offsets are exact
 
 
 def test_leet_is_off_by_default_and_folds_when_asked():

@@ -27,6 +27,7 @@ from ingate.gate.gate import Decision, Gate, Verdict
 from ingate.sampling import Sampler, SamplingParams
 
 TextSink = Callable[[str], None]
+MAX_RESAMPLES = 16  # masked draws refused in a row at one position before the stream fails closed
 DecisionSink = Callable[[list[Decision]], None]
 
 
@@ -168,9 +169,20 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                 mask = gate.mask()
                 if eos is not None:
                     mask[eos] = True
-                s = time.perf_counter()
-                token = sampler.sample(steered, mask, bound)
-                sampling += time.perf_counter() - s
+                for _ in range(MAX_RESAMPLES):
+                    s = time.perf_counter()
+                    token = sampler.sample(steered, mask, bound)
+                    sampling += time.perf_counter() - s
+                    if token < 0 or engine.is_eog(token):
+                        break
+                    adm = gate.admit(token, sampler.entropy)
+                    if adm.verdict is not Verdict.RESAMPLE:
+                        break
+                    # The mask follows a character's first reading; admission follows both ('I' as
+                    # 'l'), so it can refuse a token the mask let through: ban it and draw again.
+                    mask[token] = True
+                else:
+                    raise RuntimeError(f"{MAX_RESAMPLES} masked resamples in a row were refused")
                 if token < 0:
                     finish = "content_filter"
                     break
@@ -179,9 +191,6 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
                         continue
                     finish = end
                     break
-                adm = gate.admit(token, sampler.entropy)
-                if adm.verdict not in (Verdict.ADMIT, Verdict.STOP, Verdict.END):
-                    raise AssertionError(f"masked resample was not admitted ({adm.verdict.value})")
             if adm.verdict is Verdict.ROLLBACK:
                 rolled_back(adm.rollback)
                 gate_us.append((time.perf_counter() - g - sampling) * 1e6)

@@ -104,4 +104,20 @@ class Mod97(Check):
         return self.min_bban <= k - 4 <= self.max_bban and (v + c) % _P == 1
 
 
-CHECKS: dict[str, Check] = {"luhn": Luhn(), "mod97": Mod97()}
+@dataclass(frozen=True)
+class Whole(Check):
+    """No checksum: the number only has to stand whole (no digit on either side)."""
+
+    name = "whole number"
+
+    def initial(self) -> State:
+        return ()
+
+    def step(self, s: State, b: int) -> State | None:
+        return s
+
+    def accepts(self, s: State) -> bool:
+        return True
+
+
+CHECKS: dict[str, Check] = {"luhn": Luhn(), "mod97": Mod97(), "whole": Whole()}

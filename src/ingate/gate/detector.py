@@ -8,7 +8,7 @@ O(live threads), never O(output length).
 
 `PatternDetector` reads raw bytes. `PhraseDetector` reads the stream through the phrase
 normalizer (`normalize.py`) under the rule's `Fold` and maps positions back to raw offsets.
-A whole-word phrase ends with a word edge, which the end of the text supplies: `finish`.
+A whole-word match waits for the character after it, or for the end of the text: `finish`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from ingate.gate.automaton import ByteDFA, PatternError, SearchDFA, compile_regexes, search_dfa
 from ingate.gate.checks import Check
-from ingate.gate.normalize import MARK, MARK_B, SEP, WORD, Fold, feed, normalize_token, phrase_char
+from ingate.gate.normalize import NONE, SEP, WORD, Body, Fold, feed, first, normalize_token, phrase_char
 
 Threads = dict[int, int]  # anchored state -> earliest start (raw offset); insertion order = start order
 Match = tuple[int, int, frozenset[int]]  # raw start, raw end (exclusive), labels
@@ -176,49 +176,107 @@ class CheckedDetector(PatternDetector):
 
 @dataclass
 class PhraseDetector(PatternDetector):
+    """Phrases read through the rule's fold. A character that reads two ways is followed both
+    ways (a nondeterministic step). Whole words: a thread starts only at a word character that
+    no word character precedes, and a match that ends on a word character waits for the next
+    visible character (or the end of the text) to be no word character; until then it is held
+    like any partial match. The automaton is the plain phrase automaton either way."""
+
     fold: Fold = field(default_factory=Fold)
     kind: str = "phrases"
 
     def initial(self) -> Any:
-        if not self.fold.whole_word:
-            return ({}, b"")
-        threads, _ = self._scan({}, iter(((MARK_B[0], 0, 0),)))  # the text starts at a word edge
-        return (threads, b"")
+        # threads, pending bytes, last visible character was a word character, matches waiting for an edge
+        return ({}, b"", False, ())
 
     def earliest(self, state: Any, raw_len: int) -> int | None:
-        threads, pending = state
-        first = min(threads.values()) if threads else None
+        threads, pending, _, waiting = state
+        starts = list(threads.values()) + [m[0] for m in waiting]
         if pending:  # an unfinished character may begin a match: hold it too
-            p = raw_len - len(pending)
-            first = p if first is None else min(first, p)
-        return first
+            starts.append(raw_len - len(pending))
+        return min(starts) if starts else None
 
     def advance(self, state: Any, data: bytes, pos: int) -> tuple[Any, list[Match]]:
-        threads, pending = state
-        pending, pieces = feed(pending, data, pos, self.fold)
-        if all(len(nb) == 1 for nb, _, _ in pieces):  # the common case: one byte per character
-            stream = ((nb[0], st, end) for nb, st, end in pieces)
-        else:
-            stream = ((b, st, end) for nb, st, end in pieces for b in nb)
-        threads, ms = self._scan(threads, stream)
-        return (threads, pending), ms
+        threads, pending, after_word, waiting = state
+        ww = self.fold.whole_word
+        pending, pieces = feed(pending, data, pos, self.fold, edges=ww)
+        if not ww and all(type(nb) is bytes and len(nb) == 1 for nb, _, _, _ in pieces):  # the common case
+            threads, ms = self._scan(threads, ((nb[0], st, end) for nb, st, end, _ in pieces))
+            return (threads, pending, after_word, waiting), ms
+        ms: list[Match] = []
+        for nb, st, end, kind in pieces:
+            can_start = True
+            if ww:
+                if kind != NONE:
+                    if waiting and kind == SEP:
+                        ms += waiting  # the edge after a whole word
+                    waiting = ()
+                can_start = kind == SEP or (kind == WORD and not after_word)
+                if kind != NONE:
+                    after_word = kind == WORD
+            threads, ends = self._char(threads, nb, st, end, can_start)
+            if ww and kind != SEP:
+                waiting = waiting + tuple(m for m in ends if m not in waiting)
+            else:
+                ms += ends
+        return (threads, pending, after_word, waiting), ms
+
+    def _char(self, threads: Threads, body: Body, st: int, end: int, can_start: bool
+              ) -> tuple[Threads, list[Match]]:
+        """One character's folded bytes; under whole words a match may only end at its last byte.
+        Two readings: the union of the threads, each state keeping its earliest start."""
+        if type(body) is bytes:
+            return self._bytes(threads, body, st, end, can_start)
+        merged: Threads = {}
+        ms: list[Match] = []
+        for r in body:
+            th, found = self._bytes(threads, r, st, end, can_start)
+            for s, start in th.items():
+                if s not in merged or start < merged[s]:
+                    merged[s] = start
+            ms += [m for m in found if m not in ms]
+        return merged, ms
+
+    def _bytes(self, threads: Threads, data: bytes, st: int, end: int, can_start: bool
+               ) -> tuple[Threads, list[Match]]:
+        if not self.fold.whole_word:
+            return self._scan(threads, ((b, st, end) for b in data))
+        trans, acc, accept = self._trans, self._acc, self.dfa.accept
+        t0 = trans[0]
+        ms: list[Match] = []
+        last = len(data) - 1
+        for i, b in enumerate(data):
+            new: Threads = {}
+            for s, start in threads.items():
+                ns = trans[s][b]
+                if ns >= 0 and ns not in new:
+                    new[ns] = start
+            if can_start and i == 0:
+                ns = t0[b]
+                if ns >= 0 and ns not in new:
+                    new[ns] = st
+            if i == last:
+                ms += [(start, end, accept[s]) for s, start in new.items() if acc[s]]
+            threads = new
+        return threads, ms
 
     def finish(self, state: Any, pos: int) -> tuple[Any, list[Match]]:
-        threads, _ = state
-        if not self.fold.whole_word or not threads:
-            return state, []
-        threads, ms = self._scan(threads, iter(((MARK_B[0], pos, pos),)))
-        return (threads, b""), ms
+        _, _, _, waiting = state
+        return self.initial(), list(waiting)
 
     def search_initial(self) -> Any:
-        return (self.search.run(MARK_B) if self.fold.whole_word else 0, b"")
+        return (0, b"")
 
     def advance_search(self, sstate: Any, data: bytes) -> Any:
+        """Masks follow first readings only, and under whole words ignore edges: a superset of
+        the completing tokens, except a match that needs a character's second reading ('I' read
+        as 'l'). Admission catches that one (`advance` follows both readings), and the loop rolls
+        it back or bans the token and samples again."""
         u, pending = sstate
         pending, pieces = feed(pending, data, 0, self.fold)
         item = self.search.table.item
-        for nb, _, _ in pieces:
-            for b in nb:
+        for nb, _, _, _ in pieces:
+            for b in first(nb):
                 u = item(u, b)
         return (u, pending)
 
@@ -228,7 +286,7 @@ class PhraseDetector(PatternDetector):
 
 
 def phrase_regex(phrase: str, fold: Fold) -> str:
-    """The phrase as a regex over folded text; the stream's spaces and edges as the fold writes them."""
+    """The phrase as a regex over folded text; a space stands for any run of whitespace."""
     items: list[tuple[int, list[str]]] = []  # (WORD | SEP, alternatives); whitespace is (SEP, [" "])
     space = (SEP, [" "])
     for ch in phrase:
@@ -249,27 +307,15 @@ def phrase_regex(phrase: str, fold: Fold) -> str:
                                "set separators: exact on the rule, or remove the phrase")
         raise PatternError(f"phrase {phrase!r} is empty once normalized (whitespace or invisible characters "
                            "only); remove it")
-    ww = fold.whole_word
-    gap = re.escape(MARK) + "*" if fold.separators and ww else ""
-
-    def word(alts: list[str]) -> str:
-        forms = [gap.join(re.escape(c) for c in a) for a in alts]
-        return forms[0] if len(forms) == 1 else "(?:" + "|".join(forms) + ")"
-
     parts: list[str] = []
-    for kind, alts in items:
-        if kind == WORD:
-            if parts and gap:
-                parts.append(gap)
-            parts.append(word(alts))
-        elif alts == [" "]:
-            parts.append(f"(?:{re.escape(MARK + ' ' + MARK)})+" if ww else " +")
+    for _, alts in items:
+        if alts == [" "]:
+            parts.append(" +")
+        elif len(alts) == 1:
+            parts.append(re.escape(alts[0]))
         else:
-            parts.append(re.escape(MARK + alts[0] + MARK) if ww else re.escape(alts[0]))
-    rx = "".join(parts)
-    if ww:
-        rx = (re.escape(MARK) if items[0][0] == WORD else "") + rx + (re.escape(MARK) if items[-1][0] == WORD else "")
-    return rx
+            parts.append("(?:" + "|".join(re.escape(a) for a in alts) + ")")
+    return "".join(parts)
 
 
 def compile_phrase_detector(rule_id: str, action: str, phrases: list[str], fold: Fold,
@@ -284,4 +330,4 @@ def normalized_vocab(token_bytes: list[bytes], fold: Fold, pending: bytes = b"")
     """The vocabulary as the phrase automaton reads it after `pending` bytes of an unfinished character."""
     if not pending:
         return [normalize_token(t, fold) for t in token_bytes]
-    return [b"".join(p[0] for p in feed(pending, t, 0, fold)[1]) for t in token_bytes]
+    return [b"".join(first(p[0]) for p in feed(pending, t, 0, fold)[1]) for t in token_bytes]

@@ -12,11 +12,9 @@ Each folded byte remembers the raw byte range of the character it came from, so 
 hold-back and rollback still speak in raw offsets. A token may end inside a multi-byte
 character: those bytes wait as `pending` until the character is complete.
 
-Whole-word matching needs to see word edges: under `whole_word` every character that is not
-part of a word (not a letter, digit or mark; invisible characters are no edge) is surrounded by
-`MARK`, a zero-width piece at its start and at its end, and the stream starts with one. A phrase
-then begins with MARK and ends with MARK, so "decided with one character of look-ahead" is a
-byte of the automaton like any other; `MARK` at the end of the text comes from the gate.
+Whole-word matching needs to see word edges: every piece carries its character's kind (part
+of a word, an edge, or neither: invisible characters and marks), and the detector decides edges
+in code (`PhraseDetector`), so the automaton stays the plain phrase automaton.
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 INVALID = b"\xff"  # never valid UTF-8, so never part of a phrase: what a stray byte becomes
-MARK = "\x01"  # a word edge (whole_word only); a control character, so no folded text holds one
-MARK_B = MARK.encode()
 
 # Leetspeak, off by default (it can block real numbers): the stream keeps these symbols as word
 # characters, and each phrase letter also matches the (folded) symbols that stand for it.
@@ -118,98 +114,51 @@ def _filter(s: str, fold: Fold) -> tuple[int, str]:
     return kind, "".join(out)
 
 
-_AMBIGUOUS: dict[tuple[str, ...], str] = {}  # the readings of a two-way character -> its private code point
-_READS: dict[str, tuple[str, ...]] = {}  # and back
-
-
-def _ambiguous(bodies: tuple[str, ...]) -> str:
-    c = _AMBIGUOUS.get(bodies)
-    if c is None:
-        c = _AMBIGUOUS[bodies] = chr(0xF0000 + len(_AMBIGUOUS))  # plane 15: private use, never in text we fold
-        _READS[c] = bodies
-    return c
-
-
 @lru_cache(maxsize=262144)
-def fold_char(ch: str, fold: Fold) -> tuple[int, str]:
-    """(WORD | SEP | NONE, the folded text) of one code point; whitespace folds to one space.
+def fold_char(ch: str, fold: Fold) -> tuple[int, tuple[str, ...]]:
+    """(WORD | SEP | NONE, its readings, folded); whitespace folds to one space.
 
-    A character that reads two ways folds to a private code point standing for both; a phrase
-    character then matches it when one of its readings is the phrase character's (`phrase_char`).
+    Nearly every character reads one way. One that reads two ('I': 'i' or 'l') has both, the
+    case-folded reading first: detectors follow both (`PhraseDetector.advance`), and the phrase
+    side stays a plain string, so the automata are as small as for plain text.
     """
     if invisible(ch):
-        return NONE, ""
+        return NONE, ("",)
     if fold.leet and ch in LEET:
-        return WORD, ch
-    if ord(ch) >= 0xF0000:  # private use planes: kept apart from the code points folding stands for
-        return SEP, "" if fold.separators else "\ufffd"
+        return WORD, (ch,)
     rs = [_filter(r, fold) for r in _readings(ch, fold)]
-    bodies = tuple(sorted({b for _, b in rs}))
-    if len(bodies) == 1:
-        return rs[0]
-    return (WORD if any(k == WORD for k, _ in rs) else SEP), _ambiguous(bodies)
-
-
-@lru_cache(maxsize=2)
-def _two_way_chars(casefold: bool) -> tuple[str, ...]:
-    """Every code point that reads two ways (folded first, or as its look-alike first)."""
-    probe = Fold(casefold=casefold)
-    out = []
-    for cp in range(0x110000):
-        ch = chr(cp)
-        if 0xD800 <= cp < 0xE000 or (ch.casefold() == ch and unicodedata.normalize("NFKD", ch) == ch):
-            continue  # only a character that case folding or NFKD changes can read two ways
-        if len(_readings(ch, probe)) > 1:
-            out.append(ch)
-    return tuple(out)
-
-
-@lru_cache(maxsize=64)
-def _two_way(fold: Fold) -> dict[str, list[str]]:
-    """reading -> the private code points of the characters that can also read that way."""
-    out: dict[str, list[str]] = {}
-    if not fold.confusables:
-        return out
-    for ch in _two_way_chars(fold.casefold):
-        body = fold_char(ch, fold)[1]
-        if len(body) == 1 and ord(body) >= 0xF0000:
-            for r in _READS[body]:
-                lst = out.setdefault(r, [])
-                if body not in lst:
-                    lst.append(body)
-    return out
+    if len(rs) == 1 or rs[1][1] == rs[0][1]:
+        return rs[0][0], (rs[0][1],)
+    return (WORD if any(k == WORD for k, _ in rs) else rs[0][0]), (rs[0][1], rs[1][1])
 
 
 def phrase_char(ch: str, fold: Fold) -> tuple[int, list[str]]:
-    """(WORD | SEP | NONE, alternatives): what one phrase character matches in the folded stream."""
-    if invisible(ch):
-        return NONE, []
-    if fold.leet and ch in LEET:
-        return WORD, [ch]
-    kind, body = _filter(_readings(ch, fold)[0], fold)
+    """(WORD | SEP | NONE, alternatives): what one phrase character matches in the folded stream.
+    A phrase character reads its first way; under leet a letter also matches its digits and symbols."""
+    kind, (body, *_) = fold_char(ch, fold)
+    if kind == NONE:  # invisible, or a lone mark: nothing, unless accents are exact and it is kept
+        return (WORD, [body]) if body else (NONE, [])
     alts = [body]
-    if fold.leet and len(body) == 1:
-        alts += [fold_char(k, fold)[1] for k, v in LEET.items() if body in v]
-    if kind == WORD:  # a separator matches as written (whitespace as a run)
-        alts += _two_way(fold).get(body, [])
+    if fold.leet and len(body) == 1 and ch not in LEET:
+        alts += [fold_char(k, fold)[1][0] for k, v in LEET.items() if body in v]
     return kind, list(dict.fromkeys(a for a in alts if a))
 
 
+Body = bytes | tuple[bytes, bytes]  # one reading, or two (`fold_char`)
+
+
 @lru_cache(maxsize=262144)
-def _char_pieces(ch: str, fold: Fold) -> tuple[bytes, bytes, bytes]:
-    """(before, body, after): MARK around an edge character under whole_word, else only the body."""
-    kind, body = fold_char(ch, fold)
-    edge = MARK_B if fold.whole_word and kind == SEP else b""
-    return edge, body.encode("utf-8"), edge
+def _char_piece(ch: str, fold: Fold) -> tuple[Body, int]:
+    kind, rs = fold_char(ch, fold)
+    if len(rs) == 1:
+        return rs[0].encode("utf-8"), kind
+    return (rs[0].encode("utf-8"), rs[1].encode("utf-8")), kind
 
 
 @lru_cache(maxsize=64)
-def _special(fold: Fold) -> tuple[list[tuple[bytes, bytes, bytes]], tuple[bytes, bytes, bytes]]:
-    """The ASCII table and what a stray byte becomes, under one fold."""
-    table = [_char_pieces(chr(b), fold) for b in range(128)]
-    edge = MARK_B if fold.whole_word else b""
-    invalid = (edge, b"" if fold.separators else INVALID, edge)
-    return table, invalid
+def _special(fold: Fold) -> tuple[list[tuple[Body, int]], tuple[Body, int]]:
+    """The ASCII table and what a stray byte becomes (an edge), under one fold."""
+    return [_char_piece(chr(b), fold) for b in range(128)], (b"" if fold.separators else INVALID, SEP)
 
 
 def _seq_len(lead: int) -> int:
@@ -224,13 +173,19 @@ def _seq_len(lead: int) -> int:
     return 0
 
 
-Piece = tuple[bytes, int, int]  # folded bytes, raw start, raw end (start == end: a zero-width MARK)
+Piece = tuple[Body, int, int, int]  # folded bytes, raw start, raw end, WORD | SEP | NONE
 
 
-def feed(pending: bytes, data: bytes, pos: int, fold: Fold) -> tuple[bytes, list[Piece]]:
+def first(body: Body) -> bytes:
+    """A piece's first reading: what masks and search states follow (see PhraseDetector)."""
+    return body if isinstance(body, bytes) else body[0]
+
+
+def feed(pending: bytes, data: bytes, pos: int, fold: Fold, edges: bool = False) -> tuple[bytes, list[Piece]]:
     """Fold `data` (at raw offset `pos`) after `pending` bytes of an unfinished character.
 
-    Returns the new pending bytes and the non-empty pieces of every completed character.
+    Returns the new pending bytes and one piece per completed character that folds to something
+    (with `edges`, also per edge character that folds to nothing: whole words need to see them).
     """
     ascii_, invalid = _special(fold)
     pieces: list[Piece] = []
@@ -238,28 +193,19 @@ def feed(pending: bytes, data: bytes, pos: int, fold: Fold) -> tuple[bytes, list
     start = pos - len(pending)
     i, n = 0, len(buf)
 
-    def add(p: tuple[bytes, bytes, bytes], s: int, e: int) -> None:
-        pre, body, post = p
-        if pre:
-            pieces.append((pre, s, s))
-        if body:
-            pieces.append((body, s, e))
-        if post:
-            pieces.append((post, e, e))
+    def emit(p: tuple[Body, int], s: int, e: int) -> None:
+        if p[0] or (edges and p[1] == SEP):
+            pieces.append((p[0], s, e, p[1]))
 
     while i < n:
         b = buf[i]
         if b < 0x80:
-            p = ascii_[b]
-            if not p[0] and p[1]:  # the common case: one byte, no edge
-                pieces.append((p[1], start + i, start + i + 1))
-            else:
-                add(p, start + i, start + i + 1)
+            emit(ascii_[b], start + i, start + i + 1)
             i += 1
             continue
         k = _seq_len(b)
         if k == 0:
-            add(invalid, start + i, start + i + 1)
+            emit(invalid, start + i, start + i + 1)
             i += 1
             continue
         if i + k > n and all(0x80 <= c < 0xC0 for c in buf[i + 1:]):
@@ -267,23 +213,23 @@ def feed(pending: bytes, data: bytes, pos: int, fold: Fold) -> tuple[bytes, list
         try:
             ch = buf[i:i + k].decode("utf-8")
         except UnicodeDecodeError:
-            add(invalid, start + i, start + i + 1)
+            emit(invalid, start + i, start + i + 1)
             i += 1
             continue
-        add(_char_pieces(ch, fold), start + i, start + i + k)
+        emit(_char_piece(ch, fold), start + i, start + i + k)
         i += k
     return b"", pieces
 
 
 def fold_text(text: str, fold: Fold) -> str:
-    """A whole string folded as the stream is (MARKs included), for checkers and tests."""
-    return b"".join(p[0] for p in feed(b"", text.encode("utf-8"), 0, fold)[1]).decode("utf-8", "replace")
+    """A whole string folded as the stream is (first readings), for tests."""
+    return b"".join(first(p[0]) for p in feed(b"", text.encode("utf-8"), 0, fold)[1]).decode("utf-8", "replace")
 
 
 def normalize_token(data: bytes, fold: Fold) -> bytes:
-    """A vocabulary token's folded bytes, as if it began at a character boundary.
+    """A vocabulary token's folded bytes (first readings), as if it began at a character boundary.
 
     A trailing unfinished character is dropped: no match can complete inside it.
     """
     _, pieces = feed(b"", data, 0, fold)
-    return b"".join(p[0] for p in pieces)
+    return b"".join(first(p[0]) for p in pieces)
