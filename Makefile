@@ -61,6 +61,7 @@ bench: install-test
 	$(BIN)/python bench/engine_process.py
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/masks.py
+	$(BIN)/python bench/spelling.py
 	$(BIN)/python bench/server.py
 	$(BIN)/python bench/semantic.py
 	$(BIN)/python bench/semantic_dev.py

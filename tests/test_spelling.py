@@ -10,6 +10,7 @@ the way the README defines it; the gate's automata are not consulted.
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -99,11 +100,9 @@ def _policy(phrase: str, action: str, extra: str = "") -> str:
 
 def _drive(gate: Gate, queue: list[int], check_mask: bool, exact_mask: bool = True) -> tuple[str, bool]:
     """Propose the tokens in order; a rolled-back or resampled token is simply skipped (the
-    adversary tries the next one). Returns (released text, stopped).
-
-    The mask never forbids a token that admission would take (it is sound). It forbids every
-    token admission refuses unless the text holds a character that reads two ways ('I' as 'l'):
-    masks follow first readings, admission both (`exact_mask=False` for such texts)."""
+    adversary tries the next one). Returns (released text, stopped). With `check_mask`, the mask
+    never forbids a token admission takes, and (`exact_mask`) forbids every token it refuses,
+    characters that read two ways included."""
     out: list[str] = []
     while queue:
         tok = queue.pop(0)
@@ -145,9 +144,10 @@ def test_prevent_never_releases_a_disguised_phrase(data, whole_word):
     fold = {"separators": True}
     assert spans(full, [phrase], whole_word, **fold), (phrase, full)  # there is something to govern
     gate, queue = _gate(_policy(phrase, "prevent", "      whole_word: true\n" if whole_word else ""), toks)
-    two_way = any(len(readings(c, separators=True)) > 1 for c in full)
-    # whole words: masks ignore edges (a superset of what admission refuses), so only the outcome counts
-    out, _ = _drive(gate, queue, check_mask=not whole_word, exact_mask=not two_way)
+    # whole words: masks ignore edges (a superset of what admission refuses), so only the outcome counts;
+    # a token with more than 4 characters that read two ways has only 16 reading rows in masks
+    many = any(sum(len(readings(c, separators=True)) > 1 for c in t.decode(errors="ignore")) > 4 for t in toks)
+    out, _ = _drive(gate, queue, check_mask=not whole_word, exact_mask=not many)
     raw = bytes(gate.raw).decode("utf-8", errors="replace")
     assert spans(raw, [phrase], whole_word, **fold) == [], (phrase, raw)  # never admitted
     assert spans(out, [phrase], whole_word, **fold) == [], (phrase, out)  # so never released
@@ -326,3 +326,75 @@ def test_red_team_disguises_never_get_a_banned_name_out(runtime):
     if len(tested) < 6 or len(kinds) < 3:
         pytest.fail(f"the ungoverned model leaked a disguised name in only {len(tested)} runs from {len(kinds)} "
                     "disguises; the red team needs 6 from 3 to have tested anything")
+
+
+@pytest.mark.slow
+def test_masks_follow_the_second_reading_of_a_capital_i(runtime):
+    """'I' reads as 'i' and as 'l'. Under greedy sampling, a masked redraw that missed a second
+    reading would pick the same capital-I token again and be refused at the same position; the
+    mask has a row per reading, so the first masked draw is admitted. Searched for like any run."""
+    from conftest import runs_where, user
+
+    pol = parse_policy("version: 1\nname: ll\nrules:\n  - id: ll\n    forbid: {phrases: [ll], separators: exact}\n"
+                       "    action: prevent\n", source="ll.yaml")
+    msgs = user("Write the word ILLINOIS in capital letters, five times.")
+
+    def second_reading_needed(text: str) -> bool:  # ungoverned, "ll" is there only when I reads as l
+        return bool(spans(text, ["ll"])) and "ll" not in text.lower()
+
+    found = runs_where(runtime, msgs, "a capital I that only reads 'll' as an l", second_reading_needed,
+                       max_tokens=48, want=3)
+    for params, _ in found:
+        res = runtime.run(msgs, pol, params)
+        assert res.finish_reason in ("stop", "length"), (res.finish_reason, res.decisions)
+        assert not spans(res.text, ["ll"]), res.text
+        assert any(d.action == "prevent" for d in res.decisions)  # there was something to govern
+        per_position = Counter(d.token_index for d in res.decisions
+                               if d.action == "prevent" and "would complete inside the token" in d.detail)
+        assert all(n == 1 for n in per_position.values()), res.decisions
+
+
+class _ScriptedEngine:
+    """A test double for the engine, because the real vocabulary has no token with more than four
+    characters that read two ways, the one case where a mask may miss what admission refuses
+    (`normalized_vocab` keeps 16 reading rows per token). The logits are fixed: the refused token
+    first, then 'a', then the end. Everything else (gate, loop, sampler) is real."""
+
+    vocab = [b"", b"IIIII", b"a", b"."]  # 0 ends the text
+    vocab_size, n_ctx = 4, 64
+
+    def __init__(self):
+        self.out: list[int] = []
+
+    def token_bytes(self):
+        return self.vocab
+
+    def is_eog(self, t):
+        return t == 0
+
+    def start(self, prompt):
+        self.out = []
+
+    def step(self):
+        import numpy as np
+
+        return np.array([9.0 if len(self.out) >= 1 else -9.0, 5.0, 4.0, 1.0], dtype=np.float32)
+
+    def accept(self, t):
+        self.out.append(t)
+
+    def rollback(self, n):
+        del self.out[len(self.out) - n:]
+
+
+def test_a_masked_draw_that_admission_refuses_is_banned_and_drawn_again():
+    from ingate.loop import GenerationParams, generate
+
+    eng = _ScriptedEngine()
+    pol = parse_policy("version: 1\nname: l5\nrules:\n  - id: l5\n    forbid: {phrases: [lllll], separators: exact}\n"
+                       "    action: prevent\n", source="l5.yaml")
+    gate = Gate(compile_policy(pol), TokenTable(eng.vocab))
+    res = generate(eng, [1], GenerationParams(max_tokens=8), gate)
+    assert res.text == "a" and res.finish_reason == "stop"  # 'IIIII' (read 'lllll') never got out
+    refusals = [d for d in res.decisions if "would complete inside the token" in d.detail]
+    assert len(refusals) == 2 and {d.token_index for d in refusals} == {0}  # the masked draw was refused too

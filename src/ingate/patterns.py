@@ -29,10 +29,10 @@ BUILTIN_PATTERNS: dict[str, tuple[str, str]] = {
               r"|0[0-9]{2,4}(?:[ .-][0-9]{2,4}){2,4}"
               r"|[0-9]{3}[ .-][0-9]{4}|[0-9]{3}[ .-][0-9]{3}[ .-][0-9]{3}", "[PHONE]"),
     # 12-19 digits (Maestro has 12; the Luhn check in CHECKED counts them), in groups of 3 or more
-    # ("4180, 9208, 7794, 4069", "4180920877944069") or spelled out digit by digit ("4 1 8 0 ...");
-    # mixed small groups are dates, ISBNs and lists, not cards
-    "credit_card": (r"[0-9]{3,}(?:" + _RUN + r"[0-9]{3,}){0,5}|[0-9](?:" + _RUN + r"[0-9]){11,18}",
-                    "[CREDIT_CARD]"),
+    # and maybe a short last one ("4180, 9208, 7794, 4069", "4047 7372 1514 2"), or spelled out
+    # digit by digit ("4 1 8 0 ..."); mixed small groups are dates, ISBNs and lists, not cards
+    "credit_card": (r"[0-9]{3,}(?:" + _RUN + r"[0-9]{3,}){0,5}(?:" + _RUN + r"[0-9]{1,2})?"
+                    r"|[0-9](?:" + _RUN + r"[0-9]){11,18}", "[CREDIT_CARD]"),
     # area 001-899 but 666, group 01-99, serial 0001-9999 (never issued otherwise), groups separated
     "us_ssn": (_SSN_AREA + _RUN + r"(?:0[1-9]|[1-9][0-9])" + _RUN +
                r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})", "[SSN]"),

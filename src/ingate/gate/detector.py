@@ -19,7 +19,7 @@ from typing import Any
 
 from ingate.gate.automaton import ByteDFA, PatternError, SearchDFA, compile_regexes, search_dfa
 from ingate.gate.checks import Check
-from ingate.gate.normalize import NONE, SEP, WORD, Body, Fold, feed, first, normalize_token, phrase_char
+from ingate.gate.normalize import NONE, SEP, WORD, Body, Fold, feed, first, fold_char, normalize_token, phrase_char
 
 Threads = dict[int, int]  # anchored state -> earliest start (raw offset); insertion order = start order
 Match = tuple[int, int, frozenset[int]]  # raw start, raw end (exclusive), labels
@@ -95,9 +95,10 @@ class PatternDetector:
             sstate = item(sstate, b)
         return sstate
 
-    def mask_view(self, sstate: Any) -> tuple[int, Any]:
-        """(search state, vocabulary view): the view names how token bytes are read."""
-        return sstate, None
+    def mask_views(self, sstate: Any) -> list[tuple[int, Any]]:
+        """(search state, vocabulary view) pairs whose rows make the mask (their union); the view
+        names how token bytes are read."""
+        return [(sstate, None)]
 
     def finish(self, state: Any, pos: int) -> tuple[Any, list[Match]]:
         """The text ends at raw offset `pos`: matches that needed what comes next (a word edge)."""
@@ -265,24 +266,28 @@ class PhraseDetector(PatternDetector):
         return self.initial(), list(waiting)
 
     def search_initial(self) -> Any:
-        return (0, b"")
+        return (frozenset((0,)), b"")
 
     def advance_search(self, sstate: Any, data: bytes) -> Any:
-        """Masks follow first readings only, and under whole words ignore edges: a superset of
-        the completing tokens, except a match that needs a character's second reading ('I' read
-        as 'l'). Admission catches that one (`advance` follows both readings), and the loop rolls
-        it back or bans the token and samples again."""
-        u, pending = sstate
+        """The search states after `data`: a set, since held text that reads two ways ('I' as 'i'
+        or 'l') is followed both ways, as `advance` does. Under whole words, masks ignore edges:
+        a superset of the tokens admission refuses."""
+        us, pending = sstate
         pending, pieces = feed(pending, data, 0, self.fold)
         item = self.search.table.item
         for nb, _, _, _ in pieces:
-            for b in first(nb):
-                u = item(u, b)
-        return (u, pending)
+            nxt = set()
+            for r in ((nb,) if type(nb) is bytes else nb):
+                for u in us:
+                    for b in r:
+                        u = item(u, b)
+                    nxt.add(u)
+            us = frozenset(nxt)
+        return (us, pending)
 
-    def mask_view(self, sstate: Any) -> tuple[int, Any]:
-        u, pending = sstate
-        return u, (self.fold, pending)
+    def mask_views(self, sstate: Any) -> list[tuple[int, Any]]:
+        us, pending = sstate
+        return [(u, (self.fold, pending)) for u in sorted(us)]
 
 
 def phrase_regex(phrase: str, fold: Fold) -> str:
@@ -326,8 +331,26 @@ def compile_phrase_detector(rule_id: str, action: str, phrases: list[str], fold:
                           fold=fold)
 
 
-def normalized_vocab(token_bytes: list[bytes], fold: Fold, pending: bytes = b"") -> list[bytes]:
-    """The vocabulary as the phrase automaton reads it after `pending` bytes of an unfinished character."""
-    if not pending:
-        return [normalize_token(t, fold) for t in token_bytes]
-    return [b"".join(first(p[0]) for p in feed(pending, t, 0, fold)[1]) for t in token_bytes]
+def normalized_vocab(token_bytes: list[bytes], fold: Fold, pending: bytes = b"") -> tuple[list[bytes], list[int]]:
+    """The vocabulary as the phrase automaton reads it after `pending` bytes of an unfinished
+    character: (rows, owner). A token whose characters read two ways has a row per combination of
+    readings (at most 16; past four such characters the rest read their first way)."""
+    rows: list[bytes] = []
+    owner: list[int] = []
+    two_way = bytes(b for b in range(128) if len(fold_char(chr(b), fold)[1]) > 1)  # 'I', usually
+    for t, tok in enumerate(token_bytes):
+        if not pending and tok.isascii() and not any(b in two_way for b in tok):  # the common case
+            rows.append(normalize_token(tok, fold))
+            owner.append(t)
+            continue
+        combos = [b""]
+        n_two = 0
+        for nb, _, _, _ in feed(pending, tok, 0, fold)[1]:
+            if type(nb) is bytes or n_two >= 4:
+                combos = [c + first(nb) for c in combos]
+            else:
+                n_two += 1
+                combos = [c + r for c in combos for r in nb]
+        rows += combos
+        owner += [t] * len(combos)
+    return rows, owner

@@ -19,13 +19,19 @@ from ingate.gate.normalize import Fold
 class TokenTable:
     """The vocabulary as a byte matrix, laid out for vectorised DFA walks."""
 
-    def __init__(self, token_bytes: list[bytes]):
-        self.size = len(token_bytes)
-        lens = np.fromiter((len(b) for b in token_bytes), dtype=np.int64, count=self.size)
+    def __init__(self, token_bytes: list[bytes], owner: list[int] | None = None, size: int | None = None):
+        """`owner[r]`: the token id of row r, when a token has several rows (its readings, see
+        `view`); by default row r is token r. `size`: the vocabulary size (default: the rows)."""
+        n_rows = len(token_bytes)
+        self.size = n_rows if size is None else size
+        lens = np.fromiter((len(b) for b in token_bytes), dtype=np.int64, count=n_rows)
         self.order = np.argsort(lens, kind="stable")
+        # the token id of each sorted row
+        self.row_token = self.order if owner is None else np.asarray(owner, dtype=np.int64)[self.order]
+        self.rows = n_rows
         sorted_lens = lens[self.order]
-        self.maxlen = int(sorted_lens[-1]) if self.size else 0
-        mat = np.zeros((self.size, max(self.maxlen, 1)), dtype=np.uint8)
+        self.maxlen = int(sorted_lens[-1]) if n_rows else 0
+        mat = np.zeros((n_rows, max(self.maxlen, 1)), dtype=np.uint8)
         for row, t in enumerate(self.order):
             b = token_bytes[t]
             if b:
@@ -44,7 +50,8 @@ class TokenTable:
         key = (fold, pending)
         t = self._views.get(key)
         if t is None:
-            t = TokenTable(normalized_vocab(self.token_bytes, fold, pending))
+            rows, owner = normalized_vocab(self.token_bytes, fold, pending)
+            t = TokenTable(rows, owner, size=self.size)
             with self._lock:
                 self._views[key] = t
         return t
@@ -52,23 +59,25 @@ class TokenTable:
     def completes(self, table: np.ndarray, accepting: np.ndarray, state: int) -> np.ndarray:
         """bool per token id: walking the token from `state` passes through an accepting state."""
         flat = np.ascontiguousarray(table, dtype=np.int32).ravel()  # 1-D takes beat 2-D fancy indexing
-        cur = np.full(self.size, state, dtype=np.int32)
-        hit = np.zeros(self.size, dtype=bool)
+        cur = np.full(self.rows, state, dtype=np.int32)
+        hit = np.zeros(self.rows, dtype=bool)
         for i in range(self.maxlen):
             s = self.starts[i]
             nxt = flat.take(cur[s:] * 256 + self.cols[i])
             cur[s:] = nxt
             hit[s:] |= accepting.take(nxt)
-        out = np.empty(self.size, dtype=bool)
-        out[self.order] = hit
+        out = np.zeros(self.size, dtype=bool)
+        out[self.row_token[hit]] = True  # a token with several readings: any of them
         return out
 
 
 class MaskCache:
     """Per-(detector, search state) forbidden-token rows for one vocabulary. Thread-safe.
 
-    Phrase detectors read tokens normalized (`normalize.py`), so they walk a normalized view of
-    the vocabulary (`TokenTable.view`).
+    Phrase detectors read tokens folded (`normalize.py`), so they walk a folded view of the
+    vocabulary (`TokenTable.view`), where a token holding a character that reads two ways has a
+    row per reading; and their search state is a set when held text reads two ways: the row is
+    the union.
     """
 
     def __init__(self, table: TokenTable):
@@ -78,7 +87,12 @@ class MaskCache:
         self._lock = threading.Lock()
 
     def row(self, det_index: int, det: PatternDetector, sstate) -> np.ndarray:
-        state, view = det.mask_view(sstate)
+        views = det.mask_views(sstate)
+        if len(views) == 1:
+            return self._row(det_index, det, *views[0])
+        return np.logical_or.reduce([self._row(det_index, det, u, v) for u, v in views])
+
+    def _row(self, det_index: int, det: PatternDetector, state: int, view) -> np.ndarray:
         key = (det_index, state, view)
         row = self._rows.get(key)
         if row is None:
