@@ -2,7 +2,8 @@
 the gate's automata: each character of a text has a set of readings; a phrase occurs where
 some choice of readings spells the phrase's own reading (whitespace runs as one space).
 
-Definition (README "Phrase matching"): a character reads as NFKD and case folded, and, with
+Definition (README "Phrase matching"): a character reads as NFKD (NFKC when accents are exact)
+and case folded, and, with
 confusables folded, as its UTS #39 prototype after that, and as the prototype of its NFD before
 it (so 'I' reads as 'i' and as 'l'); a phrase character reads the first way. Invisible
 characters read as nothing; marks read as nothing when accents are ignored; with separators
@@ -27,10 +28,6 @@ def hidden(c: str) -> bool:
     return unicodedata.category(c) == "Cf" or any(a <= ord(c) <= b for a, b in _DI)
 
 
-def _nfkd(s: str) -> str:
-    return unicodedata.normalize("NFKD", s)
-
-
 def _keep(s: str, accents: bool, separators: bool) -> str:
     out = []
     for c in s:
@@ -47,12 +44,15 @@ def _keep(s: str, accents: bool, separators: bool) -> str:
 def readings(c: str, *, casefold=True, confusables=True, accents=True, separators=False) -> set[str]:
     if hidden(c):
         return {""}
-    def cf(s: str) -> str:
-        return _nfkd(s.casefold() if casefold else s)
+    compat, canon = ("NFKD", "NFD") if accents else ("NFKC", "NFC")
 
-    rs = {cf(_nfkd(c))}
+    def cf(s: str) -> str:
+        return unicodedata.normalize(compat, s.casefold() if casefold else s)
+
+    rs = {cf(unicodedata.normalize(compat, c))}
     if confusables:
-        rs = {cf(skeleton(cf(_nfkd(c)))), cf(skeleton(cf(skeleton(unicodedata.normalize("NFD", c)))))}
+        rs = {cf(skeleton(cf(unicodedata.normalize(compat, c)))),
+              cf(skeleton(cf(skeleton(unicodedata.normalize(canon, c)))))}
     return {_keep(r, accents, separators) for r in rs}
 
 
@@ -75,10 +75,12 @@ def target(phrase: str, **fold) -> str:
 def _first(c: str, *, casefold=True, confusables=True, accents=True, separators=False) -> str:
     if hidden(c):
         return ""
-    def cf(s: str) -> str:
-        return _nfkd(s.casefold() if casefold else s)
+    compat = "NFKD" if accents else "NFKC"
 
-    base = cf(_nfkd(c))
+    def cf(s: str) -> str:
+        return unicodedata.normalize(compat, s.casefold() if casefold else s)
+
+    base = cf(unicodedata.normalize(compat, c))
     return _keep(cf(skeleton(base)) if confusables else base, accents, separators)
 
 

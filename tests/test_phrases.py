@@ -1,8 +1,8 @@
 """Phrase detection on normalized text, against an oracle written from the definition.
 
 Definition (with confusables and accents left exact; tests/test_spelling.py covers those):
-a text contains a phrase iff, after mapping each code point through NFKD(casefold(NFKD(c)))
-(NFKD alone when case-sensitive), dropping invisible characters and collapsing whitespace runs
+a text contains a phrase iff, after mapping each code point through NFKC(casefold(NFKC(c)))
+(NFKC alone when case-sensitive), dropping invisible characters and collapsing whitespace runs
 to one space, it contains the phrase normalized the same way.
 """
 
@@ -30,8 +30,8 @@ def _canon(text: str, case_sensitive: bool) -> str:
     def norm(c: str) -> str:
         if unicodedata.category(c) == "Cf":
             return ""
-        n = unicodedata.normalize("NFKD", c)
-        return n if case_sensitive else unicodedata.normalize("NFKD", n.casefold())
+        n = unicodedata.normalize("NFKC", c)
+        return n if case_sensitive else unicodedata.normalize("NFKC", n.casefold())
     out: list[str] = []
     for c in "".join(norm(c) for c in text):
         if c.isspace():

@@ -398,3 +398,20 @@ def test_a_masked_draw_that_admission_refuses_is_banned_and_drawn_again():
     assert res.text == "a" and res.finish_reason == "stop"  # 'IIIII' (read 'lllll') never got out
     refusals = [d for d in res.decisions if "would complete inside the token" in d.detail]
     assert len(refusals) == 2 and {d.token_index for d in refusals} == {0}  # the masked draw was refused too
+
+
+def test_check_text_shows_where_a_match_is_and_which_modes_it_took(tmp_path):
+    import subprocess
+
+    from conftest import INGATE
+
+    p = tmp_path / "p.yaml"
+    p.write_text("version: 1\nname: p\nrules:\n  - id: names\n    forbid: {phrases: [Blue Harbor]}\n"
+                 "    action: prevent\n  - id: pii\n    forbid: {patterns: [credit_card]}\n    action: redact\n")
+    text = "at the B-l-u-e Hаrbor; card 4180, 9208, 7794, 4069."  # a Cyrillic а
+    r = subprocess.run([INGATE, "check", str(p), "--text", text], capture_output=True, text=True, check=True)
+    out = r.stdout
+    assert "separators ignored, confusables folded" in out  # the fold, per detector
+    assert "'B-l-u-e Hаrbor' at characters 7-21 via separators ignored, confusables folded" in out
+    assert "       ^^^^^^^^^^^^^^" in out  # the caret line under the match
+    assert "'4180, 9208, 7794, 4069'" in out and "luhn checksum passed" in out

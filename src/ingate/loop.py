@@ -4,10 +4,12 @@
     token  = sample(logits minus bans)           # unmasked draw: transparent when no rule bites
     verdict = gate.admit(token)                  # bytes through every detector
       RESAMPLE -> token = sample(logits minus gate.mask())    # prevented before it is accepted
+                  (admitted again; a refused draw is banned too and drawn again)
       ROLLBACK -> engine.rollback(n); continue                # held partial match taken back
       STOP     -> release the admissible prefix; finish content_filter
     engine.accept(token)
     audit(decisions) ; client <- gate.release()  # decisions are durable before their text is seen
+    at the end: gate.end_of_text()               # a whole word that ends the text is decided
 
 The gate never lets an inadmissible token reach the engine or a byte of a possible match
 reach the client. An error inside the gate ends the stream closed (invariant 3).

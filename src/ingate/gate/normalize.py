@@ -1,6 +1,7 @@
 """Phrase normalization on a byte stream: each code point folded on its own, with offsets.
 
-A phrase rule reads the output through a `Fold`: per code point NFKD, case folding, look-alike
+A phrase rule reads the output through a `Fold`: per code point NFKD (NFKC when accents are
+exact), case folding, look-alike
 letters to their skeleton (`confusables.py`), combining marks dropped, invisible characters
 dropped, and, with separators ignored, everything that is not a letter or digit dropped. The
 phrase is folded by the same function, so 'ACME', 'Ａｃｍｅ', 'Аcmе' (Cyrillic) and 'a.c.m.e'
@@ -77,20 +78,22 @@ def _readings(ch: str, fold: Fold) -> tuple[str, ...]:
     """The ways a reader may read one code point, before marks and separators are filtered.
 
     Compatibility and case folded first ('Ｉ' -> 'i'), and, with confusables, the look-alike first
-    as UTS #39 takes it (on NFD, so 'I' looks like 'l', Cyrillic 'В' like 'B' and the lunate
-    sigma 'ϲ' like 'c' before NFKD makes it a sigma): a character can read two ways.
+    as UTS #39 takes it (on the canonical form, so 'I' looks like 'l', Cyrillic 'В' like 'B' and
+    the lunate sigma 'ϲ' like 'c' before NFKD makes it a sigma): a character can read two ways.
+    Accents ignored: decomposed (NFKD), so the marks can be dropped. Accents exact: composed
+    (NFKC), so 'é' stays one character and never reads as 'e' followed by something.
     """
-    nfkd = unicodedata.normalize("NFKD", ch)
+    compat, canon = ("NFKD", "NFD") if fold.accents else ("NFKC", "NFC")
 
     def cf(t: str) -> str:
-        return unicodedata.normalize("NFKD", t.casefold() if fold.casefold else t)
+        return unicodedata.normalize(compat, t.casefold() if fold.casefold else t)
 
     if not fold.confusables:
-        return (cf(nfkd),)
+        return (cf(unicodedata.normalize(compat, ch)),)
     from ingate.gate.confusables import skeleton
 
-    first = cf(skeleton(cf(nfkd)))
-    second = cf(skeleton(cf(skeleton(unicodedata.normalize("NFD", ch)))))
+    first = cf(skeleton(cf(unicodedata.normalize(compat, ch))))
+    second = cf(skeleton(cf(skeleton(unicodedata.normalize(canon, ch)))))
     return (first,) if second == first else (first, second)
 
 
