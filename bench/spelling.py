@@ -408,7 +408,7 @@ def render(out: dict) -> str:
           f"{fb['corpus']['xstest_prompts']} prompts, the model's answers to {fb['corpus']['model_answers']} "
           f"safe ones, ToxiGen's neutral sentences), banning the corpus's own {fb['bans']} most frequent words of "
           "5+ letters (the worst case: every ban is a word the text uses). A false block is a match in which "
-          "the bans as written (only NFKD and case folded) find nothing.", "",
+          "the bans as written (only NFKC and case folded) find nothing.", "",
           "| mode | matches | false matches | sentences with a false block | rate | example |",
           "|---|---|---|---|---|---|"]
     for name, e in fb["modes"].items():
