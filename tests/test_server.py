@@ -234,6 +234,50 @@ def test_bad_input_gets_openai_error_shape(server, body, status, words):
         assert w in err["message"], (w, err)
 
 
+_HI = {"role": "user", "content": "hi"}
+PROBE = [  # (what, body, status, param, code): malformed requests, each with the answer OpenAI gives
+    ("deep nesting", b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, None, None),
+    ("deep object", b'{"x":' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"}", 400, None, None),
+    ("content null", json.dumps({"messages": [{"role": "user", "content": None}]}).encode(), 400,
+     "messages[0].content", None),
+    ("content missing", json.dumps({"messages": [{"role": "user"}]}).encode(), 400, "messages[0].content", None),
+    ("max_tokens a string", json.dumps({"messages": [_HI], "max_tokens": "10"}).encode(), 400, "max_tokens", None),
+    ("stream a string", json.dumps({"messages": [_HI], "stream": "yes"}).encode(), 400, "stream", None),
+    ("temperature a string", json.dumps({"messages": [_HI], "temperature": "0.5"}).encode(), 400, "temperature",
+     None),
+    ("seed a float", json.dumps({"messages": [_HI], "seed": 1.5}).encode(), 400, "seed", None),
+    ("stop a number", json.dumps({"messages": [_HI], "stop": 7}).encode(), 400, "stop", None),
+    ("role missing", json.dumps({"messages": [{"content": "hi"}]}).encode(), 400, "messages[0].role", None),
+    ("content a number", json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), 400,
+     "messages[0].content", None),
+    ("prompt over the context", json.dumps({"messages": [{"role": "user", "content": " 7" * 6000}],
+                                            "max_tokens": 4}).encode(), 400, None, "context_length_exceeded"),
+    ("empty body", b"", 400, None, None),
+    ("a string body", b'"hi"', 400, None, None),
+    ("null body", b"null", 400, None, None),
+]
+
+
+@pytest.mark.parametrize("what,body,status,param,code", PROBE, ids=[p[0] for p in PROBE])
+def test_malformed_requests_get_the_openai_answer(server, what, body, status, param, code):
+    r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"},
+                   timeout=60)
+    assert r.status_code == status, (what, r.text[:300])
+    err = r.json()["error"]  # always the OpenAI error shape, never a plain-text 500
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["param"] == param, (what, err)
+    assert code is None or err["code"] == code, (what, err)
+
+
+def test_the_server_is_healthy_after_the_probe(server):
+    for _, body, _, _, _ in PROBE:  # the whole probe again, back to back
+        httpx.post(server.url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"},
+                   timeout=60)
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    out = client(server).chat.completions.create(model="x", messages=[_HI], max_tokens=4, temperature=0)
+    assert out.choices[0].finish_reason in ("stop", "length")
+
+
 def test_auth_and_policy_restricted_keys(locked):
     with pytest.raises(openai.AuthenticationError):
         client(locked, "wrong").models.list()

@@ -12,13 +12,14 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ingate import report
 from ingate.audit import AuditLog
@@ -70,7 +71,9 @@ class ApiError(Exception):
 
 # ---- request shapes ----------------------------------------------------------------------------
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use; ignore, do not fail
+    # Clients send fields we do not use: ignore them, do not fail. Types are strict, as the OpenAI
+    # API has them: "max_tokens": "10" or "stream": "yes" is a 400 naming the field, not a guess.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ContentPart(_Lenient):
@@ -80,7 +83,17 @@ class ContentPart(_Lenient):
 
 class Message(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    tool_calls: list[Any] | None = None  # before content: its validator reads it
+    content: str | list[ContentPart] | None = Field(default=None, validate_default=True)
+
+    @field_validator("content")
+    @classmethod
+    def _content_required(cls, v, info: ValidationInfo):
+        """OpenAI: content is required, except on an assistant message that carries tool calls."""
+        if v is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise ValueError(f"content is required on a {info.data.get('role', 'chat')} message (a string or a "
+                             "list of content parts); it is missing or null")
+        return v
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -117,6 +130,10 @@ class CompletionRequest(_Common):
     prompt: str | list[str]
 
 
+_FIELD_NAMES = frozenset(name for m in (ChatRequest, CompletionRequest, Message, ContentPart, StreamOptions)
+                         for name in m.model_fields)
+
+
 # ---- the app -----------------------------------------------------------------------------------
 def create_app(core, config: ServerConfig) -> FastAPI:
     """`core`: an ingate.core.EngineCore (or LocalCore) with every policy of `config` compiled and warm."""
@@ -138,6 +155,14 @@ def create_app(core, config: ServerConfig) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """Anything else is our bug: logged with an id, and the client gets the id, never the text."""
+        rid = uuid.uuid4().hex[:12]
+        log.error("request %s %s failed: %s", rid, request.url.path, exc, exc_info=exc)
+        return ApiError(500, f"internal error (request {rid}; the server's log has the details)",
+                        type_="server_error", code="internal_error").response()
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -299,18 +324,24 @@ async def _parse(request: Request, model: type[BaseModel], config: ServerConfig)
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to parse; an OpenAI request needs a few "
+                            "levels") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply; an OpenAI request needs a few levels") from None
     except ValidationError as e:
         err = e.errors()[0]
-        loc = "".join(f"[{x}]" if isinstance(x, int) else ("." if i else "") + str(x)
-                      for i, x in enumerate(err["loc"]))
+        # the field's path, without the union member names pydantic adds ('stop.str' is 'stop')
+        path = [x for x in err["loc"] if isinstance(x, int) or x in _FIELD_NAMES]
+        loc = "".join(f"[{x}]" if isinstance(x, int) else ("." if i else "") + str(x) for i, x in enumerate(path))
         msg = err["msg"]
         if err["type"] == "missing":
             msg = "required field is missing"
-        raise ApiError(400, f"{loc}: {msg}", param=str(err["loc"][0]) if err["loc"] else None) from None
+        raise ApiError(400, f"{loc}: {msg}", param=loc or None) from None
 
 
 def _auth(request: Request, config: ServerConfig) -> Grant:
