@@ -11,6 +11,9 @@
     audit(decisions) ; client <- gate.release()  # decisions are durable before their text is seen
     at the end: gate.end_of_text()               # a whole word that ends the text is decided
 
+`generate` drives `_Run.step` (one draw, one decision, one end path) until it returns a finish
+reason, so a batch driver can call the same step for many sequences.
+
 The gate never lets an inadmissible token reach the engine or a byte of a possible match
 reach the client. An error inside the gate ends the stream closed (invariant 3).
 """
@@ -25,7 +28,7 @@ import numpy as np
 
 from ingate import logprobs
 from ingate.engines.base import Engine
-from ingate.gate.gate import Decision, Gate, Verdict
+from ingate.gate.gate import Admission, Decision, Gate, Verdict
 from ingate.sampling import Sampler, SamplingParams
 
 TextSink = Callable[[str], None]
@@ -99,149 +102,151 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     """
     if gate is None:
         return _ungoverned(engine, prompt, params, on_text, cancelled)
-    eb = gate.entropy
-    measure = params.entropy or eb is not None
-    sampler = Sampler(params.sampling, measure=measure)
-    bound = eb.spec.max_token_entropy if eb is not None and eb.spec.narrow else None
-    gate_us: list[float] = []
-    t0 = time.perf_counter()
-    ttft: float | None = None
-    finish = "length"
-
-    def emit(text: str) -> None:
-        nonlocal ttft
-        new = gate.take_decisions()
-        if new and on_decisions:
-            on_decisions(new)  # durable before the text it concerns is seen (invariant 5)
-        if text:
-            ttft = ttft if ttft is not None else time.perf_counter() - t0
-            if on_text:
-                on_text(text)
-
-    eos = _eos_ban(engine, params)
-    held: list[int] = []
-    recorded: list[logprobs.Recorded] = []  # one per admitted token, when logprobs are asked for
-    limit = min(params.max_tokens, engine.n_ctx - len(prompt))  # a full context ends with "length"
-
-    def rolled_back(n: int) -> None:
-        del recorded[len(gate.tokens):]
-        engine.rollback(n)
-
-    def failed(e: BaseException) -> GenerationFailed:  # the engine died: audited, nothing more released
-        gate.fail("engine", e)
-        emit("")
-        return GenerationFailed(partial_result(gate, len(prompt), time.perf_counter() - t0, ttft), e)
-
+    run = _Run(engine, gate, params, len(prompt), on_text, on_decisions)
     try:
         engine.start(prompt)
     except Exception as e:
-        raise failed(e) from e
-    while True:
-        if gate.position >= limit:
-            if (end := _end(gate, rolled_back, "length")) is None:  # the last group is judged first
-                continue
-            finish = end
-            break
+        raise run.failed(e) from e
+    finish: str | None = None
+    while finish is None:
+        finish = run.step(cancelled)
+    if finish in ("stop", "length"):
+        run.emit(gate.release(final=True))
+    elif finish == "content_filter":
+        run.emit(gate.release())  # up to the cap: what was judged admissible before the stop
+    else:
+        run.emit("")
+    return run.result(finish)
+
+
+_EOG = -2  # what a draw returns when the model ends the text
+
+
+class _Run:
+    """One governed generation as a step machine: `step` draws one token, has the gate decide, and
+    returns the finish reason once the stream ends (None: go on). One draw, one end path."""
+
+    def __init__(self, engine: Engine, gate: Gate, params: GenerationParams, n_prompt: int,
+                 on_text: TextSink | None, on_decisions: DecisionSink | None):
+        self.engine, self.gate, self.params, self.n_prompt = engine, gate, params, n_prompt
+        self.on_text, self.on_decisions = on_text, on_decisions
+        eb = gate.entropy
+        self.measure = params.entropy or eb is not None
+        self.sampler = Sampler(params.sampling, measure=self.measure)
+        self.bound = eb.spec.max_token_entropy if eb is not None and eb.spec.narrow else None
+        self.eos = _eos_ban(engine, params)
+        self.limit = min(params.max_tokens, engine.n_ctx - n_prompt)  # a full context ends with "length"
+        self.gate_us: list[float] = []
+        self.held: list[int] = []
+        self.recorded: list[logprobs.Recorded] = []  # one per admitted token, when logprobs are asked for
+        self.t0 = time.perf_counter()
+        self.ttft: float | None = None
+        self.sampling = 0.0  # sampling time inside the current step: not gate work
+
+    def emit(self, text: str) -> None:
+        new = self.gate.take_decisions()
+        if new and self.on_decisions:
+            self.on_decisions(new)  # durable before the text it concerns is seen (invariant 5)
+        if text:
+            self.ttft = self.ttft if self.ttft is not None else time.perf_counter() - self.t0
+            if self.on_text:
+                self.on_text(text)
+
+    def failed(self, e: BaseException) -> GenerationFailed:
+        """The engine died: audited, nothing more released."""
+        self.gate.fail("engine", e)
+        self.emit("")
+        return GenerationFailed(partial_result(self.gate, self.n_prompt, time.perf_counter() - self.t0, self.ttft), e)
+
+    def rolled_back(self, n: int) -> None:
+        del self.recorded[len(self.gate.tokens):]
+        self.engine.rollback(n)
+
+    def step(self, cancelled: Callable[[], bool] | None) -> str | None:
+        gate = self.gate
+        if gate.position >= self.limit:
+            return self.end("length")
         if cancelled is not None and cancelled():
             gate.halt("client", "cancel", "client went away; generation cancelled")
-            finish = "cancelled"
-            break
+            return "cancelled"
         try:
-            logits = engine.step()
+            logits = self.engine.step()
         except Exception as e:
-            raise failed(e) from e
-        g = time.perf_counter()
-        sampling = 0.0  # sampling is not gate work: the ungoverned loop samples too
+            raise self.failed(e) from e
+        g, self.sampling = time.perf_counter(), 0.0
         try:
-            steered = gate.bias(logits)  # steering after a semantic rollback; otherwise the same array
-            s = time.perf_counter()
-            token = sampler.sample(steered, _join(gate.banned(), eos), bound)
-            sampling += time.perf_counter() - s
-            if token < 0:
-                gate.fail("ingate", RuntimeError("every token is banned at this position"))
-                finish = "content_filter"
-                break
-            if engine.is_eog(token):
-                if (end := _end(gate, rolled_back, "stop")) is None:
-                    continue
-                finish = end
-                break
-            adm = gate.admit(token, sampler.entropy)
-            if adm.verdict is Verdict.RESAMPLE:
-                mask = gate.mask()
-                if eos is not None:
-                    mask[eos] = True
-                for _ in range(MAX_RESAMPLES):
-                    s = time.perf_counter()
-                    token = sampler.sample(steered, mask, bound)
-                    sampling += time.perf_counter() - s
-                    if token < 0 or engine.is_eog(token):
-                        break
-                    adm = gate.admit(token, sampler.entropy)
-                    if adm.verdict is not Verdict.RESAMPLE:
-                        break
-                    # The mask follows a character's first reading; admission follows both ('I' as
-                    # 'l'), so it can refuse a token the mask let through: ban it and draw again.
-                    mask[token] = True
-                else:
-                    raise RuntimeError(f"{MAX_RESAMPLES} masked resamples in a row were refused")
-                if token < 0:
-                    finish = "content_filter"
-                    break
-                if engine.is_eog(token):
-                    if (end := _end(gate, rolled_back, "stop")) is None:
-                        continue
-                    finish = end
-                    break
-            if adm.verdict is Verdict.ROLLBACK:
-                rolled_back(adm.rollback)
-                gate_us.append((time.perf_counter() - g - sampling) * 1e6)
-                continue
-            if params.logprobs is not None:  # every admitted token (a stop may release it whole)
-                recorded.append(logprobs.record(logits, token, params.logprobs))
-            if adm.verdict is Verdict.END:
-                engine.accept(token)
-                if (end := _end(gate, rolled_back, "stop")) is None:
-                    continue
-                finish = end
-                break
-            if adm.verdict is Verdict.STOP:
-                gate.settle(final=True, can_rollback=False)  # the text before the match is judged too
-                gate_us.append((time.perf_counter() - g - sampling) * 1e6)
-                emit(gate.release())
-                finish = "content_filter"
-                break
-            engine.accept(token)
-            sem = gate.settle()  # semantic verdicts that are due
-            if sem.verdict is Verdict.ROLLBACK:
-                rolled_back(sem.rollback)
-                gate_us.append((time.perf_counter() - g - sampling) * 1e6)
-                continue
-            text = gate.release()
+            finish, text = self.decide(logits)
         except Exception as e:  # fail closed: nothing more is released
             gate.fail("ingate", e)
-            finish = "content_filter"
-            break
-        gate_us.append((time.perf_counter() - g - sampling) * 1e6)
-        held.append(len(gate.raw) - gate.hold.released)
-        emit(text)
-        if sem.verdict is Verdict.STOP:
-            finish = "content_filter"
-            break
-    if finish in ("stop", "length"):
-        emit(gate.release(final=True))
-    elif finish == "content_filter":
-        emit(gate.release())  # up to the cap: what was judged admissible before the stop
-    else:
-        emit("")
-    elapsed = time.perf_counter() - t0
-    return Result(gate.text, finish, gate.decisions, gate.position, elapsed, ttft, gate_us,
-                  gate.held_max_chars, gate.rollbacks, held, len(prompt),
-                  logprobs.entries(gate, recorded) if params.logprobs is not None else None,
-                  gate.semantic_stats, list(gate.entropies) if measure else None,
-                  eb.summary(gate.entropies) if eb is not None else None,
-                  logprobs.released_entropies(gate) if measure and (params.logprobs is not None or params.entropy)
-                  else None)
+            return "content_filter"
+        self.gate_us.append((time.perf_counter() - g - self.sampling) * 1e6)  # per drawn token
+        if text is not None:
+            self.held.append(len(gate.raw) - gate.hold.released)
+            self.emit(text)
+        return finish
+
+    def decide(self, logits: np.ndarray) -> tuple[str | None, str | None]:
+        """(finish reason or None, newly releasable text or None) for one drawn token."""
+        gate = self.gate
+        token, adm = self.draw(gate.bias(logits))  # steering after a semantic rollback, else the logits
+        if token == _EOG:
+            return self.end("stop"), None
+        if adm.verdict is Verdict.ROLLBACK:
+            self.rolled_back(adm.rollback)
+            return None, None
+        if self.params.logprobs is not None:  # every admitted token (a stop may release it whole)
+            self.recorded.append(logprobs.record(logits, token, self.params.logprobs))
+        if adm.verdict is Verdict.END:
+            self.engine.accept(token)
+            return self.end("stop"), None
+        if adm.verdict is Verdict.STOP:
+            gate.settle(final=True, can_rollback=False)  # the text before the match is judged too
+            return "content_filter", gate.release()
+        self.engine.accept(token)
+        sem = gate.settle()  # semantic verdicts that are due
+        if sem.verdict is Verdict.ROLLBACK:
+            self.rolled_back(sem.rollback)
+            return None, None
+        return ("content_filter" if sem.verdict is Verdict.STOP else None), gate.release()
+
+    def draw(self, logits: np.ndarray) -> tuple[int, Admission]:
+        """The one draw: sample, and while the gate asks, sample again under its mask. A masked
+        draw admission still refuses (the mask is a superset only where it cannot be exact) is
+        banned too. Every token banned: the stream fails closed, audited."""
+        gate, mask = self.gate, None
+        for _ in range(MAX_RESAMPLES + 1):
+            s = time.perf_counter()
+            token = self.sampler.sample(logits, _join(gate.banned(), self.eos) if mask is None else mask, self.bound)
+            self.sampling += time.perf_counter() - s
+            if token < 0:
+                raise RuntimeError("every token is banned at this position")
+            if self.engine.is_eog(token):
+                return _EOG, Admission(Verdict.END)
+            adm = gate.admit(token, self.sampler.entropy)
+            if adm.verdict is not Verdict.RESAMPLE:
+                return token, adm
+            if mask is None:
+                mask = gate.mask()
+                if self.eos is not None:
+                    mask[self.eos] = True
+            else:
+                mask[token] = True
+        raise RuntimeError(f"{MAX_RESAMPLES} masked draws in a row were refused")
+
+    def end(self, finish: str) -> str | None:
+        """The single end path: what waited for the end is decided, every remaining group judged.
+        None when something was rolled back (generate on); else the finish reason."""
+        return _end(self.gate, self.rolled_back, finish)
+
+    def result(self, finish: str) -> Result:
+        gate, eb = self.gate, self.gate.entropy
+        return Result(gate.text, finish, gate.decisions, gate.position, time.perf_counter() - self.t0, self.ttft,
+                      self.gate_us, gate.held_max_chars, gate.rollbacks, self.held, self.n_prompt,
+                      logprobs.entries(gate, self.recorded) if self.params.logprobs is not None else None,
+                      gate.semantic_stats, list(gate.entropies) if self.measure else None,
+                      eb.summary(gate.entropies) if eb is not None else None,
+                      logprobs.released_entropies(gate)
+                      if self.measure and (self.params.logprobs is not None or self.params.entropy) else None)
 
 
 def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float | None = None,
