@@ -137,8 +137,9 @@ def test_forbidden_text_never_enters_the_engine(runtime, eiffel_run):
         assert b"eiffel" not in b"".join(tb[t] for t in snap).lower()
 
 
-def test_fail_closed_on_a_check_error(runtime, monkeypatch):
-    """Invariant 3: an error inside a check ends the stream, audited, and releases nothing more.
+def test_fail_closed_on_a_check_error(runtime, monkeypatch, caplog):
+    """Invariant 3: an error inside a check ends the stream, audited and logged with the request
+    id, and releases nothing more.
 
     The fault is injected into a real detector (no real check fails on demand)."""
     compiled = compile_policy(PII_REDACT)
@@ -156,9 +157,12 @@ def test_fail_closed_on_a_check_error(runtime, monkeypatch):
     monkeypatch.setattr(det, "advance", flaky)
     seen: list[str] = []
     prompt = runtime.engine.chat_prompt(user(PARIS_PROMPT))
-    res = generate(runtime.engine, prompt, params(64), gate, on_text=seen.append)
+    with caplog.at_level("ERROR", logger="ingate.loop"):
+        res = generate(runtime.engine, prompt, params(64), gate, on_text=seen.append, request_id="req-42")
     assert res.finish_reason == "content_filter"
     assert res.decisions[-1].action == "error" and "injected" in res.decisions[-1].detail
+    (rec,) = [r for r in caplog.records if r.name == "ingate.loop"]
+    assert "req-42" in rec.getMessage() and "injected detector fault" in str(rec.exc_info[1])
     assert res.completion_tokens == 5
     assert "".join(seen) == res.text
     assert len(res.text.encode()) <= len(bytes(gate.raw))

@@ -20,6 +20,7 @@ reach the client. An error inside the gate ends the stream closed (invariant 3).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from ingate.engines.base import Engine
 from ingate.gate.gate import Admission, Decision, Gate, Verdict
 from ingate.sampling import Sampler, SamplingParams
 
+log = logging.getLogger("ingate.loop")
 TextSink = Callable[[str], None]
 MAX_RESAMPLES = 16  # masked draws refused in a row at one position before the stream fails closed
 DecisionSink = Callable[[list[Decision]], None]
@@ -94,15 +96,16 @@ class Result:
 
 def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: Gate | None = None,
              on_text: TextSink | None = None, on_decisions: DecisionSink | None = None,
-             cancelled: Callable[[], bool] | None = None) -> Result:
+             cancelled: Callable[[], bool] | None = None, request_id: str = "-") -> Result:
     """Generate up to max_tokens after `prompt`. Without a gate the loop is ungoverned (baseline).
 
     `cancelled` is polled once per token: a client that went away stops generation within one
-    token, releases nothing more, and the cancellation is audited.
+    token, releases nothing more, and the cancellation is audited. `request_id` names the request
+    in the log lines of every path that fails closed.
     """
     if gate is None:
         return _ungoverned(engine, prompt, params, on_text, cancelled)
-    run = _Run(engine, gate, params, len(prompt), on_text, on_decisions)
+    run = _Run(engine, gate, params, len(prompt), on_text, on_decisions, request_id)
     try:
         engine.start(prompt)
     except Exception as e:
@@ -127,8 +130,9 @@ class _Run:
     returns the finish reason once the stream ends (None: go on). One draw, one end path."""
 
     def __init__(self, engine: Engine, gate: Gate, params: GenerationParams, n_prompt: int,
-                 on_text: TextSink | None, on_decisions: DecisionSink | None):
+                 on_text: TextSink | None, on_decisions: DecisionSink | None, request_id: str = "-"):
         self.engine, self.gate, self.params, self.n_prompt = engine, gate, params, n_prompt
+        self.request_id = request_id
         self.on_text, self.on_decisions = on_text, on_decisions
         eb = gate.entropy
         self.measure = params.entropy or eb is not None
@@ -153,7 +157,9 @@ class _Run:
                 self.on_text(text)
 
     def failed(self, e: BaseException) -> GenerationFailed:
-        """The engine died: audited, nothing more released."""
+        """The engine died: audited, logged, nothing more released."""
+        log.error("request %s: the engine failed; the stream ends closed: %s: %s", self.request_id,
+                  type(e).__name__, e)
         self.gate.fail("engine", e)
         self.emit("")
         return GenerationFailed(partial_result(self.gate, self.n_prompt, time.perf_counter() - self.t0, self.ttft), e)
@@ -177,6 +183,7 @@ class _Run:
         try:
             finish, text = self.decide(logits)
         except Exception as e:  # fail closed: nothing more is released
+            log.error("request %s: the gate failed; the stream ends closed", self.request_id, exc_info=e)
             gate.fail("ingate", e)
             return "content_filter"
         self.gate_us.append((time.perf_counter() - g - self.sampling) * 1e6)  # per drawn token
@@ -236,7 +243,7 @@ class _Run:
     def end(self, finish: str) -> str | None:
         """The single end path: what waited for the end is decided, every remaining group judged.
         None when something was rolled back (generate on); else the finish reason."""
-        return _end(self.gate, self.rolled_back, finish)
+        return _end(self.gate, self.rolled_back, finish, self.request_id)
 
     def result(self, finish: str) -> Result:
         gate, eb = self.gate, self.gate.entropy
@@ -259,7 +266,7 @@ def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float
                   gate.rollbacks, prompt_tokens=n_prompt)
 
 
-def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str) -> str | None:
+def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str, request_id: str = "-") -> str | None:
     """End of stream: decide what waited for the end (a whole word's edge), judge every remaining
     group. None when something was rolled back (generate on); otherwise the finish reason,
     content_filter when a rule stopped the stream.
@@ -279,6 +286,7 @@ def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str) -> str | N
             rolled_back(adm.rollback)
             return None
     except Exception as e:
+        log.error("request %s: the gate failed at the end of the stream; it ends closed", request_id, exc_info=e)
         gate.fail("ingate", e)
     return "content_filter" if gate.stopped or gate.halted else finish
 

@@ -95,6 +95,7 @@ class Runtime:
             else:
                 gate = self.gate_for(policy, stop, params.logprobs is not None, params.entropy, session_entropy)
                 res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
+                               request_id=rid,
                                cancelled=cancelled)
         except (GenerationFailed, EngineError) as e:  # the engine failed: the audit still gets the request
             if isinstance(e, GenerationFailed):

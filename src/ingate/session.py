@@ -1,4 +1,4 @@
-"""Sessions: governance state that outlives one request (violations, decision counts by rule).
+"""Sessions: governance state that outlives one request (violations, entropy spent).
 
 The store is an interface so that replicas can share state (a Redis store comes next); the
 in-memory store is the default and forgets a session `ttl` seconds after its last use.
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ingate.gate.gate import Decision
@@ -21,8 +20,6 @@ VIOLATIONS = frozenset({"prevent", "redact", "stop", "resample", "refuse"})
 @dataclass
 class SessionState:
     violations: int = 0
-    by_rule: Counter = field(default_factory=Counter)  # (rule, action) -> count
-    history: deque = field(default_factory=lambda: deque(maxlen=100))  # (ts, rule, action), newest last
     last_seen: float = 0.0
     entropy_spent: float = 0.0  # excess entropy (nats) of the session's responses, for session budgets
 
@@ -55,11 +52,7 @@ class MemorySessionStore:
                 st = self._s[session] = SessionState()
             st.last_seen = now
             st.entropy_spent += entropy
-            for d in decisions:
-                st.by_rule[(d.rule_id, d.action)] += 1
-                if d.action in VIOLATIONS:
-                    st.violations += 1
-                    st.history.append((time.time(), d.rule_id, d.action))
+            st.violations += sum(d.action in VIOLATIONS for d in decisions)
             if len(self._s) > 100_000:  # bound memory: drop what has expired
                 self._s = {k: v for k, v in self._s.items() if now - v.last_seen <= self.ttl}
             return st

@@ -64,10 +64,6 @@ class EntropyBudget:
         del self.cum[k:]
         self.exhausted_tok = min(self.exhausted_tok, k)
 
-    def session_exhausted(self) -> bool:
-        b = self.spec.session_budget
-        return b is not None and self.session_spent >= b
-
     def summary(self, entropies: list[float]) -> dict:
         vals = [h for h in entropies if math.isfinite(h)]
         return {"rule": self.rule_id, "mean": round(sum(vals) / len(vals), 4) if vals else None,
