@@ -174,7 +174,7 @@ def test_a_full_report_adds_the_internal_detail_and_the_text_only_when_the_polic
 
 
 def test_the_report_drops_semantic_scores_unless_full():
-    res = Result("x", "stop", [], 1, 0.1, 0.01, [1.0], 0, 0,
+    res = Result(text="x", finish_reason="stop", completion_tokens=1, elapsed_s=0.1, ttft_s=0.01, gate_us=[1.0],
                  semantic={"groups": 2, "rejected": 1, "max_score": {"explosives": 0.44}})
     assert "max_score" not in governance(NONE_POLICY, res, "minimal")["semantic"]
     assert governance(NONE_POLICY, res, "full")["semantic"]["max_score"] == {"explosives": 0.44}

@@ -336,8 +336,8 @@ class EngineCore:
         err = EngineCrashed(f"{self.last_crash or 'the engine process is not running'}: a native crash in "
                             f"llama.cpp; the server starts a new engine process; {_advice(self.layout)}")
         d = Decision("engine", "error", seen["tokens"], 0, b"", f"EngineCrashed: {err}")
-        res = Result("".join(text), "error", audited + [d], seen["tokens"], time.perf_counter() - t0, seen["ttft"],
-                     [], 0, 0)
+        res = Result(text="".join(text), finish_reason="error", decisions=audited + [d],
+                     completion_tokens=seen["tokens"], elapsed_s=time.perf_counter() - t0, ttft_s=seen["ttft"])
         if self.audit is not None:
             self.audit.record(req.request_id, req.policy.name, [d])
             self.audit.record_request(req.request_id, req.policy.name, res, req.session)

@@ -61,17 +61,19 @@ class GenerationFailed(Exception):
         self.result, self.cause = result, cause
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Result:
+    """What one generation left. Built by keyword; `refused` is the one shape of a refusal."""
+
     text: str
-    finish_reason: str  # stop | length | content_filter
-    decisions: list[Decision]
-    completion_tokens: int
-    elapsed_s: float
-    ttft_s: float | None
-    gate_us: list[float]  # per step: time in the gate, sampling excluded
-    held_max_chars: int
-    rollbacks: int
+    finish_reason: str  # stop | length | content_filter | cancelled | error
+    decisions: list[Decision] = field(default_factory=list)
+    completion_tokens: int = 0
+    elapsed_s: float = 0.0
+    ttft_s: float | None = None
+    gate_us: list[float] = field(default_factory=list)  # per step: time in the gate, sampling excluded
+    held_max_chars: int = 0
+    rollbacks: int = 0
     held_bytes: list[int] = field(default_factory=list)  # per step: bytes held back after release
     prompt_tokens: int = 0
     logprobs: list[dict] | None = None  # OpenAI logprobs.content, when asked for
@@ -79,6 +81,14 @@ class Result:
     entropy: list[float] | None = None  # per token of the response (nats), when measured
     entropy_summary: dict | None = None  # the entropy rule's account, when the policy has one
     entropy_released: list[tuple[str, float | None]] | None = None  # (text, entropy) per released token
+
+    @classmethod
+    def refused(cls, text: str, decision: Decision, prompt_tokens: int = 0, elapsed_s: float = 0.0,
+                **extra) -> Result:
+        """A request refused before its first token (escalation, input screening, a spent
+        budget): the refusal text, finish_reason content_filter, the one decision."""
+        return cls(text=text, finish_reason="content_filter", decisions=[decision], prompt_tokens=prompt_tokens,
+                   elapsed_s=elapsed_s, ttft_s=0.0, **extra)
 
     def stats(self) -> dict:
         g = np.asarray(self.gate_us) if self.gate_us else np.zeros(1)
@@ -247,13 +257,15 @@ class _Run:
 
     def result(self, finish: str) -> Result:
         gate, eb = self.gate, self.gate.entropy
-        return Result(gate.text, finish, gate.decisions, gate.position, time.perf_counter() - self.t0, self.ttft,
-                      self.gate_us, gate.held_max_chars, gate.rollbacks, self.held, self.n_prompt,
-                      logprobs.entries(gate, self.recorded) if self.params.logprobs is not None else None,
-                      gate.semantic_stats, list(gate.entropies) if self.measure else None,
-                      eb.summary(gate.entropies) if eb is not None else None,
-                      logprobs.released_entropies(gate)
-                      if self.measure and (self.params.logprobs is not None or self.params.entropy) else None)
+        asked = self.params.logprobs is not None
+        return Result(text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
+                      elapsed_s=time.perf_counter() - self.t0, ttft_s=self.ttft, gate_us=self.gate_us,
+                      held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, held_bytes=self.held,
+                      prompt_tokens=self.n_prompt, logprobs=logprobs.entries(gate, self.recorded) if asked else None,
+                      semantic=gate.semantic_stats, entropy=list(gate.entropies) if self.measure else None,
+                      entropy_summary=eb.summary(gate.entropies) if eb is not None else None,
+                      entropy_released=logprobs.released_entropies(gate)
+                      if self.measure and (asked or self.params.entropy) else None)
 
 
 def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float | None = None,
@@ -261,9 +273,11 @@ def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float
     """What a generation that the engine could not finish leaves: finish_reason `error`.
     Without a gate (ungoverned), `text` and `tokens` are what was released and generated."""
     if gate is None:
-        return Result(text, "error", [], tokens, elapsed, ttft, [], 0, 0, prompt_tokens=n_prompt)
-    return Result(gate.text, "error", list(gate.decisions), gate.position, elapsed, ttft, [], gate.held_max_chars,
-                  gate.rollbacks, prompt_tokens=n_prompt)
+        return Result(text=text, finish_reason="error", completion_tokens=tokens, elapsed_s=elapsed, ttft_s=ttft,
+                      prompt_tokens=n_prompt)
+    return Result(text=gate.text, finish_reason="error", decisions=list(gate.decisions),
+                  completion_tokens=gate.position, elapsed_s=elapsed, ttft_s=ttft,
+                  held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, prompt_tokens=n_prompt)
 
 
 def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str, request_id: str = "-") -> str | None:
@@ -346,4 +360,5 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
         parts.append(tail)
         if on_text:
             on_text(tail)
-    return Result("".join(parts), finish, [], n, time.perf_counter() - t0, ttft, [], 0, 0, [], len(prompt))
+    return Result(text="".join(parts), finish_reason=finish, completion_tokens=n, elapsed_s=time.perf_counter() - t0,
+                  ttft_s=ttft, prompt_tokens=len(prompt))

@@ -124,9 +124,9 @@ class Runtime:
                      f"session entropy budget {budget:g} spent before this request ({spent:.2f} nats); "
                      "not generating")
         msg = (rule.entropy.message or "").strip()
-        return Result(msg, "content_filter", [d], 0, 0.0, 0.0, [], 0, 0, prompt_tokens=n_prompt,
-                      entropy_summary={"rule": rule.id, "excess": 0.0, "session_spent": round(spent, 4),
-                                       "session_budget": budget, "exhausted": "session"})
+        return Result.refused(msg, d, n_prompt,
+                              entropy_summary={"rule": rule.id, "excess": 0.0, "session_spent": round(spent, 4),
+                                               "session_budget": budget, "exhausted": "session"})
 
     def _screen_input(self, policy: Policy, messages: list[dict[str, str]] | str, n_prompt: int) -> Result | None:
         """Semantic rules with `apply_to: [input]` judge the last user message before generating."""
@@ -146,5 +146,4 @@ class Runtime:
         d = Decision(rule.rule_id, "refuse", 0, 0, text.encode("utf-8"),
                      f"semantic input check: prompt {rule.explain(bad)}; refused before generating")
         refusal = rule.spec.refusal or DEFAULT_REFUSAL
-        return Result(refusal, "content_filter", [d], 0, time.perf_counter() - t0, 0.0, [], 0, 0,
-                      prompt_tokens=n_prompt)
+        return Result.refused(refusal, d, n_prompt, time.perf_counter() - t0)

@@ -306,7 +306,7 @@ def _refuse(audit: AuditLog | None, policy: Policy, job: Job, violations: int) -
     """Escalation: the session has spent its allowance; refuse before any generation, audited."""
     d = Decision("session", "refuse", 0, 0, b"",
                  f"session has {violations} violations (escalate_after: {policy.escalate_after}); refused")
-    res = Result(policy.refusal, "content_filter", [d], 0, 0.0, 0.0, [], 0, 0)
+    res = Result.refused(policy.refusal, d)
     if audit is not None:
         audit.record(job.request_id, policy.name, [d])
         audit.record_request(job.request_id, policy.name, res, job.session)

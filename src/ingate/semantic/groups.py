@@ -21,7 +21,7 @@ import numpy as np
 
 from ingate.semantic import scorer
 from ingate.semantic.concepts import SemanticRule
-from ingate.semantic.scorer import Verdict
+from ingate.semantic.scorer import Judgement
 
 _ENDS = (b".", b"!", b"?", b";", b":", b"\n", "。".encode(), "！".encode(), "？".encode())
 
@@ -36,7 +36,7 @@ class Group:
     end_tok: int  # exclusive
     start: int  # raw byte offsets
     end: int
-    future: Future[Verdict] | None  # None: only whitespace, nothing to judge
+    future: Future[Judgement] | None  # None: only whitespace, nothing to judge
     due: int  # the position at which the verdict must be applied
     closed_at: float
 
@@ -74,7 +74,7 @@ class Groups:
         self.approved_tok = 0
         self.approved = 0  # raw byte offset below which every group is admitted
         self.pending: list[Group] = []
-        self.recent: list[tuple[int, Future[Verdict]]] = []  # (byte start, job) of scored groups: the window
+        self.recent: list[tuple[int, Future[Judgement]]] = []  # (byte start, job) of scored groups: the window
         self.retries: dict[int, int] = {}  # group start position -> rejections there
         self.steer: tuple[int, np.ndarray] | None = None  # (position, tokens to penalize there)
         self.admitted: list[tuple[int, int]] = []  # byte spans of admitted groups, in order
@@ -104,7 +104,7 @@ class Groups:
         self.open_tok = n_tok  # steering (steer_at) lasts while the regenerated group is open
 
     # ---- verdicts -----------------------------------------------------------------------------
-    def next_verdict(self, position: int, block: bool) -> tuple[Group, Verdict | None] | None:
+    def next_verdict(self, position: int, block: bool) -> tuple[Group, Judgement | None] | None:
         """The head group and its verdict, if it may be applied now; None to keep generating."""
         if not self.pending:
             return None
@@ -122,7 +122,7 @@ class Groups:
             return g, g.future.result()
         return None
 
-    def admit_head(self, v: Verdict | None) -> None:
+    def admit_head(self, v: Judgement | None) -> None:
         g = self.pending.pop(0)
         self.approved, self.approved_tok = g.end, g.end_tok
         self.admitted.append((g.start, g.end))
@@ -133,7 +133,7 @@ class Groups:
         if self.steer is not None and self.steer[0] <= g.start_tok:
             self.steer = None
 
-    def reject_head(self, v: Verdict) -> tuple[Group, int]:
+    def reject_head(self, v: Judgement) -> tuple[Group, int]:
         """Count a rejection of the head group; returns it and how often its position was rejected."""
         g = self.pending[0]
         self._account(g, v)
@@ -142,7 +142,7 @@ class Groups:
         self.retries[g.start_tok] = n
         return g, n
 
-    def _account(self, g: Group, v: Verdict | None) -> None:
+    def _account(self, g: Group, v: Judgement | None) -> None:
         self.stats.hold_ms.append((time.perf_counter() - g.closed_at) * 1000)
         self.stats.group_tokens.append(g.end_tok - g.start_tok)
         if v is None:

@@ -21,7 +21,7 @@ _EXECUTOR: ThreadPoolExecutor | None = None
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Judgement:
     scores: tuple[Score, ...]
     elapsed_ms: float
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # encoder -> the text's own embedding
@@ -33,7 +33,7 @@ class Verdict:
         return next((s for s in self.scores if s.inadmissible), None)
 
 
-def judge(rules: Sequence[SemanticRule], views: Sequence[str]) -> Verdict:
+def judge(rules: Sequence[SemanticRule], views: Sequence[str]) -> Judgement:
     """Encode each view of one text once per encoder and judge it against every rule."""
     t = time.perf_counter()
     vectors: dict[str, np.ndarray] = {}
@@ -43,11 +43,11 @@ def judge(rules: Sequence[SemanticRule], views: Sequence[str]) -> Verdict:
         if v is None:
             v = vectors[r.encoder.name] = r.encoder.encode(views)
         scores.append(r.judge(v))
-    return Verdict(tuple(scores), (time.perf_counter() - t) * 1000)
+    return Judgement(tuple(scores), (time.perf_counter() - t) * 1000)
 
 
 def judge_group(rules: Sequence[SemanticRule], text: str, weight: int,
-                window: Sequence[Future[Verdict]]) -> Verdict:
+                window: Sequence[Future[Judgement]]) -> Judgement:
     """A group alone, and pooled with the groups before it: two views, one encoder pass.
 
     The window view is the token-weighted mean of the group's embedding and its predecessors'
@@ -70,11 +70,11 @@ def judge_group(rules: Sequence[SemanticRule], text: str, weight: int,
             pooled = v * weight + sum(vec * w for vec, w in parts)
             views = np.vstack([views, pooled / max(float(np.linalg.norm(pooled)), 1e-12)])
         scores.append(r.judge(views))
-    return Verdict(tuple(scores), (time.perf_counter() - t) * 1000, own, weight)
+    return Judgement(tuple(scores), (time.perf_counter() - t) * 1000, own, weight)
 
 
 def submit(rules: Sequence[SemanticRule], text: str, weight: int,
-           window: Sequence[Future[Verdict]] = ()) -> Future[Verdict]:
+           window: Sequence[Future[Judgement]] = ()) -> Future[Judgement]:
     global _EXECUTOR
     if _EXECUTOR is None:
         _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingate-score")
@@ -89,7 +89,7 @@ def prompt_views(text: str, limit: int = 32) -> list[str]:
     return [v for v in views if v][:limit]
 
 
-def screen(rules: Sequence[SemanticRule], text: str) -> Verdict | None:
+def screen(rules: Sequence[SemanticRule], text: str) -> Judgement | None:
     """Judge a prompt before any generation; None when there is nothing to judge."""
     views = prompt_views(text)
     if not rules or not views:
