@@ -307,3 +307,37 @@ def test_doctor_fails_with_one_line_that_says_what_to_do(tmp_path, flag, value, 
     assert r.returncode == 1
     line = next(x for x in r.stdout.splitlines() if x.startswith(f"FAIL  {check}:"))
     assert words in line
+
+
+def test_engine_specs_name_the_engine_and_unknown_ones_list_the_known():
+    from ingate.engines import EngineError, parse_spec
+
+    assert parse_spec(None) == ("llama.cpp", None)
+    assert parse_spec("/models/x.gguf") == ("llama.cpp", "/models/x.gguf")
+    assert parse_spec("llama.cpp:/models/x.gguf") == ("llama.cpp", "/models/x.gguf")
+    assert parse_spec("C:\\models\\x.gguf") == ("llama.cpp", "C:\\models\\x.gguf")
+    with pytest.raises(EngineError, match=r"unknown engine 'vllm'.*llama\.cpp:PATH"):
+        parse_spec("vllm:http://127.0.0.1:8000")
+
+
+def test_the_embedded_engine_declares_what_the_governed_loop_needs(runtime):
+    from ingate.engines import FULL_LOGITS, ROLLBACK
+
+    assert {FULL_LOGITS, ROLLBACK} <= runtime.engine.capabilities
+    assert runtime.engine.info()["capabilities"] == sorted(runtime.engine.capabilities)
+
+
+def test_the_governed_loop_refuses_an_engine_that_cannot_roll_back(runtime):
+    """A test double of an engine that declares no rollback: the loop says what it lacks before
+    generating (the real engine always can, so it cannot stand in here)."""
+    from ingate.engines import EngineError
+    from ingate.gate.gate import Gate, compile_policy
+    from ingate.loop import GenerationParams, generate
+    from ingate.policy import load_policy
+
+    class NoRollback:
+        name, vocab_size, n_ctx, capabilities = "no-rollback", 4, 64, frozenset({"full_logits"})
+
+    gate = Gate(compile_policy(load_policy(None)), runtime.table)
+    with pytest.raises(EngineError, match="lacks rollback"):
+        generate(NoRollback(), [1], GenerationParams(max_tokens=4), gate)

@@ -361,7 +361,8 @@ class _ScriptedEngine:
     first, then 'a', then the end. Everything else (gate, loop, sampler) is real."""
 
     vocab = [b"", b"IIIII", b"a", b"."]  # 0 ends the text
-    vocab_size, n_ctx = 4, 64
+    vocab_size, n_ctx, name = 4, 64, "scripted"
+    capabilities = frozenset({"full_logits", "rollback"})
 
     def __init__(self):
         self.out: list[int] = []

@@ -26,6 +26,9 @@ class UserError(Exception):
         self.code = code
 
 
+MODEL_HELP = "the engine: llama.cpp:PATH or a path to a GGUF model (default: embedded SmolLM2-135M)"
+
+
 def _positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -50,7 +53,7 @@ def _float_in(lo: float, hi: float):
 
 def _gen_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default=None, help="policy YAML; 'none' for ungoverned (default: built-in)")
-    p.add_argument("--model", default=None, help="path to a GGUF model (default: embedded SmolLM2-135M)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--max-tokens", type=_positive_int, default=256)
     p.add_argument("--temperature", type=_float_in(0.0, 2.0), default=0.0, help="0 is greedy (default)")
     p.add_argument("--top-p", type=_float_in(1e-6, 1.0), default=1.0)
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the OpenAI-compatible governed API")
     s.add_argument("--policy", action="append", default=None,
                    help="policy YAML, 'default' or 'none'; repeat to load several (the first is the default)")
-    s.add_argument("--model", default=None, help="path to a GGUF model (default: embedded SmolLM2-135M)")
+    s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=_positive_int, default=8000)
     s.add_argument("--api-key", action="append", default=None,
@@ -127,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = asub.add_parser("scrub", help="blank the plain SHA-256 digests written before the audit was keyed")
     sc.add_argument("--audit", default=None)
     d = sub.add_parser("doctor", help="check the setup and print what a bug report needs")
-    d.add_argument("--model", default=None, help="path to a GGUF model (default: embedded SmolLM2-135M)")
+    d.add_argument("--model", default=None, help=MODEL_HELP)
     d.add_argument("--audit", default=None, help="audit SQLite path to check (default: $INGATE_AUDIT or "
                                                  "~/.local/state/ingate/audit.sqlite3)")
     d.add_argument("--json", action="store_true", help="print one JSON object")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ingate import logprobs
-from ingate.engines.base import Engine
+from ingate.engines.base import FULL_LOGITS, ROLLBACK, Engine, EngineError
 from ingate.gate.gate import Admission, Decision, Gate, Verdict
 from ingate.sampling import Sampler, SamplingParams
 
@@ -115,6 +115,11 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     """
     if gate is None:
         return _ungoverned(engine, prompt, params, on_text, cancelled)
+    missing = {FULL_LOGITS, ROLLBACK} - engine.capabilities
+    if missing:
+        raise EngineError(f"engine {engine.name!r} lacks {', '.join(sorted(missing))}, which ingate's own loop "
+                          "needs (masks before sampling, rollback of held text); drive it in a mode that does "
+                          "without")
     run = _Run(engine, gate, params, len(prompt), on_text, on_decisions, request_id)
     try:
         engine.start(prompt)

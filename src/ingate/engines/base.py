@@ -33,10 +33,17 @@ def exit_reason(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+# What an engine can do, so that a driver picks the guarantees it can keep (README "Engines"):
+FULL_LOGITS = "full_logits"  # step() returns every token's logit: masks apply before sampling
+ROLLBACK = "rollback"  # rollback(n) truncates the KV cache: a held partial match can be taken back
+BATCH = "batch"  # many sequences per step (vLLM); ingate's own loop runs one
+
+
 class Engine(Protocol):
     name: str
     vocab_size: int
     n_ctx: int  # context length in tokens: prompt plus output
+    capabilities: frozenset[str]  # of FULL_LOGITS, ROLLBACK, BATCH
 
     def token_bytes(self) -> list[bytes]:
         """The text bytes of every token id (empty for control tokens): what masks are computed on."""

