@@ -47,6 +47,7 @@ serve: install
 
 test: install-test
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-quick: install-test
@@ -54,6 +55,7 @@ test-quick: install-test
 
 lint: install-test
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
 bench: install-test
 	$(PIP) install -c constraints.txt -e ".[semantic,bench]"

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from ingate.audit import AuditLog
 from ingate.engines.base import ContextFull, EngineCrashed, EngineError, exit_reason
@@ -111,7 +112,7 @@ def _serve(conn: Connection) -> None:
     try:
         rt = Runtime.load(cfg["model"], cfg["audit"], use_audit=cfg["use_audit"], layout=cfg["layout"],
                           audit_key_file=cfg["audit_key_file"])
-        rt.engine.layout_reason = cfg["layout_reason"]
+        rt.engine.layout_reason = cfg["layout_reason"]  # type: ignore[attr-defined]  # the local engine's
         for p in cfg["policies"]:
             rt.prepare(p)  # compile and warm now: no request pays for it
     except Exception as e:
@@ -133,7 +134,7 @@ def _serve(conn: Connection) -> None:
 
 
 def _run_one(conn: Connection, rt, req: Request) -> None:
-    stop_asked = []
+    stop_asked: list[bool] = []
 
     def cancelled() -> bool:  # polled once per token: a cancel from the parent waits on the socket
         if not stop_asked and conn.poll(0):
@@ -236,12 +237,25 @@ class EngineCore:
                 self._proc.kill()
             self._proc.wait(5)
 
+    @property
+    def _pipe(self) -> Connection:
+        """The socket to the core; none is as good as a dead core (callers catch EOFError)."""
+        if self._conn is None:
+            raise EOFError("the engine process is not running")
+        return self._conn
+
+    @property
+    def _child(self) -> subprocess.Popen:
+        if self._proc is None:
+            raise EOFError("the engine process is not running")
+        return self._proc
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None and self.alive:
                 try:
-                    self._conn.send(("close",))
-                    self._proc.wait(10)
+                    self._pipe.send(("close",))
+                    self._child.wait(10)
                 except (OSError, subprocess.TimeoutExpired):
                     pass
             self._reap()
@@ -252,8 +266,8 @@ class EngineCore:
         """The engine's report (threads as tuned so far); the one from its last answer when busy or dead."""
         if self.alive and self._busy.acquire(blocking=False):
             try:
-                self._conn.send(("info",))
-                self._info = self._conn.recv()[1]
+                self._pipe.send(("info",))
+                self._info = self._pipe.recv()[1]
             except (EOFError, OSError):
                 pass
             finally:
@@ -268,25 +282,25 @@ class EngineCore:
         t0 = time.perf_counter()
         text: list[str] = []
         audited: list[Decision] = []
-        seen = {"tokens": 0, "ttft": None}
+        seen: dict[str, Any] = {"tokens": 0, "ttft": None}
         with self._busy:
             if not self.alive:
                 raise self._failed(req, text, audited, seen, t0, "starting a generation", dead=True)
             sent_cancel = False
             try:
-                self._conn.send(("run", req))
+                self._pipe.send(("run", req))
             except (EOFError, OSError):
                 raise self._failed(req, text, audited, seen, t0, "starting a generation") from None
             while True:
                 try:  # only the socket's errors mean the core died; the callbacks' are the caller's
                     if cancelled is not None and not sent_cancel and cancelled():
-                        self._conn.send(("cancel",))  # the core stops within one token
+                        self._pipe.send(("cancel",))  # the core stops within one token
                         sent_cancel = True
-                    if not self._conn.poll(0.05):
-                        if self._proc.poll() is not None:
+                    if not self._pipe.poll(0.05):
+                        if self._child.poll() is not None:
                             raise EOFError
                         continue
-                    msg = self._conn.recv()
+                    msg = self._pipe.recv()
                 except (EOFError, OSError):
                     raise self._failed(req, text, audited, seen, t0, "generating") from None
                 kind = msg[0]
@@ -315,10 +329,10 @@ class EngineCore:
         """Cancel the generation in flight and read what is left of it, so the next request starts
         clean; a core that does not finish within 10 s is killed (and restarted on demand)."""
         try:
-            self._conn.send(("cancel",))
+            self._pipe.send(("cancel",))
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                if self._conn.poll(0.1) and self._conn.recv()[0] in ("done", "failed", "error"):
+                if self._pipe.poll(0.1) and self._pipe.recv()[0] in ("done", "failed", "error"):
                     return
         except (EOFError, OSError):
             pass
@@ -329,9 +343,9 @@ class EngineCore:
                 what: str, dead: bool = False) -> GenerationFailed:
         """The core died during `req`: audit what it could not, and say what happened."""
         if self._proc is not None:
-            self._proc.wait(5)
+            self._child.wait(5)
         if not dead:
-            self.last_crash = (f"the engine process (pid {self.pid}) {exit_reason(self._proc.returncode)} while "
+            self.last_crash = (f"the engine process (pid {self.pid}) {exit_reason(self._child.returncode)} while "
                                f"{what} (weight layout {self.layout})")
         err = EngineCrashed(f"{self.last_crash or 'the engine process is not running'}: a native crash in "
                             f"llama.cpp; the server starts a new engine process; {_advice(self.layout)}")

@@ -150,9 +150,12 @@ def _audit_check(audit: str | None, key_file: str | None, facts: dict) -> Check:
     except AuditError as e:
         return Check("audit", False, str(e), "pass --audit PATH (a writable file) and --audit-key-file FILE "
                                              "(mode 600), or set INGATE_AUDIT and INGATE_AUDIT_KEY")
-    facts["audit"] |= {"key": log.key.source, "key_id": log.key.id}
+    key = log.key
     log.close()
-    return Check("audit", True, f"{path}; digests keyed with {log.key.source} (key id {log.key.id})")
+    if key is None:  # pragma: no cover - an opened AuditLog always has its key
+        return Check("audit", False, f"{path}: no audit key", "pass --audit-key-file FILE")
+    facts["audit"] |= {"key": key.source, "key_id": key.id}
+    return Check("audit", True, f"{path}; digests keyed with {key.source} (key id {key.id})")
 
 
 def _encoder_check(facts: dict) -> Check:

@@ -8,6 +8,7 @@ one set of automata and mask caches.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -346,7 +347,7 @@ def _where(source: str, data: Any, loc: tuple[Any, ...]) -> str:
     return ", ".join(parts)
 
 
-def _fix_for(err: dict[str, Any]) -> str:
+def _fix_for(err: Mapping[str, Any]) -> str:
     t = err["type"]
     msg = err["msg"]
     if t == "extra_forbidden":
@@ -387,7 +388,7 @@ def _read_lines_file(base: Path, name: str, where: str, what: str = "phrase") ->
 def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> SemanticSpec:
     sem = rule.semantic
     assert sem is not None
-    mode = "deny" if sem.deny else "allow_only"
+    mode: Literal["deny", "allow_only"] = "deny" if sem.deny else "allow_only"
     concepts: list[ConceptSpec] = []
     for j, c in enumerate(sem.deny or sem.allow_only):
         examples = list(c.examples)
@@ -429,9 +430,10 @@ def parse_policy(text: str, source: str = "<string>", base: Path | None = None) 
     for i, r in enumerate(model.rules):
         try:
             if r.entropy is not None:
-                e = r.entropy
+                en = r.entropy
                 rules.append(RuleSpec(id=r.id, action=r.action, entropy=EntropySpec(
-                    e.max_token_entropy, e.on_exceed == "narrow", e.budget, e.baseline, e.session_budget, r.message)))
+                    en.max_token_entropy, en.on_exceed == "narrow", en.budget, en.baseline, en.session_budget,
+                    r.message)))
                 continue
             if r.semantic is not None:
                 rules.append(RuleSpec(id=r.id, action=r.action,

@@ -117,8 +117,10 @@ class Runtime:
     def _session_budget(policy: Policy, spent: float, n_prompt: int) -> Result | None:
         """A session that has spent its entropy budget gets the rule's message and no generation."""
         rule = policy.entropy_rule
-        budget = rule.entropy.session_budget if rule is not None and rule.entropy is not None else None
-        if budget is None or spent < budget:
+        if rule is None or rule.entropy is None or rule.entropy.session_budget is None:
+            return None
+        budget = rule.entropy.session_budget
+        if spent < budget:
             return None
         d = Decision(rule.id, "abstain", 0, 0, b"",
                      f"session entropy budget {budget:g} spent before this request ({spent:.2f} nats); "

@@ -215,8 +215,8 @@ def create_app(core, config: ServerConfig) -> FastAPI:
                                 "send n separate requests", "n")
         top: int | None = None
         if chat and req.logprobs:
-            top = req.top_logprobs or 0
-        elif chat and req.top_logprobs is not None:
+            top = getattr(req, "top_logprobs", None) or 0
+        elif chat and getattr(req, "top_logprobs", None) is not None:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         elif not chat and req.logprobs is not None:
             raise ApiError(400, "logprobs on /v1/completions is not supported; use /v1/chat/completions "
@@ -235,7 +235,7 @@ def create_app(core, config: ServerConfig) -> FastAPI:
         session = request.headers.get("x-session-id") or req.user
         job = Job(messages, policy, params, stop, loop, asyncio.Queue(), session=session)
         state = sessions.get(session) if session and policy.escalate_after else None
-        if state is not None and state.violations >= policy.escalate_after:
+        if state is not None and policy.escalate_after is not None and state.violations >= policy.escalate_after:
             refused = _refuse(core.audit, policy, job, state.violations)
             metrics.observe(policy.name, refused)
             job.events.put_nowait(("text", policy.refusal))

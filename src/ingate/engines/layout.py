@@ -59,7 +59,7 @@ class LayoutChoice:
 
 def cpu_info() -> dict:
     """CPU model and the flags that decide llama.cpp's kernels (what a bug report needs)."""
-    model, flags = "", []
+    model, flags = "", list[str]()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -137,9 +137,9 @@ def probe(model_path: Path, timeout: float = PROBE_TIMEOUT_S) -> LayoutChoice:
                               env=os.environ | {"PYTHONFAULTHANDLER": ""})
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as e:
-        rc, out, err = None, e.stdout or "", e.stderr or ""
-        out = out.decode() if isinstance(out, bytes) else out
-        err = err.decode() if isinstance(err, bytes) else err
+        rc = None
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
     stages: dict = {}
     system_info = None
     for line in out.splitlines():

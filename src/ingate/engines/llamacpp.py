@@ -21,6 +21,7 @@ import importlib.util
 import os
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -168,7 +169,8 @@ class LlamaCppEngine:
             lc.llama_backend_init()
         self.layout = layout
         self.tuner = ThreadTuner(candidates()) if n_threads is None else None
-        self.n_threads = n_threads = self.tuner.current if self.tuner is not None else n_threads
+        threads: int = self.tuner.current if self.tuner is not None else cast(int, n_threads)
+        self.n_threads = n_threads = threads
         # split: the decode context splits every batch into single tokens (n_ubatch=1), so no
         # batch of 2+ ever reaches the extra buffer types' batched kernels.
         self._main = _Model(lc, path, layout != "off", n_ctx, n_threads, 1 if layout == "split" else N_BATCH)
@@ -192,7 +194,7 @@ class LlamaCppEngine:
         self._eog = {t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self._vocab, t)}
         tmpl = lc.llama_model_chat_template(self._main.model, None)
         self._template = tmpl.decode("utf-8") if tmpl else None
-        self._formatter = None
+        self._formatter: Any = None  # llama_cpp's Jinja2ChatFormatter, built on first use
 
     # ---- vocabulary -------------------------------------------------------------------------
     def token_bytes(self) -> list[bytes]:

@@ -22,6 +22,7 @@ import re._parser as _sp
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, cast
 
 import numpy as np
 
@@ -266,14 +267,14 @@ def _cp_src(cp: int) -> str:
 
 
 def _class_src(items: Sequence[tuple[object, object]]) -> str:
-    parts = []
+    parts: list[str] = []
     for op, av in items:
         if op is _sc.NEGATE:
             parts.insert(0, "^")
         elif op is _sc.LITERAL:
             parts.append(_cp_src(av))  # type: ignore[arg-type]
         elif op is _sc.RANGE:
-            lo, hi = av  # type: ignore[misc]
+            lo, hi = cast(tuple[int, int], av)
             parts.append(f"{_cp_src(lo)}-{_cp_src(hi)}")
         elif op is _sc.CATEGORY:
             parts.append(_CATEGORY_SRC[av])  # type: ignore[index]
@@ -391,7 +392,7 @@ class _RegexBuilder:
             nfa.add_seqs(s, e, _ranges_to_seqs(_leaf_ranges(op, av, flags)))
             return s, e
         if op is _sc.SUBPATTERN:
-            _group, add_flags, del_flags, sub = av  # type: ignore[misc]
+            _group, add_flags, del_flags, sub = cast(tuple[Any, int, int, Any], av)
             return self.seq(sub, (flags | add_flags) & ~del_flags)
         if op is _sc.BRANCH:
             s, e = nfa.new(), nfa.new()
@@ -401,7 +402,7 @@ class _RegexBuilder:
                 nfa.eps[b].append(e)
             return s, e
         if op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT):
-            lo, hi, sub = av  # type: ignore[misc]
+            lo, hi, sub = cast(tuple[int, Any, Any], av)
             s = e = nfa.new()
             for _ in range(lo):
                 a, b = self.seq(sub, flags)

@@ -41,8 +41,8 @@ def skeleton_map() -> dict[str, str]:
     out: dict[str, str] = {}
     for key, entries in data.items():
         k = key.translate(_MARKS)
-        for e in entries:
-            t = e["c"].translate(_MARKS)
+        for entry in entries:
+            t = entry["c"].translate(_MARKS)
             if not k or not t or k == t:
                 continue
             if len(k) == 1 and len(t) > 1:

@@ -201,9 +201,9 @@ class PhraseDetector(PatternDetector):
         threads, pending, after_word, waiting = state
         ww = self.fold.whole_word
         pending, pieces = feed(pending, data, pos, self.fold, edges=ww)
-        if not ww and all(type(nb) is bytes and len(nb) == 1 for nb, _, _, _ in pieces):  # the common case
-            threads, ms = self._scan(threads, ((nb[0], st, end) for nb, st, end, _ in pieces))
-            return (threads, pending, after_word, waiting), ms
+        if not ww and all(isinstance(nb, bytes) and len(nb) == 1 for nb, _, _, _ in pieces):  # the common case
+            threads, found = self._scan(threads, ((first(nb)[0], st, end) for nb, st, end, _ in pieces))
+            return (threads, pending, after_word, waiting), found
         ms: list[Match] = []
         for nb, st, end, kind in pieces:
             can_start = True
@@ -226,7 +226,7 @@ class PhraseDetector(PatternDetector):
               ) -> tuple[Threads, list[Match]]:
         """One character's folded bytes; under whole words a match may only end at its last byte.
         Two readings: the union of the threads, each state keeping its earliest start."""
-        if type(body) is bytes:
+        if isinstance(body, bytes):
             return self._bytes(threads, body, st, end, can_start)
         merged: Threads = {}
         ms: list[Match] = []
@@ -277,7 +277,7 @@ class PhraseDetector(PatternDetector):
         item = self.search.table.item
         for nb, _, _, _ in pieces:
             nxt = set()
-            for r in ((nb,) if type(nb) is bytes else nb):
+            for r in ((nb,) if isinstance(nb, bytes) else nb):
                 for u in us:
                     for b in r:
                         u = item(u, b)
@@ -346,7 +346,7 @@ def normalized_vocab(token_bytes: list[bytes], fold: Fold, pending: bytes = b"")
         combos = [b""]
         n_two = 0
         for nb, _, _, _ in feed(pending, tok, 0, fold)[1]:
-            if type(nb) is bytes or n_two >= 4:
+            if isinstance(nb, bytes) or n_two >= 4:
                 combos = [c + first(nb) for c in combos]
             else:
                 n_two += 1

@@ -113,9 +113,10 @@ class CompiledPolicy:
 def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
     where = f"{source}, rule {rule.id!r}"
     out: list[PatternDetector] = []
+    action = rule.action or "stop"  # validated: every forbid rule has one
     if rule.phrases:
         try:
-            out.append(compile_phrase_detector(rule.id, rule.action, list(rule.phrases), fold_of(rule),
+            out.append(compile_phrase_detector(rule.id, action, list(rule.phrases), fold_of(rule),
                                                rule.placeholder or "[REDACTED]"))
         except PatternError as e:
             raise PolicyError([f"{where}, field forbid.phrases: {e}"]) from None
@@ -146,9 +147,9 @@ def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
             if g[0] in checked:
                 check = CHECKS[CHECKED[labels[g[0]]]]
                 mask_dfa = compile_regexes([f"(?:{regexes[g[0]]}){check.edge}"])
-                out.append(CheckedDetector(rule.id, rule.action, dfa, ls, ps, check=check, mask_dfa=mask_dfa))
+                out.append(CheckedDetector(rule.id, action, dfa, ls, ps, check=check, mask_dfa=mask_dfa))
             else:
-                out.append(PatternDetector(rule.id, rule.action, dfa, ls, ps))
+                out.append(PatternDetector(rule.id, action, dfa, ls, ps))
     for d in out:
         if d.rolls_back:
             try:
@@ -436,7 +437,7 @@ class Gate:
         while (nv := gr.next_verdict(len(self.tokens), block=final)) is not None:
             g, v = nv
             bad = v.rejected if v is not None else None
-            if bad is None:
+            if v is None or bad is None:
                 gr.admit_head(v)
                 continue
             rule = next(r for r in gr.rules if r.rule_id == bad.rule_id)

@@ -23,6 +23,9 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
+
+NormalForm = Literal["NFC", "NFD", "NFKC", "NFKD"]
 
 INVALID = b"\xff"  # never valid UTF-8, so never part of a phrase: what a stray byte becomes
 
@@ -83,7 +86,8 @@ def _readings(ch: str, fold: Fold) -> tuple[str, ...]:
     Accents ignored: decomposed (NFKD), so the marks can be dropped. Accents exact: composed
     (NFKC), so 'é' stays one character and never reads as 'e' followed by something.
     """
-    compat, canon = ("NFKD", "NFD") if fold.accents else ("NFKC", "NFC")
+    compat: NormalForm = "NFKD" if fold.accents else "NFKC"
+    canon: NormalForm = "NFD" if fold.accents else "NFC"
 
     def cf(t: str) -> str:
         return unicodedata.normalize(compat, t.casefold() if fold.casefold else t)
