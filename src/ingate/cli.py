@@ -292,65 +292,12 @@ def _chat_loop(args: argparse.Namespace, core, policy: Policy, params, history: 
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from ingate.gate.explain import policy_report, text_report
     from ingate.gate.gate import compile_policy
 
-    policy = _policy(args.policy)
-    compiled = compile_policy(policy)
-    print(f"policy {policy.name!r} ({policy.source}): valid, {len(policy.rules)} rule(s)")
-    for r in policy.rules:
-        what = []
-        if r.phrases:
-            what.append(f"{len(r.phrases)} phrase(s)" + (" case-sensitive" if r.case_sensitive else ""))
-        if r.patterns:
-            what.append("patterns " + ", ".join(r.patterns))
-        if r.regex:
-            what.append(f"{len(r.regex)} regex")
-        if r.semantic is not None:
-            sem = r.semantic
-            what.append(f"semantic {sem.mode} " + ", ".join(f"{c.name} ({len(c.examples)} examples)"
-                                                              for c in sem.concepts))
-        if r.entropy is not None:
-            e = r.entropy
-            parts = []
-            if e.max_token_entropy is not None:
-                parts.append(f"bound {e.max_token_entropy:g} nats/token" + (" (narrow)" if e.narrow else " (reported)"))
-            if e.budget is not None:
-                parts.append(f"response budget {e.budget:g}")
-            if e.session_budget is not None:
-                parts.append(f"session budget {e.session_budget:g}")
-            parts.append(f"excess over baseline {e.baseline:g}")
-            print(f"  - {r.id}: entropy " + ", ".join(parts) + (f"; {r.action} at the next sentence end when a "
-                                                               "budget is spent" if r.action else ""))
-            continue
-        print(f"  - {r.id}: {r.action} on {'; '.join(what)}")
-    for d in compiled.detectors:
-        extra = f", mask states {len(d.search.accept)}" if d.rolls_back else ""
-        fold = getattr(d, "fold", None)
-        extra += f"; {fold.describe()}" if fold is not None else ""
-        print(f"    {d.rule_id}/{d.kind}: {len(d.dfa.trans)} DFA states{extra}")
-    for sr in compiled.semantic:
-        spec = sr.spec
-        thr = (f"threshold {sr.threshold:g}" if sr.calibrated else
-               f"threshold {sr.threshold:g} (no threshold set: the uncalibrated default; "
-               "run `ingate calibrate` to measure one)")
-        print(f"    {sr.rule_id}/semantic: {sr.encoder.name}, {sr.n_examples} example embeddings "
-              f"({'from the cache' if sr.cache_hit else f'embedded in {sr.embed_s:.1f} s'}), {thr}; "
-              f"groups of {spec.min_group_tokens}-{spec.max_group_tokens} tokens, window {spec.window}, "
-              f"{spec.max_retries} retries then {spec.fallback}, applies to {', '.join(spec.apply_to)}")
-    if args.text is not None and compiled.semantic:
-        from ingate.semantic.scorer import screen
-
-        v = screen(compiled.semantic, args.text)
-        for sc in (v.scores if v is not None else ()):
-            verdict = "INADMISSIBLE" if sc.inadmissible else "admissible"
-            print(f"  semantic: rule {sc.rule_id} scored {sc.score:.3f} (concept {sc.concept!r}): {verdict}")
-    if args.text is not None:
-        from ingate.gate.explain import describe
-
-        data = args.text.encode("utf-8")
-        for d in compiled.detectors:
-            for m in d.matches(data):
-                print(describe(d, args.text, m))
+    compiled = compile_policy(_policy(args.policy))
+    for line in policy_report(compiled) + (text_report(compiled, args.text) if args.text is not None else []):
+        print(line)
     return 0
 
 

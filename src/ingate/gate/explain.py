@@ -1,11 +1,14 @@
-"""What `ingate check --text` says about a match: where it is in the original text, and which
-of the rule's folds it took to match (so a surprising match can be traced to its mode)."""
+"""What `ingate check` reports: the compiled policy (`policy_report`), and with --text every
+match, where it is in the original text and which of the rule's folds it took (`text_report`),
+so a surprising match can be traced to its mode. The CLI only prints these lines."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from ingate.gate.detector import CheckedDetector, Match, PatternDetector, PhraseDetector, compile_phrase_detector
+from ingate.gate.gate import CompiledPolicy
+from ingate.policy import RuleSpec
 
 # the folds that can be turned off, strongest first, with what they are called in a policy
 _MODES = (("separators", "separators ignored"), ("confusables", "confusables folded"),
@@ -39,3 +42,68 @@ def describe(d: PatternDetector, text: str, m: Match) -> str:
         modes = needed_modes(d, data[st:end], labels)
         line += " via " + (", ".join(modes) if modes else "the phrase as written (case, width and spaces folded)")
     return line + "\n    " + text.replace("\n", " ") + "\n    " + " " * c0 + "^" * max(1, c1 - c0)
+
+
+def _rule_line(r: RuleSpec) -> str:
+    if r.entropy is not None:
+        e = r.entropy
+        parts = []
+        if e.max_token_entropy is not None:
+            parts.append(f"bound {e.max_token_entropy:g} nats/token" + (" (narrow)" if e.narrow else " (reported)"))
+        if e.budget is not None:
+            parts.append(f"response budget {e.budget:g}")
+        if e.session_budget is not None:
+            parts.append(f"session budget {e.session_budget:g}")
+        parts.append(f"excess over baseline {e.baseline:g}")
+        return (f"  - {r.id}: entropy " + ", ".join(parts)
+                + (f"; {r.action} at the next sentence end when a budget is spent" if r.action else ""))
+    what = []
+    if r.phrases:
+        what.append(f"{len(r.phrases)} phrase(s)" + (" case-sensitive" if r.case_sensitive else ""))
+    if r.patterns:
+        what.append("patterns " + ", ".join(r.patterns))
+    if r.regex:
+        what.append(f"{len(r.regex)} regex")
+    if r.semantic is not None:
+        sem = r.semantic
+        what.append(f"semantic {sem.mode} " + ", ".join(f"{c.name} ({len(c.examples)} examples)"
+                                                          for c in sem.concepts))
+    return f"  - {r.id}: {r.action} on {'; '.join(what)}"
+
+
+def policy_report(compiled: CompiledPolicy) -> list[str]:
+    """The policy, each rule, and what each compiled into (automata sizes, folds, encoders)."""
+    policy = compiled.policy
+    out = [f"policy {policy.name!r} ({policy.source}): valid, {len(policy.rules)} rule(s)"]
+    out += [_rule_line(r) for r in policy.rules]
+    for d in compiled.detectors:
+        extra = f", mask states {len(d.search.accept)}" if d.rolls_back else ""
+        fold = getattr(d, "fold", None)
+        extra += f"; {fold.describe()}" if fold is not None else ""
+        out.append(f"    {d.rule_id}/{d.kind}: {len(d.dfa.trans)} DFA states{extra}")
+    for sr in compiled.semantic:
+        spec = sr.spec
+        thr = (f"threshold {sr.threshold:g}" if sr.calibrated else
+               f"threshold {sr.threshold:g} (no threshold set: the uncalibrated default; "
+               "run `ingate calibrate` to measure one)")
+        out.append(f"    {sr.rule_id}/semantic: {sr.encoder.name}, {sr.n_examples} example embeddings "
+                   f"({'from the cache' if sr.cache_hit else f'embedded in {sr.embed_s:.1f} s'}), {thr}; "
+                   f"groups of {spec.min_group_tokens}-{spec.max_group_tokens} tokens, window {spec.window}, "
+                   f"{spec.max_retries} retries then {spec.fallback}, applies to {', '.join(spec.apply_to)}")
+    return out
+
+
+def text_report(compiled: CompiledPolicy, text: str) -> list[str]:
+    """What the policy would do to `text`: semantic scores, then every match, in rule order."""
+    out = []
+    if compiled.semantic:
+        from ingate.semantic.scorer import screen
+
+        v = screen(compiled.semantic, text)
+        for sc in (v.scores if v is not None else ()):
+            verdict = "INADMISSIBLE" if sc.inadmissible else "admissible"
+            out.append(f"  semantic: rule {sc.rule_id} scored {sc.score:.3f} (concept {sc.concept!r}): {verdict}")
+    data = text.encode("utf-8")
+    for d in compiled.detectors:
+        out += [describe(d, text, m) for m in d.matches(data)]
+    return out
