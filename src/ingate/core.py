@@ -31,7 +31,7 @@ from typing import Any
 
 from ingate.audit import AuditLog
 from ingate.engines.base import ContextFull, EngineCrashed, EngineError, exit_reason
-from ingate.gate.gate import Decision
+from ingate.gate.gate import Action, Decision
 from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.policy import Policy
 
@@ -349,7 +349,7 @@ class EngineCore:
                                f"{what} (weight layout {self.layout})")
         err = EngineCrashed(f"{self.last_crash or 'the engine process is not running'}: a native crash in "
                             f"llama.cpp; the server starts a new engine process; {_advice(self.layout)}")
-        d = Decision("engine", "error", seen["tokens"], 0, b"", f"EngineCrashed: {err}")
+        d = Decision("engine", Action.ERROR, seen["tokens"], 0, b"", f"EngineCrashed: {err}")
         res = Result(text="".join(text), finish_reason="error", decisions=audited + [d],
                      completion_tokens=seen["tokens"], elapsed_s=time.perf_counter() - t0, ttft_s=seen["ttft"])
         if self.audit is not None:

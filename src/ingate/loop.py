@@ -24,15 +24,27 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
 from ingate import logprobs
 from ingate.engines.base import FULL_LOGITS, ROLLBACK, Engine, EngineError
-from ingate.gate.gate import Admission, Decision, Gate, Verdict
+from ingate.gate.gate import Action, Admission, Decision, Gate, Verdict
 from ingate.sampling import Sampler, SamplingParams
 
 log = logging.getLogger("ingate.loop")
+
+
+class Finish(StrEnum):
+    """How a stream ends (OpenAI's finish_reason, plus the two ends a client never asked for)."""
+
+    STOP = "stop"  # the model ended, or a stop sequence
+    LENGTH = "length"  # max_tokens, or the context is full
+    CONTENT_FILTER = "content_filter"  # governance ended it (a stop rule, a spent budget, a failed check)
+    CANCELLED = "cancelled"  # the client went away
+    ERROR = "error"  # the engine failed
+
 TextSink = Callable[[str], None]
 MAX_RESAMPLES = 16  # masked draws refused in a row at one position before the stream fails closed
 DecisionSink = Callable[[list[Decision]], None]
@@ -66,7 +78,7 @@ class Result:
     """What one generation left. Built by keyword; `refused` is the one shape of a refusal."""
 
     text: str
-    finish_reason: str  # stop | length | content_filter | cancelled | error
+    finish_reason: str  # a Finish
     decisions: list[Decision] = field(default_factory=list)
     completion_tokens: int = 0
     elapsed_s: float = 0.0
@@ -87,7 +99,7 @@ class Result:
                 **extra) -> Result:
         """A request refused before its first token (escalation, input screening, a spent
         budget): the refusal text, finish_reason content_filter, the one decision."""
-        return cls(text=text, finish_reason="content_filter", decisions=[decision], prompt_tokens=prompt_tokens,
+        return cls(text=text, finish_reason=Finish.CONTENT_FILTER, decisions=[decision], prompt_tokens=prompt_tokens,
                    elapsed_s=elapsed_s, ttft_s=0.0, **extra)
 
     def stats(self) -> dict:
@@ -128,9 +140,9 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     finish: str | None = None
     while finish is None:
         finish = run.step(cancelled)
-    if finish in ("stop", "length"):
+    if finish in (Finish.STOP, Finish.LENGTH):
         run.emit(gate.release(final=True))
-    elif finish == "content_filter":
+    elif finish == Finish.CONTENT_FILTER:
         run.emit(gate.release())  # up to the cap: what was judged admissible before the stop
     else:
         run.emit("")
@@ -186,10 +198,10 @@ class _Run:
     def step(self, cancelled: Callable[[], bool] | None) -> str | None:
         gate = self.gate
         if gate.position >= self.limit:
-            return self.end("length")
+            return self.end(Finish.LENGTH)
         if cancelled is not None and cancelled():
-            gate.halt("client", "cancel", "client went away; generation cancelled")
-            return "cancelled"
+            gate.halt("client", Action.CANCEL, "client went away; generation cancelled")
+            return Finish.CANCELLED
         try:
             logits = self.engine.step()
         except Exception as e:
@@ -200,7 +212,7 @@ class _Run:
         except Exception as e:  # fail closed: nothing more is released
             log.error("request %s: the gate failed; the stream ends closed", self.request_id, exc_info=e)
             gate.fail("ingate", e)
-            return "content_filter"
+            return Finish.CONTENT_FILTER
         self.gate_us.append((time.perf_counter() - g - self.sampling) * 1e6)  # per drawn token
         if text is not None:
             self.held.append(len(gate.raw) - gate.hold.released)
@@ -212,7 +224,7 @@ class _Run:
         gate = self.gate
         token, adm = self.draw(gate.bias(logits))  # steering after a semantic rollback, else the logits
         if token == _EOG:
-            return self.end("stop"), None
+            return self.end(Finish.STOP), None
         if adm.verdict is Verdict.ROLLBACK:
             self.rolled_back(adm.rollback)
             return None, None
@@ -220,16 +232,16 @@ class _Run:
             self.recorded.append(logprobs.record(logits, token, self.params.logprobs))
         if adm.verdict is Verdict.END:
             self.engine.accept(token)
-            return self.end("stop"), None
+            return self.end(Finish.STOP), None
         if adm.verdict is Verdict.STOP:
             gate.settle(final=True, can_rollback=False)  # the text before the match is judged too
-            return "content_filter", gate.release()
+            return Finish.CONTENT_FILTER, gate.release()
         self.engine.accept(token)
         sem = gate.settle()  # semantic verdicts that are due
         if sem.verdict is Verdict.ROLLBACK:
             self.rolled_back(sem.rollback)
             return None, None
-        return ("content_filter" if sem.verdict is Verdict.STOP else None), gate.release()
+        return (Finish.CONTENT_FILTER if sem.verdict is Verdict.STOP else None), gate.release()
 
     def draw(self, logits: np.ndarray) -> tuple[int, Admission]:
         """The one draw: sample, and while the gate asks, sample again under its mask. A masked
@@ -278,9 +290,9 @@ def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float
     """What a generation that the engine could not finish leaves: finish_reason `error`.
     Without a gate (ungoverned), `text` and `tokens` are what was released and generated."""
     if gate is None:
-        return Result(text=text, finish_reason="error", completion_tokens=tokens, elapsed_s=elapsed, ttft_s=ttft,
+        return Result(text=text, finish_reason=Finish.ERROR, completion_tokens=tokens, elapsed_s=elapsed, ttft_s=ttft,
                       prompt_tokens=n_prompt)
-    return Result(text=gate.text, finish_reason="error", decisions=list(gate.decisions),
+    return Result(text=gate.text, finish_reason=Finish.ERROR, decisions=list(gate.decisions),
                   completion_tokens=gate.position, elapsed_s=elapsed, ttft_s=ttft,
                   held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, prompt_tokens=n_prompt)
 
@@ -299,7 +311,7 @@ def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str, request_id
             return None
         if edge.verdict is Verdict.STOP:
             gate.settle(final=True, can_rollback=False)
-            return "content_filter"
+            return Finish.CONTENT_FILTER
         adm = gate.settle(final=True)
         if adm.verdict is Verdict.ROLLBACK:
             rolled_back(adm.rollback)
@@ -307,7 +319,7 @@ def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str, request_id
     except Exception as e:
         log.error("request %s: the gate failed at the end of the stream; it ends closed", request_id, exc_info=e)
         gate.fail("ingate", e)
-    return "content_filter" if gate.stopped or gate.halted else finish
+    return Finish.CONTENT_FILTER if gate.stopped or gate.halted else finish
 
 
 def _eos_ban(engine: Engine, params: GenerationParams) -> np.ndarray | None:
@@ -332,7 +344,7 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
     parts: list[str] = []
     t0 = time.perf_counter()
     ttft: float | None = None
-    finish, n = "length", 0
+    finish, n = Finish.LENGTH, 0
     eos = _eos_ban(engine, params)
     limit = min(params.max_tokens, engine.n_ctx - len(prompt))
     try:
@@ -341,7 +353,7 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
         raise GenerationFailed(partial_result(None, len(prompt), time.perf_counter() - t0), e) from e
     while n < limit:
         if cancelled is not None and cancelled():
-            finish = "cancelled"
+            finish = Finish.CANCELLED
             break
         try:
             logits = engine.step()
@@ -350,7 +362,7 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
                                                   "".join(parts), n), e) from e
         token = sampler.sample(logits, eos)
         if engine.is_eog(token):
-            finish = "stop"
+            finish = Finish.STOP
             break
         engine.accept(token)
         n += 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ingate.audit import AuditLog
 from ingate.engines import Engine, EngineError, load_engine
-from ingate.gate.gate import CompiledPolicy, Decision, Gate, compile_policy
+from ingate.gate.gate import Action, CompiledPolicy, Decision, Gate, compile_policy
 from ingate.gate.masks import TokenTable
 from ingate.loop import GenerationFailed, GenerationParams, Result, generate, partial_result
 from ingate.policy import Policy
@@ -103,7 +103,7 @@ class Runtime:
             else:  # before generation began (tokenizing, rendering the template)
                 res, cause = partial_result(None, len(prompt), time.perf_counter() - t0), e
             if not any(d.rule_id == "engine" for d in res.decisions):  # the gate audits its own
-                d = Decision("engine", "error", res.completion_tokens, 0, b"", f"{type(cause).__name__}: {cause}")
+                d = Decision("engine", Action.ERROR, res.completion_tokens, 0, b"", f"{type(cause).__name__}: {cause}")
                 on_decisions([d])
                 res.decisions.append(d)
             if self.audit is not None:
@@ -122,7 +122,7 @@ class Runtime:
         budget = rule.entropy.session_budget
         if spent < budget:
             return None
-        d = Decision(rule.id, "abstain", 0, 0, b"",
+        d = Decision(rule.id, Action.ABSTAIN, 0, 0, b"",
                      f"session entropy budget {budget:g} spent before this request ({spent:.2f} nats); "
                      "not generating")
         msg = (rule.entropy.message or "").strip()
@@ -145,7 +145,7 @@ class Runtime:
         if bad is None:
             return None
         rule = next(r for r in compiled.semantic_input if r.rule_id == bad.rule_id)
-        d = Decision(rule.rule_id, "refuse", 0, 0, text.encode("utf-8"),
+        d = Decision(rule.rule_id, Action.REFUSE, 0, 0, text.encode("utf-8"),
                      f"semantic input check: prompt {rule.explain(bad)}; refused before generating")
         refusal = rule.spec.refusal or DEFAULT_REFUSAL
         return Result.refused(refusal, d, n_prompt, time.perf_counter() - t0)

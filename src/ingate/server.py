@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ingate import report
 from ingate.audit import AuditLog
 from ingate.engines import ContextFull, EngineCrashed
-from ingate.gate.gate import Decision
+from ingate.gate.gate import Action, Decision
 from ingate.loop import GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
@@ -304,7 +304,7 @@ def _submit(worker: Worker, job: Job, config: ServerConfig) -> None:
 
 def _refuse(audit: AuditLog | None, policy: Policy, job: Job, violations: int) -> Result:
     """Escalation: the session has spent its allowance; refuse before any generation, audited."""
-    d = Decision("session", "refuse", 0, 0, b"",
+    d = Decision("session", Action.REFUSE, 0, 0, b"",
                  f"session has {violations} violations (escalate_after: {policy.escalate_after}); refused")
     res = Result.refused(policy.refusal, d)
     if audit is not None:

@@ -17,7 +17,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 import numpy as np
 
@@ -33,6 +33,19 @@ from ingate.policy import Policy, PolicyError, RuleSpec
 from ingate.semantic.groups import Groups
 
 
+class Action(StrEnum):
+    """What one decision did. A StrEnum: it is stored, compared and serialized as its string."""
+
+    PREVENT = "prevent"  # a match prevented: masked, or rolled back and resampled
+    REDACT = "redact"  # a match released as its placeholder
+    STOP = "stop"  # the stream ended before a match (or a rejected group)
+    RESAMPLE = "resample"  # a semantic group rolled back and regenerated
+    REFUSE = "refuse"  # a request refused before generating (escalation, input screening)
+    ABSTAIN = "abstain"  # an entropy budget spent
+    CANCEL = "cancel"  # the client went away
+    ERROR = "error"  # a check or the engine failed: the stream ended closed
+
+
 @dataclass(frozen=True)
 class Decision:
     """One act of the gate, audited before the text it concerns is released.
@@ -43,7 +56,7 @@ class Decision:
     """
 
     rule_id: str
-    action: str  # prevent | redact | stop | resample | refuse | abstain | cancel | error
+    action: str  # an Action
     token_index: int
     byte_offset: int
     matched: bytes
@@ -306,7 +319,7 @@ class Gate:
             self._cap = st
             if d.action == "end":  # a stop sequence is the caller's request, not a governance decision
                 return Admission(Verdict.END)
-            self._decide(d.rule_id, "stop", st, bytes(self.raw[st:end]),
+            self._decide(d.rule_id, Action.STOP, st, bytes(self.raw[st:end]),
                          f"matched {self._label(d, labels)}; stream ended")
             return Admission(Verdict.STOP)
         if self.entropy is not None:
@@ -335,7 +348,7 @@ class Gate:
         d, (st, end, labels) = stop
         self._cap = st if self._cap is None else min(self._cap, st)
         if d.action != "end":
-            self._decide(d.rule_id, "stop", st, bytes(self.raw[st:end]), f"matched {self._label(d, labels)}; "
+            self._decide(d.rule_id, Action.STOP, st, bytes(self.raw[st:end]), f"matched {self._label(d, labels)}; "
                          "stream ended")
         return Admission(Verdict.STOP if d.action != "end" else Verdict.END)
 
@@ -345,7 +358,7 @@ class Gate:
         assert eb is not None
         spent = eb.spend(h)
         if spent is not None:
-            self._decide(eb.rule_id, "abstain", p0, b"", spent)
+            self._decide(eb.rule_id, Action.ABSTAIN, p0, b"", spent)
         if not eb.exhausted:
             return Admission(Verdict.ADMIT)
         cut = eb.boundary(data, len(self.tokens))
@@ -361,7 +374,7 @@ class Gate:
         matched = bytes(self.raw[st:]) + data[max(0, st - p0): end - p0]
         what = self._label(d, labels)
         if st >= p0:
-            self._decide(d.rule_id, "prevent", st, matched,
+            self._decide(d.rule_id, Action.PREVENT, st, matched,
                          f"{what}: would complete inside the token; resampled under the mask")
             return Admission(Verdict.RESAMPLE)
         k = bisect_right(self.tok_start, st) - 1
@@ -371,15 +384,15 @@ class Gate:
             # what is still held, and never what was released.
             k = bisect_left(self.tok_start, self.hold.released)
             if k >= len(self.tokens):
-                self._decide(d.rule_id, "prevent", st, matched, f"{what}: resampled under the mask")
+                self._decide(d.rule_id, Action.PREVENT, st, matched, f"{what}: resampled under the mask")
                 return Admission(Verdict.RESAMPLE)
         if self.rollbacks >= self.compiled.policy.max_rollbacks:
             self._cap = self.tok_start[k]
-            self._decide(d.rule_id, "stop", st, matched,
+            self._decide(d.rule_id, Action.STOP, st, matched,
                          f"{what}: rollback budget ({self.compiled.policy.max_rollbacks}) spent; stream ended")
             return Admission(Verdict.STOP)
         n = len(self.tokens) - k
-        self._decide(d.rule_id, "prevent", st, matched,
+        self._decide(d.rule_id, Action.PREVENT, st, matched,
                      f"{what}: held partial match rolled back {n} token(s) and resampled")
         self._rollback_to(k)
         return Admission(Verdict.ROLLBACK, rollback=n)
@@ -452,13 +465,13 @@ class Gate:
                 self._cap = g.start if self._cap is None else min(self._cap, g.start)
                 tail = (f"retries spent ({rule.spec.max_retries}); " if rule.action == "resample" and can_rollback
                         else "")
-                self._decide(rule.rule_id, "stop", g.start, matched, f"{what}; {tail}stream ended")
+                self._decide(rule.rule_id, Action.STOP, g.start, matched, f"{what}; {tail}stream ended")
                 self.epilogue = rule.spec.refusal or ""
                 self.stopped = True
                 return Admission(Verdict.STOP)
             k = g.start_tok
             rejected = self.tokens[k:g.end_tok]
-            self._decide(rule.rule_id, "resample", g.start, matched,
+            self._decide(rule.rule_id, Action.RESAMPLE, g.start, matched,
                          f"{what}; rolled back {len(self.tokens) - k} token(s), regenerating "
                          f"(retry {n}/{rule.spec.max_retries})")
             n_back = len(self.tokens) - k
@@ -523,7 +536,7 @@ class Gate:
             if self.hold.released < sp.end <= b:
                 k = bisect_right(self.tok_start, sp.start) - 1
                 # a built-in pattern's name says no more than its placeholder does; a phrase would
-                self.decisions.append(Decision(sp.rule_id, "redact", k, sp.start,
+                self.decisions.append(Decision(sp.rule_id, Action.REDACT, k, sp.start,
                                                bytes(self.raw[sp.start:sp.end]),
                                                f"{sp.label} replaced by {sp.placeholder}",
                                                f"redacted one {sp.label}" if sp.label in BUILTIN_PATTERNS else ""))
@@ -586,7 +599,7 @@ class Gate:
 
     def fail(self, rule_id: str, err: BaseException) -> None:
         """Fail closed: an error inside a check ends the stream and releases nothing more."""
-        self.halt(rule_id, "error", f"{type(err).__name__}: {err}")
+        self.halt(rule_id, Action.ERROR, f"{type(err).__name__}: {err}")
 
     def halt(self, rule_id: str, action: str, detail: str) -> None:
         """End the stream where it stands: nothing held is released, and the reason is audited."""
