@@ -156,3 +156,15 @@ def test_the_server_keeps_session_budgets_per_session(tmp_path):
         assert srv.decisions("abstain") == 3
     finally:
         srv.stop()
+
+
+def test_one_definition_of_a_sentence_end_and_it_never_splits_a_character():
+    from ingate.semantic.groups import ends_clause
+    from ingate.sentences import end_after
+
+    assert end_after(b"no end here") is None
+    assert end_after(b"Done. Next") == 5
+    data = "終わり。次".encode()
+    assert data[:end_after(data)].decode() == "終わり。"  # the whole of '。', not its first byte
+    assert end_after(b"a; b") is None and end_after(b"a; b", clauses=True) == 2
+    assert ends_clause(b"a: b") and not ends_clause(b"a b")

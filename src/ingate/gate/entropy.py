@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 
 from ingate.policy import EntropySpec
+from ingate.sentences import end_after
 
-SENTENCE_ENDS = (b".", b"!", b"?", b"\n")
 MAX_TAIL_TOKENS = 48  # no sentence end this long after the budget was spent: end anyway
 
 
@@ -53,9 +53,9 @@ class EntropyBudget:
 
     def boundary(self, data: bytes, n_tokens: int) -> int | None:
         """Where in this token's bytes the response ends (after a sentence end), if it ends here."""
-        ends = [i for i in (data.find(e) for e in SENTENCE_ENDS) if i >= 0]
-        if ends:
-            return min(ends) + 1
+        end = end_after(data)
+        if end is not None:
+            return end
         if n_tokens - self.exhausted_tok >= MAX_TAIL_TOKENS:
             return len(data)
         return None

@@ -22,12 +22,11 @@ import numpy as np
 from ingate.semantic import scorer
 from ingate.semantic.concepts import SemanticRule
 from ingate.semantic.scorer import Judgement
-
-_ENDS = (b".", b"!", b"?", b";", b":", b"\n", "。".encode(), "！".encode(), "？".encode())
+from ingate.sentences import end_after
 
 
 def ends_clause(data: bytes) -> bool:
-    return any(e in data for e in _ENDS)
+    return end_after(data, clauses=True) is not None
 
 
 @dataclass
