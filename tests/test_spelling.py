@@ -416,3 +416,27 @@ def test_check_text_shows_where_a_match_is_and_which_modes_it_took(tmp_path):
     assert "'B-l-u-e Hаrbor' at characters 7-21 via separators ignored, confusables folded" in out
     assert "       ^^^^^^^^^^^^^^" in out  # the caret line under the match
     assert "'4180, 9208, 7794, 4069'" in out and "luhn checksum passed" in out
+
+
+class _WordThenEnd(_ScriptedEngine):
+    """A test double that writes one word and ends (a real model cannot be made to end right after
+    a given word): the whole word is decided by the end of the text, in the loop's end path."""
+
+    vocab = [b"", b" island", b" isle", b"."]
+
+    def step(self):
+        import numpy as np
+
+        return np.array([9.0 if self.out else -9.0, 5.0, 4.0, 1.0], dtype=np.float32)
+
+
+def test_a_whole_word_that_ends_the_text_is_rolled_back_by_the_end_path():
+    from ingate.loop import GenerationParams, generate
+
+    eng = _WordThenEnd()
+    pol = parse_policy("version: 1\nname: ww\nrules:\n  - id: ww\n    forbid: {phrases: [island], whole_word: true}\n"
+                       "    action: prevent\n", source="ww.yaml")
+    gate = Gate(compile_policy(pol), TokenTable(eng.vocab))
+    res = generate(eng, [1], GenerationParams(max_tokens=8), gate)
+    assert res.text == " isle" and res.finish_reason == "stop"
+    assert [d.action for d in res.decisions] == ["prevent"] and "rolled back 1 token" in res.decisions[0].detail

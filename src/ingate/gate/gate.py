@@ -336,7 +336,11 @@ class Gate:
             if not ms:
                 continue
             if d.action == "prevent":
-                return self._prevent(d, ms, -1, p, b"")
+                adm = self._prevent(d, ms, -1, p, b"")
+                if adm.verdict is Verdict.RESAMPLE:  # nothing left to resample at the end: release no more
+                    self._cap = self.hold.released
+                    return Admission(Verdict.STOP)
+                return adm
             self.threads[i] = nt
             if d.action == "redact":
                 for m in ms:
