@@ -440,3 +440,56 @@ def test_a_whole_word_that_ends_the_text_is_rolled_back_by_the_end_path():
     res = generate(eng, [1], GenerationParams(max_tokens=8), gate)
     assert res.text == " isle" and res.finish_reason == "stop"
     assert [d.action for d in res.decisions] == ["prevent"] and "rolled back 1 token" in res.decisions[0].detail
+
+
+def _luhn_ok(digits: str) -> bool:
+    """A card number: 12 to 19 digits whose Luhn sum is 0 mod 10 (written from the definition)."""
+    if not 12 <= len(digits) <= 19:
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+@st.composite
+def _card_texts(draw) -> str:
+    """A Luhn-valid card re-punctuated among digits and separators, or just digits and separators."""
+    junk = st.text(alphabet="0123456789 ,.-/x", max_size=12)
+    if draw(st.booleans()):
+        return draw(st.text(alphabet="0123456789 ,.-/x", max_size=40))
+    body = draw(st.text(alphabet="0123456789", min_size=11, max_size=18))
+    check = next(str(c) for c in range(10) if _luhn_ok(body + str(c)))
+    digits, out, i = body + check, [], 0
+    while i < len(digits):
+        n = draw(st.integers(3, 6))
+        out.append(digits[i:i + n])
+        i += n
+    return draw(junk) + draw(st.sampled_from([" ", ", ", ".", "-", "/", ""])).join(out) + draw(junk)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_card_texts(), cuts=st.lists(st.integers(0, 60), max_size=10))
+def test_card_detection_in_any_chunks_agrees_with_regex_luhn_and_edges(text, cuts):
+    """The checked card detector, fed in random chunks, finds exactly the spans that the pattern
+    matches as a whole, that hold 12-19 digits passing Luhn and that no digit touches: an oracle
+    over every span."""
+    import re
+
+    from ingate.patterns import BUILTIN_PATTERNS
+
+    det = _pii("credit_card")
+    data = text.encode()
+    state, found, prev = det.initial(), [], 0
+    for c in sorted({min(c, len(data)) for c in cuts}) + [len(data)]:
+        state, ms = det.advance(state, data[prev:c], prev)
+        found += ms
+        prev = c
+    found += det.finish(state, len(data))[1]
+    rx = re.compile(BUILTIN_PATTERNS["credit_card"][0])
+    want = {(i, j) for i in range(len(text)) for j in range(i + 1, len(text) + 1)
+            if rx.fullmatch(text, i, j) and _luhn_ok(re.sub(r"\D", "", text[i:j]))
+            and (i == 0 or not text[i - 1].isdigit()) and (j == len(text) or not text[j].isdigit())}
+    assert {(s, e) for s, e, _ in found} <= want  # every match is a real one
+    assert {e for _, e in want} == {e for _, e, _ in found}  # and every end of one is found (earliest start)

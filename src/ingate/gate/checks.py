@@ -16,6 +16,7 @@ State = tuple[int, ...]
 class Check:
     name = "check"
     edge = "[^0-9]"  # a regex for one character that may follow a match
+    stateless = False  # True: step never changes the state (only the edges are checked)
 
     def touches(self, b: int) -> bool:
         """Can byte `b` not stand next to a match (it would be part of the number)?"""
@@ -109,6 +110,7 @@ class Whole(Check):
     """No checksum: the number only has to stand whole (no digit on either side)."""
 
     name = "whole number"
+    stateless = True
 
     def initial(self) -> State:
         return ()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ingate.gate.automaton import ByteDFA, PatternError, SearchDFA, compile_regexes, search_dfa
 from ingate.gate.checks import Check
@@ -138,32 +138,54 @@ class CheckedDetector(PatternDetector):
         threads, _ = state
         return min(threads.values()) if threads else None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        assert self.check is not None
+        self._touch = bytes(self.check.touches(b) for b in range(256))
+        starters = [b for b in range(256) if self._trans[0][b] >= 0]
+        # where a thread can start: found by `re` in C, so a token with no digit costs one search
+        self._starts = re.compile(b"[" + b"".join(re.escape(bytes([b])) for b in starters) + b"]") if starters \
+            else None
+
     def advance(self, state: Any, data: bytes, pos: int) -> tuple[Any, list[Match]]:
         if not data:
             return state, []
         assert self.check is not None
+        threads, after_touch = state
+        tt = self._touch
+        i0 = 0
+        if not threads:  # the common case: no number under way; skip to where one could start
+            m = self._starts.search(data) if self._starts is not None else None
+            if m is None:
+                return ({}, bool(tt[data[-1]])), []
+            i0 = m.start()
+            if i0:
+                after_touch = bool(tt[data[i0 - 1]])
         trans = self._trans
         check = self.check
-        step, touches, c0 = check.step, check.touches, check.initial()
+        step, c0, same = check.step, check.initial(), check.stateless
         t0 = trans[0]
-        threads, after_touch = state
         matches: list[Match] = []
-        for i, b in enumerate(data):
-            p = pos + i
-            touch = touches(b)
-            if not touch:
-                matches.extend(self._ends(threads, p))
-            new: dict = {}
-            for (s, cs), st in threads.items():
-                ns = trans[s][b]
-                if ns >= 0 and (ncs := step(cs, b)) is not None and (ns, ncs) not in new:
-                    new[(ns, ncs)] = st
+        for i in range(i0, len(data)):
+            b = data[i]
+            touch = tt[b]
+            if threads:
+                if not touch:  # the byte after a number: the numbers that end here are whole
+                    matches += self._ends(threads, pos + i)
+                new: dict = {}
+                for (s, cs), st in threads.items():
+                    ns = trans[s][b]
+                    if ns >= 0 and (ncs := cs if same else step(cs, b)) is not None and (ns, ncs) not in new:
+                        new[(ns, ncs)] = st
+                threads = new
             if not after_touch:
                 ns = t0[b]
-                if ns >= 0 and (ncs := step(c0, b)) is not None and (ns, ncs) not in new:
-                    new[(ns, ncs)] = p
-            threads, after_touch = new, touch
-        return (threads, after_touch), matches
+                if ns >= 0 and (ncs := c0 if same else step(c0, b)) is not None and (ns, ncs) not in threads:
+                    if not threads:
+                        threads = {}  # never add to a dict the caller still holds (the gate's snapshots)
+                    threads[(ns, ncs)] = pos + i
+            after_touch = touch
+        return (threads, bool(after_touch)), matches
 
     def _ends(self, threads: dict, p: int) -> list[Match]:
         assert self.check is not None
@@ -201,8 +223,9 @@ class PhraseDetector(PatternDetector):
         threads, pending, after_word, waiting = state
         ww = self.fold.whole_word
         pending, pieces = feed(pending, data, pos, self.fold, edges=ww)
-        if not ww and all(isinstance(nb, bytes) and len(nb) == 1 for nb, _, _, _ in pieces):  # the common case
-            threads, found = self._scan(threads, ((first(nb)[0], st, end) for nb, st, end, _ in pieces))
+        if not ww and all(type(nb) is bytes and len(nb) == 1 for nb, _, _, _ in pieces):  # the common case
+            stream = ((cast(bytes, nb)[0], st, end) for nb, st, end, _ in pieces)
+            threads, found = self._scan(threads, stream)
             return (threads, pending, after_word, waiting), found
         ms: list[Match] = []
         for nb, st, end, kind in pieces:

@@ -195,6 +195,9 @@ def feed(pending: bytes, data: bytes, pos: int, fold: Fold, edges: bool = False)
     (with `edges`, also per edge character that folds to nothing: whole words need to see them).
     """
     ascii_, invalid = _special(fold)
+    if not pending and data.isascii():  # the common token: a table lookup per byte, in one comprehension
+        return b"", [(body, pos + i, pos + i + 1, kind) for i, (body, kind) in enumerate(map(ascii_.__getitem__, data))
+                     if body or (edges and kind == SEP)]
     pieces: list[Piece] = []
     buf = pending + data
     start = pos - len(pending)
