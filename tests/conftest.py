@@ -96,6 +96,20 @@ def cli_sampling(params) -> list[str]:
             "--max-tokens", str(params.max_tokens)]
 
 
+def random_split(draw, data: bytes) -> list[bytes]:
+    """A random tokenization of `data` for hypothesis: cut points anywhere, even inside a UTF-8
+    character (`draw` is a composite strategy's draw)."""
+    from hypothesis import strategies as st
+
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(data) - 1)), max_size=len(data)))))
+    toks, prev = [], 0
+    for c in [*cuts, len(data)]:
+        if c > prev:
+            toks.append(data[prev:c])
+            prev = c
+    return toks
+
+
 def policy(yaml_text: str, name: str = "test.yaml"):
     return parse_policy(yaml_text, source=name)
 

@@ -13,6 +13,7 @@ import unicodedata
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import random_split
 from ingate.gate.gate import Gate, Verdict, compile_policy
 from ingate.gate.masks import TokenTable
 from ingate.patterns import BUILTIN_PATTERNS
@@ -104,15 +105,7 @@ _TABLES: dict[int, TokenTable] = {}
 @st.composite
 def token_streams(draw):
     pieces = draw(st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=10))
-    text = "".join(pieces).encode()
-    # a random tokenization of the text: cut points anywhere, even inside a UTF-8 character
-    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(text) - 1)), max_size=len(text)))))
-    toks, prev = [], 0
-    for c in [*cuts, len(text)]:
-        if c > prev:
-            toks.append(text[prev:c])
-            prev = c
-    return toks
+    return random_split(draw, "".join(pieces).encode())
 
 
 def _table(vocab: list[bytes]) -> TokenTable:

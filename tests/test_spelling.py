@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import random_split
 from ingate.gate.confusables import skeleton_map
 from ingate.gate.detector import compile_phrase_detector
 from ingate.gate.gate import Gate, Verdict, compile_policy
@@ -81,14 +82,7 @@ def cases(draw, whole_word: bool):
     if whole_word:
         pre, post = pre + " ", " " + post
     full = pre + text + post
-    data = full.encode()
-    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(data) - 1)), max_size=len(data)))))
-    toks, prev = [], 0
-    for c in [*cuts, len(data)]:
-        if c > prev:
-            toks.append(data[prev:c])
-            prev = c
-    return phrase, full, toks
+    return phrase, full, random_split(draw, full.encode())
 
 
 def _policy(phrase: str, action: str, extra: str = "") -> str:
@@ -388,14 +382,17 @@ class _ScriptedEngine:
         del self.out[len(self.out) - n:]
 
 
-def test_a_masked_draw_that_admission_refuses_is_banned_and_drawn_again():
+def _generate(engine: _ScriptedEngine, forbid: str):
+    """The real loop and gate over a scripted engine, with one prevent rule forbidding `forbid`."""
     from ingate.loop import GenerationParams, generate
 
-    eng = _ScriptedEngine()
-    pol = parse_policy("version: 1\nname: l5\nrules:\n  - id: l5\n    forbid: {phrases: [lllll], separators: exact}\n"
-                       "    action: prevent\n", source="l5.yaml")
-    gate = Gate(compile_policy(pol), TokenTable(eng.vocab))
-    res = generate(eng, [1], GenerationParams(max_tokens=8), gate)
+    pol = parse_policy(f"version: 1\nname: s\nrules:\n  - id: r\n    forbid: {forbid}\n    action: prevent\n",
+                       source="scripted.yaml")
+    return generate(engine, [1], GenerationParams(max_tokens=8), Gate(compile_policy(pol), TokenTable(engine.vocab)))
+
+
+def test_a_masked_draw_that_admission_refuses_is_banned_and_drawn_again():
+    res = _generate(_ScriptedEngine(), "{phrases: [lllll], separators: exact}")
     assert res.text == "a" and res.finish_reason == "stop"  # 'IIIII' (read 'lllll') never got out
     refusals = [d for d in res.decisions if "would complete inside the token" in d.detail]
     assert len(refusals) == 2 and {d.token_index for d in refusals} == {0}  # the masked draw was refused too
@@ -431,13 +428,7 @@ class _WordThenEnd(_ScriptedEngine):
 
 
 def test_a_whole_word_that_ends_the_text_is_rolled_back_by_the_end_path():
-    from ingate.loop import GenerationParams, generate
-
-    eng = _WordThenEnd()
-    pol = parse_policy("version: 1\nname: ww\nrules:\n  - id: ww\n    forbid: {phrases: [island], whole_word: true}\n"
-                       "    action: prevent\n", source="ww.yaml")
-    gate = Gate(compile_policy(pol), TokenTable(eng.vocab))
-    res = generate(eng, [1], GenerationParams(max_tokens=8), gate)
+    res = _generate(_WordThenEnd(), "{phrases: [island], whole_word: true}")
     assert res.text == " isle" and res.finish_reason == "stop"
     assert [d.action for d in res.decisions] == ["prevent"] and "rolled back 1 token" in res.decisions[0].detail
 
