@@ -37,7 +37,7 @@ def describe(d: PatternDetector, text: str, m: Match) -> str:
     shown = data[st:end].decode("utf-8", errors="replace")
     line = f"  match: rule {d.rule_id} ({d.action}) {names}: {shown!r} at characters {c0}-{c1}"
     if isinstance(d, CheckedDetector) and d.check is not None:
-        line += " (a whole number" + (f"; {d.check.name} checksum passed)" if d.check.name != "whole number" else ")")
+        line += " (a whole number" + (")" if d.check.stateless else f"; {d.check.name} checksum passed)")
     if isinstance(d, PhraseDetector):
         modes = needed_modes(d, data[st:end], labels)
         line += " via " + (", ".join(modes) if modes else "the phrase as written (case, width and spaces folded)")

@@ -307,21 +307,8 @@ class Gate:
         self.entropies.append(entropy)
         if self.groups is not None:
             self.groups.after_token(self.raw, self.tok_start, data)
-        stop: tuple[PatternDetector, Match] | None = None
-        for d, ms in found:
-            if d.action == "redact":
-                for m in ms:
-                    self._add_span(d, m)
-            elif stop is None or min(m[0] for m in ms) < stop[1][0]:
-                stop = (d, min(ms, key=lambda m: m[0]))
-        if stop is not None:
-            d, (st, end, labels) = stop
-            self._cap = st
-            if d.action == "end":  # a stop sequence is the caller's request, not a governance decision
-                return Admission(Verdict.END)
-            self._decide(d.rule_id, Action.STOP, st, bytes(self.raw[st:end]),
-                         f"matched {self._label(d, labels)}; stream ended")
-            return Admission(Verdict.STOP)
+        if found and (ended := self._apply(found)) is not None:
+            return ended
         if self.entropy is not None:
             return self._entropy_step(entropy, p0, data)
         return Admission(Verdict.ADMIT)
@@ -330,7 +317,7 @@ class Gate:
         """The text ends here (the model chose to end, or max_tokens): decide the matches that were
         waiting for one more character, a whole word's edge. ROLLBACK or STOP as in `admit`."""
         p = len(self.raw)
-        stop: tuple[PatternDetector, Match] | None = None
+        found: list[tuple[PatternDetector, list[Match]]] = []
         for i, (d, th) in enumerate(zip(self.detectors, self.threads, strict=True)):
             nt, ms = d.finish(th, p)
             if not ms:
@@ -342,19 +329,28 @@ class Gate:
                     return Admission(Verdict.STOP)
                 return adm
             self.threads[i] = nt
+            found.append((d, ms))
+        return (self._apply(found) if found else None) or Admission(Verdict.ADMIT)
+
+    def _apply(self, found: list[tuple[PatternDetector, list[Match]]]) -> Admission | None:
+        """Redact and stop matches: every redaction becomes a span; the earliest stop (or stop
+        sequence) caps the release there and ends the stream. None when nothing ends it."""
+        stop: tuple[PatternDetector, Match] | None = None
+        for d, ms in found:
             if d.action == "redact":
                 for m in ms:
                     self._add_span(d, m)
             elif stop is None or min(m[0] for m in ms) < stop[1][0]:
                 stop = (d, min(ms, key=lambda m: m[0]))
         if stop is None:
-            return Admission(Verdict.ADMIT)
+            return None
         d, (st, end, labels) = stop
         self._cap = st if self._cap is None else min(self._cap, st)
-        if d.action != "end":
-            self._decide(d.rule_id, Action.STOP, st, bytes(self.raw[st:end]), f"matched {self._label(d, labels)}; "
-                         "stream ended")
-        return Admission(Verdict.STOP if d.action != "end" else Verdict.END)
+        if d.action == "end":  # a stop sequence is the caller's request, not a governance decision
+            return Admission(Verdict.END)
+        self._decide(d.rule_id, Action.STOP, st, bytes(self.raw[st:end]),
+                     f"matched {self._label(d, labels)}; stream ended")
+        return Admission(Verdict.STOP)
 
     def _entropy_step(self, h: float, p0: int, data: bytes) -> Admission:
         """Spend the budgets; once one is spent, end at the next sentence boundary."""
