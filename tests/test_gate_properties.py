@@ -90,7 +90,10 @@ def _policy_yaml(kind: str, action: str) -> str:
     phrases, regexes = POLICIES[kind]
     rules = []
     if phrases:
-        rules.append(f"  - id: words\n    forbid: {{phrases: {phrases!r}}}\n    action: {action}\n"
+        # phrases as written, the definition `_norm` above writes; the folding modes (the defaults:
+        # confusables, accents, separators for prevent) have their own oracle in test_spelling.py
+        rules.append(f"  - id: words\n    forbid: {{phrases: {phrases!r}, separators: exact, confusables: exact, "
+                     f"accents: exact}}\n    action: {action}\n"
                      + ("    placeholder: '■'\n" if action == "redact" else ""))
     if regexes:
         rx = ", ".join("'" + r.replace("'", "''") + "'" for r in regexes)
