@@ -31,7 +31,8 @@ import llguidance.numpy as llnp
 import numpy as np
 
 from ingate.engines.llamacpp import LlamaCppEngine
-from ingate.gate.gate import CompiledPolicy, Gate, Verdict, compile_policy
+from ingate.gate.compile import CompiledPolicy, compile_policy
+from ingate.gate.gate import Gate, Verdict
 from ingate.gate.masks import TokenTable
 from ingate.patterns import BUILTIN_PATTERNS
 from ingate.policy import Policy, parse_policy

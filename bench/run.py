@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingate.gate.gate import Gate, compile_policy
+from ingate.gate.compile import compile_policy
+from ingate.gate.gate import Gate
 from ingate.loop import GenerationParams, Result, generate
 from ingate.policy import load_policy, parse_policy
 from ingate.runtime import Runtime

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingate.gate.gate import STEER_PENALTY, Gate, compile_policy
+from ingate.gate.compile import compile_policy
+from ingate.gate.gate import STEER_PENALTY, Gate
 from ingate.loop import GenerationParams, Result, generate
 from ingate.policy import load_policy
 from ingate.runtime import Runtime

@@ -12,7 +12,7 @@ import stat
 import pytest
 
 from ingate.audit import AuditError, AuditLog, load_key
-from ingate.gate.gate import Decision
+from ingate.gate.decision import Decision
 from ingate.loop import Result
 from ingate.policy import NONE_POLICY
 from ingate.report import decision, governance, public_detail

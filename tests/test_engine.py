@@ -331,7 +331,8 @@ def test_the_governed_loop_refuses_an_engine_that_cannot_roll_back(runtime):
     """A test double of an engine that declares no rollback: the loop says what it lacks before
     generating (the real engine always can, so it cannot stand in here)."""
     from ingate.engines import EngineError
-    from ingate.gate.gate import Gate, compile_policy
+    from ingate.gate.compile import compile_policy
+    from ingate.gate.gate import Gate
     from ingate.loop import GenerationParams, generate
     from ingate.policy import load_policy
 

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import random_split
-from ingate.gate.gate import Gate, Verdict, compile_policy
+from ingate.gate.compile import compile_policy
+from ingate.gate.gate import Gate, Verdict
 from ingate.gate.masks import TokenTable
 from ingate.patterns import BUILTIN_PATTERNS
 from ingate.policy import parse_policy

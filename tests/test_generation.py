@@ -9,7 +9,8 @@ import sqlite3
 import pytest
 
 from conftest import PARIS_PROMPT, PII_PROMPT, policy, run_where, runs_where, user
-from ingate.gate.gate import Gate, compile_policy
+from ingate.gate.compile import compile_policy
+from ingate.gate.gate import Gate
 from ingate.loop import GenerationFailed, GenerationParams, generate
 from ingate.patterns import BUILTIN_PATTERNS
 from ingate.policy import NONE_POLICY

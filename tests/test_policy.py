@@ -9,7 +9,7 @@ import pytest
 
 from conftest import INGATE
 from ingate.cli import main
-from ingate.gate.gate import compile_policy
+from ingate.gate.compile import compile_policy
 from ingate.policy import load_policy, parse_policy
 
 GOOD = """

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import explosives_policy
-from ingate.gate.gate import Gate, Verdict, compile_policy
+from ingate.gate.compile import compile_policy
+from ingate.gate.gate import Gate, Verdict
 from ingate.gate.masks import TokenTable
 from ingate.semantic.scorer import judge
 

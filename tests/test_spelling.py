@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import random_split
+from ingate.gate.compile import compile_policy
 from ingate.gate.confusables import skeleton_map
 from ingate.gate.detector import compile_phrase_detector
-from ingate.gate.gate import Gate, Verdict, compile_policy
+from ingate.gate.gate import Gate, Verdict
 from ingate.gate.masks import TokenTable
 from ingate.gate.normalize import Fold
 from ingate.policy import parse_policy

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingate.gate.gate import Decision
+from ingate.gate.decision import Decision
 
 SCHEMA_VERSION = 1
 DECISIONS = """

@@ -152,7 +152,7 @@ def _policy(arg: str | None) -> Policy:
     try:
         policy = load_policy(arg)
         if policy.source != "<none>":
-            from ingate.gate.gate import compile_policy
+            from ingate.gate.compile import compile_policy
 
             compile_policy(policy)  # surfaces regex and phrase errors before any model loads
         return policy
@@ -292,8 +292,8 @@ def _chat_loop(args: argparse.Namespace, core, policy: Policy, params, history: 
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from ingate.gate.compile import compile_policy
     from ingate.gate.explain import policy_report, text_report
-    from ingate.gate.gate import compile_policy
 
     compiled = compile_policy(_policy(args.policy))
     for line in policy_report(compiled) + (text_report(compiled, args.text) if args.text is not None else []):

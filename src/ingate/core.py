@@ -31,7 +31,7 @@ from typing import Any
 
 from ingate.audit import AuditLog
 from ingate.engines.base import ContextFull, EngineCrashed, EngineError, exit_reason
-from ingate.gate.gate import Action, Decision
+from ingate.gate.decision import Action, Decision
 from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.policy import Policy
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from ingate import logprobs
 from ingate.engines.base import FULL_LOGITS, ROLLBACK, Engine, EngineError
-from ingate.gate.gate import Action, Admission, Decision, Gate, Verdict
+from ingate.gate.decision import Action, Decision
+from ingate.gate.gate import Admission, Gate, Verdict
 from ingate.sampling import Sampler, SamplingParams
 
 log = logging.getLogger("ingate.loop")

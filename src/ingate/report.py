@@ -12,7 +12,7 @@ keyed with the deployment's secret (ingate.audit).
 
 from __future__ import annotations
 
-from ingate.gate.gate import Decision
+from ingate.gate.decision import Decision
 from ingate.loop import Result
 from ingate.policy import Policy
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from ingate.audit import AuditLog
 from ingate.engines import Engine, EngineError, load_engine
-from ingate.gate.gate import Action, CompiledPolicy, Decision, Gate, compile_policy
+from ingate.gate.compile import CompiledPolicy, compile_policy
+from ingate.gate.decision import Action, Decision
+from ingate.gate.gate import Gate
 from ingate.gate.masks import TokenTable
 from ingate.loop import GenerationFailed, GenerationParams, Result, generate, partial_result
 from ingate.policy import Policy

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ingate import report
 from ingate.audit import AuditLog
 from ingate.engines import ContextFull, EngineCrashed
-from ingate.gate.gate import Action, Decision
+from ingate.gate.decision import Action, Decision
 from ingate.loop import GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from ingate.gate.gate import Decision
+from ingate.gate.decision import Decision
 
 # what governance acted on (errors and cancels are not)
 VIOLATIONS = frozenset({"prevent", "redact", "stop", "resample", "refuse"})

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ingate.gate.compile import CompiledPolicy
 from ingate.gate.detector import CheckedDetector, Match, PatternDetector, PhraseDetector, compile_phrase_detector
-from ingate.gate.gate import CompiledPolicy
 from ingate.policy import RuleSpec
 
 # the folds that can be turned off, strongest first, with what they are called in a policy
