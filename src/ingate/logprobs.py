@@ -13,6 +13,7 @@ import codecs
 import numpy as np
 
 from ingate.gate.gate import Gate
+from ingate.holdback import Span
 
 Recorded = tuple[float, list[tuple[int, float]]]  # chosen logprob, [(alternative id, logprob)]
 
@@ -33,6 +34,24 @@ def _entry(text: bytes, logprob: float) -> dict:
     return {"token": text.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(text)}
 
 
+def released_tokens(gate: Gate) -> list[tuple[int, Span | None]]:
+    """(token index, redaction span or None) for every token released whole, in order.
+
+    Tokens inside one redaction share its span: the client saw the placeholder, not them.
+    """
+    out: list[tuple[int, Span | None]] = []
+    spans = iter(gate.redactions.redacted)
+    sp = next(spans, None)
+    for k, st in enumerate(gate.tok_start):
+        end = st + len(gate.token_bytes[gate.tokens[k]])
+        if end > gate.hold.released:
+            break
+        while sp is not None and sp.end <= st:
+            sp = next(spans, None)
+        out.append((k, sp if sp is not None and sp.start < end else None))
+    return out
+
+
 def released_entropies(gate: Gate) -> list[tuple[str, float | None]]:
     """(text, entropy) for what the client was shown, aligned with `entries`: one pair per token
     released whole, (placeholder, None) for a redaction. A character split across tokens is
@@ -40,7 +59,7 @@ def released_entropies(gate: Gate) -> list[tuple[str, float | None]]:
     out: list[tuple[str, float | None]] = []
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     last_span = None
-    for k, span in gate.released_tokens():
+    for k, span in released_tokens(gate):
         if k >= len(gate.entropies):
             break
         if span is not None:
@@ -58,7 +77,7 @@ def entries(gate: Gate, recorded: list[Recorded]) -> list[dict]:
     out: list[dict] = []
     tb = gate.token_bytes
     last_span = None
-    for k, span in gate.released_tokens():
+    for k, span in released_tokens(gate):
         if k >= len(recorded):
             break
         if span is not None:

@@ -31,7 +31,7 @@ import numpy as np
 from ingate import logprobs
 from ingate.engines.base import FULL_LOGITS, ROLLBACK, Engine, EngineError
 from ingate.gate.decision import Action, Decision
-from ingate.gate.gate import Admission, Gate, Verdict
+from ingate.gate.gate import Admission, Gate, Mode, Verdict
 from ingate.sampling import Sampler, SamplingParams
 
 log = logging.getLogger("ingate.loop")
@@ -128,6 +128,9 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
     """
     if gate is None:
         return _ungoverned(engine, prompt, params, on_text, cancelled)
+    if gate.mode is not Mode.FULL:
+        raise ValueError(f"ingate's own loop drives a {Mode.FULL} gate; a {gate.mode} gate has its driver in "
+                         "ingate.drivers")
     missing = {FULL_LOGITS, ROLLBACK} - engine.capabilities
     if missing:
         raise EngineError(f"engine {engine.name!r} lacks {', '.join(sorted(missing))}, which ingate's own loop "

@@ -46,6 +46,15 @@ class Sampler:
         self.narrowed = 0
         self._rng = np.random.default_rng(params.seed)
 
+    def peek(self, logits: np.ndarray) -> int:
+        """The token `sample` would pick now without a mask, leaving the generator as it was: what
+        an engine's own draw would have been, had nothing been masked."""
+        state = self._rng.bit_generator.state
+        try:
+            return self.sample(logits)
+        finally:
+            self._rng.bit_generator.state = state
+
     def sample(self, logits: np.ndarray, banned: np.ndarray | None = None, bound: float | None = None) -> int:
         """Pick a token. `banned` (bool per token, or an index array) is removed before choosing.
 

@@ -1,39 +1,56 @@
-"""The gate: a compiled policy applied to one stream.
+"""The gate: a compiled policy applied to one stream, as a matcher any loop can drive.
 
-It answers the loop's three questions:
-  * `mask()`: which tokens may not be sampled here (prevent rules and bans, on bytes);
-  * `admit(token)`: is this token admitted, or must the engine resample or roll back;
+It answers a driver's questions:
+  * `mask()`: which tokens may not be sampled here (prevent rules and bans);
+  * `admit(token)` / `feed(text)`: is this admitted, or must the driver resample or roll back;
+  * `settle()`: apply the semantic verdicts that are due;
   * `release()`: how much text may the client see now (the provably admissible prefix).
 
-Every byte of the output ends released, held, or rolled back. Threads of each detector mark
-where undecided partial matches begin; nothing at or after the earliest of them is released.
-A prevent rule may roll the engine back to a token boundary, so its holds begin at the start
-of the token holding the partial match: the client never sees a byte that could be taken back.
+Every byte ends released, held, or rolled back. Each rule is a check (`kinds/`) that says the
+earliest byte it has not decided; nothing at or after the earliest of them is released.
+
+One compiled policy serves three drivers, each an honest subset (`Mode`, README "Architecture"):
+  FULL        ingate's own loop: mask, admit, hold back, roll back and resample.
+  MASK_FIRST  an engine that samples itself (vLLM): a mask per step, no rollback. A match the
+              mask could not prevent ends the stream before it; a rejected group ends it too.
+  TEXT        a remote stream of text deltas: no logits, no mask. Rollback is "cancel and
+              continue": the gate drops the held text from the match on, and the driver asks
+              the upstream to continue from `raw`.
+In all three, no byte of a prevented phrase or pattern is released; in the first two, prevention
+happens before sampling.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 import numpy as np
 
 from ingate.gate.compile import CompiledPolicy, stop_sequences
 from ingate.gate.decision import Action, Decision
-from ingate.gate.detector import Match, PatternDetector
-from ingate.gate.entropy import EntropyBudget
+from ingate.gate.kinds.base import Check, Finding, Kind, Stream
+from ingate.gate.kinds.entropy import EntropyCheck
+from ingate.gate.kinds.forbid import ForbidCheck
+from ingate.gate.kinds.semantic import SemanticCheck
 from ingate.gate.masks import TokenTable
-from ingate.holdback import HoldBack, Span
+from ingate.gate.redact import Redactions
+from ingate.holdback import HoldBack
 from ingate.patterns import BUILTIN_PATTERNS
-from ingate.semantic.groups import Groups
+
+
+class Mode(StrEnum):
+    FULL = "full"
+    MASK_FIRST = "mask_first"
+    TEXT = "text"
 
 
 class Verdict(Enum):
     ADMIT = "admit"
     RESAMPLE = "resample"  # sample again with mask() applied
-    ROLLBACK = "rollback"  # roll the engine back `rollback` tokens, then sample again
+    ROLLBACK = "rollback"  # roll back `rollback` tokens (TEXT: continue from `raw`), then go on
     STOP = "stop"  # end the stream with finish_reason content_filter
     END = "end"  # a stop sequence: end the stream with finish_reason stop, the sequence withheld
 
@@ -44,12 +61,7 @@ class Admission:
     rollback: int = 0
 
 
-@dataclass
-class _Snap:
-    threads: list
-    spans: tuple[Span, ...]
-
-
+ADMIT = Admission(Verdict.ADMIT)
 # How far generation may run past a closed group before its verdict must be applied. Scoring
 # overlaps these tokens; a verdict later than that makes the loop wait for it.
 SEMANTIC_LAG_TOKENS = 3
@@ -59,315 +71,262 @@ STEER_PENALTY = 8.0
 
 
 class Gate:
-    """The compiled policy applied to one stream. Not thread-safe; one per generation."""
+    """The compiled policy applied to one stream. Not thread-safe; one per generation.
+    `table` is the engine's vocabulary (None in TEXT mode, which sees no tokens)."""
 
-    def __init__(self, compiled: CompiledPolicy, table: TokenTable, stop: Sequence[str] = (),
+    def __init__(self, compiled: CompiledPolicy, table: TokenTable | None, stop: Sequence[str] = (),
                  semantic_lag: int = SEMANTIC_LAG_TOKENS, steer_penalty: float = STEER_PENALTY,
-                 session_entropy: float = 0.0):
-        self.compiled = compiled
-        self.detectors = compiled.detectors + ([stop_sequences(stop)] if stop else [])
-        self.masks = compiled.masks_for(table)
-        self.token_bytes = table.token_bytes
-        self.vocab_size = table.size
-        self.raw = bytearray()
-        self.tokens: list[int] = []
-        self.tok_start: list[int] = []
-        self.threads: list = [d.initial() for d in self.detectors]  # per detector scan state
-        self.spans: list[Span] = []
-        self.redacted: list[Span] = []  # every span released as a placeholder, in order
-        self._snaps: list[_Snap] = []
-        self.hold = HoldBack()
+                 session_entropy: float = 0.0, mode: Mode | str = Mode.FULL):
+        self.compiled, self.mode = compiled, Mode(mode)
+        if table is None and self.mode is not Mode.TEXT:
+            raise ValueError(f"mode {self.mode} masks tokens: it needs the engine's token table")
+        self.s = Stream(table.token_bytes if table is not None else [])
+        self.masks = compiled.masks_for(table) if table is not None else None
+        dets = compiled.detectors + ([stop_sequences(stop)] if stop else [])
+        self.forbid = [ForbidCheck(d, i) for i, d in enumerate(dets)]
+        self.preventers = [c for c in self.forbid if c.kind is Kind.PREVENT]
+        out = compiled.semantic_output
+        self.semantic = SemanticCheck(out, semantic_lag, steer_penalty) if out else None
+        rule = compiled.policy.entropy_rule
+        self._entropy = EntropyCheck(rule.id, rule.entropy, session_entropy) if rule and rule.entropy else None
+        self.checks: list[Check] = [*self.forbid, *[c for c in (self.semantic, self._entropy) if c is not None]]
+        self.early = [c for c in self.checks if c.early]
+        self.late = [c for c in self.checks if not c.early]
+        self.hold, self.redactions = HoldBack(), Redactions()
         self.bans: dict[int, set[int]] = {}
         self.decisions: list[Decision] = []
         self._unaudited = 0
-        self.rollbacks = 0
-        self.held_max_chars = 0
+        self.rollbacks = self.held_max_chars = 0
         self._cap: int | None = None  # after a stop: nothing at or beyond this byte is ever released
-        self.groups = Groups(compiled.semantic_output, semantic_lag) if compiled.semantic_output else None
-        self.epilogue = ""  # a semantic rule's refusal, released after a fallback stop
-        self.stopped = False  # a semantic rule ended the stream
-        self.halted = False  # halt() or fail() ended it
-        rule = compiled.policy.entropy_rule
-        self.entropy = EntropyBudget(rule.id, rule.entropy, session_entropy) if rule and rule.entropy else None
-        self.entropies: list[float] = []  # per admitted token, when the loop measures entropy
-        self.steer_penalty = steer_penalty  # 0: the rolled-back group's first token is banned, nothing more
+        self.epilogue = ""  # a rule's refusal, released after a stop
+        self.stopped = self.halted = False  # a rule ended the stream; halt() or fail() ended it
+        self.entropies: list[float] = []  # per admitted token, when the driver measures entropy
 
-    # ---- before sampling ------------------------------------------------------------------
-    @property
-    def position(self) -> int:
-        return len(self.tokens)
+    # ---- what the stream holds -----------------------------------------------------------------
+    raw = property(lambda self: self.s.raw)
+    tokens = property(lambda self: self.s.tokens)
+    tok_start = property(lambda self: self.s.tok_start)
+    token_bytes = property(lambda self: self.s.token_bytes)
+    position = property(lambda self: len(self.s.tokens))
+    text = property(lambda self: self.hold.text)
+    groups = property(lambda self: self.semantic.groups if self.semantic is not None else None)
+    entropy = property(lambda self: self._entropy.budget if self._entropy is not None else None)
+    semantic_stats = property(lambda self: self.groups.stats.to_dict() if self.semantic is not None else None)
 
+    # ---- before sampling ----------------------------------------------------------------------
     def banned(self) -> np.ndarray | None:
         """Tokens banned at this position by earlier rollbacks (None when there are none)."""
-        b = self.bans.get(len(self.tokens))
+        b = self.bans.get(self.position)
         return np.fromiter(b, dtype=np.int64, count=len(b)) if b else None
-
-    def _search_state(self, i: int):
-        """The search-DFA state a mask is keyed on, derived when a mask is needed (rarely).
-
-        Every live partial match began at or after the earliest live start, so the search DFA
-        run over the text from there reaches the same live set as a run over all of it; no
-        second per-token scan is needed.
-        """
-        d = self.detectors[i]
-        start = d.earliest(self.threads[i], len(self.raw))
-        if start is None:
-            return d.search_initial()
-        return d.advance_search(d.search_initial(), bytes(self.raw[start:]))
 
     def mask(self) -> np.ndarray:
         """bool per token: True where sampling the token would complete a prevented match."""
-        forbidden = np.zeros(self.vocab_size, dtype=bool)
-        for i in self.compiled.prevent_indices:
-            d = self.detectors[i]
-            forbidden |= self.masks.row(i, d, self._search_state(i))
-        b = self.bans.get(len(self.tokens))
+        if self.masks is None:
+            raise ValueError("a TEXT-mode gate sees no tokens: there is nothing to mask")
+        forbidden = np.zeros(self.masks.table.size, dtype=bool)
+        for c in self.preventers:
+            forbidden |= c.forbidden(self.s, self.masks)
+        b = self.bans.get(self.position)
         if b:
             forbidden[list(b)] = True
         return forbidden
 
-    # ---- after sampling --------------------------------------------------------------------
+    def note_masked(self, token: int) -> None:
+        """MASK_FIRST: audit a prevention the mask made before sampling: `token`, the engine's draw
+        without the mask, would have completed a prevented match."""
+        if self.masks is not None:
+            rule = next((c.rule_id for c in self.preventers if c.forbidden(self.s, self.masks)[token]), None)
+            if rule is not None:
+                self._decide(rule, Action.PREVENT, len(self.raw), self.s.token_bytes[token],
+                             "the engine's draw would complete a prevented match; masked before sampling")
+
+    def bias(self, logits: np.ndarray) -> np.ndarray:
+        """Steering after a semantic rollback; the logits themselves otherwise (transparency)."""
+        return logits if self.semantic is None else self.semantic.bias(logits, self.position)
+
+    # ---- after sampling -------------------------------------------------------------------------
     def admit(self, token: int, entropy: float = float("nan")) -> Admission:
         """`entropy`: of the distribution the token was sampled from (nats), for the entropy rule."""
-        data = self.token_bytes[token]
-        p0 = len(self.raw)
-        new_threads: list = []
-        found: list[tuple[PatternDetector, list[Match]]] = []
-        for d, th in zip(self.detectors, self.threads, strict=True):
-            if not data:
-                new_threads.append(th)
-                continue
-            nt, ms = d.advance(th, data, p0)
-            if ms:
-                if d.action == "prevent":
-                    return self._prevent(d, ms, token, p0, data)
-                found.append((d, ms))
-            new_threads.append(nt)
-        self._snaps.append(_Snap(self.threads, tuple(self.spans)))
-        self.threads = new_threads
-        self.tok_start.append(p0)
-        self.tokens.append(token)
-        self.raw += data
+        return self._consume(token, self.s.token_bytes[token], entropy)
+
+    def feed(self, text: str | bytes) -> Admission:
+        """TEXT mode: one delta of a remote stream. ROLLBACK means cancel and continue from `raw`."""
+        return self._consume(-1, text.encode() if isinstance(text, str) else text, float("nan"))
+
+    def _consume(self, token: int, data: bytes, entropy: float) -> Admission:
+        s, p0 = self.s, len(self.s.raw)
+        found: list[Finding] = []
+        for c in self.early:  # before the token joins the stream: a prevented one never does
+            if fs := c.step(s, data, p0, entropy):
+                found += fs
+        if prevented := [f for f in found if f.kind is Kind.PREVENT]:
+            f = min(prevented, key=lambda x: x.start)
+            for c in self.early:
+                c.rollback(s, len(s))
+            return self._prevent(f, bytes(s.raw[f.start:]) + data[max(0, f.start - p0):f.end - p0], data)
+        s.append(token, data)
         self.entropies.append(entropy)
-        if self.groups is not None:
-            self.groups.after_token(self.raw, self.tok_start, data)
-        if found and (ended := self._apply(found)) is not None:
-            return ended
-        if self.entropy is not None:
-            return self._entropy_step(entropy, p0, data)
-        return Admission(Verdict.ADMIT)
+        for c in self.late:
+            if fs := c.step(s, data, p0, entropy):
+                found += fs
+        return self._apply(found) if found else ADMIT
 
     def end_of_text(self) -> Admission:
         """The text ends here (the model chose to end, or max_tokens): decide the matches that were
         waiting for one more character, a whole word's edge. ROLLBACK or STOP as in `admit`."""
-        p = len(self.raw)
-        found: list[tuple[PatternDetector, list[Match]]] = []
-        for i, (d, th) in enumerate(zip(self.detectors, self.threads, strict=True)):
-            nt, ms = d.finish(th, p)
-            if not ms:
-                continue
-            if d.action == "prevent":
-                adm = self._prevent(d, ms, -1, p, b"")
-                if adm.verdict is Verdict.RESAMPLE:  # nothing left to resample at the end: release no more
-                    self._cap = self.hold.released
-                    return Admission(Verdict.STOP)
-                return adm
-            self.threads[i] = nt
-            found.append((d, ms))
-        return (self._apply(found) if found else None) or Admission(Verdict.ADMIT)
+        found = [f for c in self.checks for f in c.finish(self.s)]
+        prevented = [f for f in found if f.kind is Kind.PREVENT]
+        if not prevented:
+            return self._apply(found) if found else ADMIT
+        f = min(prevented, key=lambda x: x.start)
+        adm = self._prevent(f, bytes(self.raw[f.start:f.end]), b"")
+        if adm.verdict is Verdict.RESAMPLE:  # nothing left to resample at the end: release no more
+            self._stop(self.hold.released)
+            return Admission(Verdict.STOP)
+        return adm
 
-    def _apply(self, found: list[tuple[PatternDetector, list[Match]]]) -> Admission | None:
-        """Redact and stop matches: every redaction becomes a span; the earliest stop (or stop
-        sequence) caps the release there and ends the stream. None when nothing ends it."""
-        stop: tuple[PatternDetector, Match] | None = None
-        for d, ms in found:
-            if d.action == "redact":
-                for m in ms:
-                    self._add_span(d, m)
-            elif stop is None or min(m[0] for m in ms) < stop[1][0]:
-                stop = (d, min(ms, key=lambda m: m[0]))
-        if stop is None:
-            return None
-        d, (st, end, labels) = stop
-        self._cap = st if self._cap is None else min(self._cap, st)
-        if d.action == "end":  # a stop sequence is the caller's request, not a governance decision
+    def settle(self, final: bool = False, can_rollback: bool = True) -> Admission:
+        """Apply the semantic verdicts that are due (all of them when `final`).
+
+        ROLLBACK: a group was judged inadmissible and is taken back to regenerate. STOP: its
+        retries are spent (or the rule's action is stop, or the driver cannot roll back)."""
+        can_rollback = can_rollback and self.mode is not Mode.MASK_FIRST
+        for c in self.checks:
+            if (f := c.due(self.s, final, can_rollback)) is not None:
+                return self._reject(f, can_rollback)
+        return ADMIT
+
+    # ---- applying what the checks found -----------------------------------------------------------
+    def _apply(self, found: list[Finding]) -> Admission:
+        """Notes are audited, redactions become spans; the earliest stop (or stop sequence) caps the
+        release there and ends the stream."""
+        end: Finding | None = None
+        for f in found:
+            if f.kind is Kind.REDACT:
+                self.redactions.add(self.s.token_at(f.start), f)
+            elif f.kind is Kind.NOTE:
+                self._decide(f.rule_id, f.action, f.start, b"", f.detail)
+            elif end is None or f.start < end.start:
+                end = f
+        if end is None:
+            return ADMIT
+        self._stop(end.start, end.epilogue)
+        if end.kind is Kind.END:  # a stop sequence is the caller's request, not a governance decision
             return Admission(Verdict.END)
-        self._decide(d.rule_id, Action.STOP, st, bytes(self.raw[st:end]),
-                     f"matched {self._label(d, labels)}; stream ended")
+        if end.detail:  # (an entropy stop was audited when its budget was spent)
+            self._decide(end.rule_id, Action.STOP, end.start, bytes(self.raw[end.start:end.end]),
+                         f"matched {end.detail}; stream ended")
         return Admission(Verdict.STOP)
 
-    def _entropy_step(self, h: float, p0: int, data: bytes) -> Admission:
-        """Spend the budgets; once one is spent, end at the next sentence boundary."""
-        eb = self.entropy
-        assert eb is not None
-        spent = eb.spend(h)
-        if spent is not None:
-            self._decide(eb.rule_id, Action.ABSTAIN, p0, b"", spent)
-        if not eb.exhausted:
-            return Admission(Verdict.ADMIT)
-        cut = eb.boundary(data, len(self.tokens))
-        if cut is None:
-            return Admission(Verdict.ADMIT)
-        self._cap = p0 + cut if self._cap is None else min(self._cap, p0 + cut)
-        self.epilogue = eb.spec.message or ""
-        self.stopped = True
-        return Admission(Verdict.STOP)
-
-    def _prevent(self, d: PatternDetector, ms: list[Match], token: int, p0: int, data: bytes) -> Admission:
-        st, end, labels = min(ms, key=lambda m: m[0])
-        matched = bytes(self.raw[st:]) + data[max(0, st - p0): end - p0]
-        what = self._label(d, labels)
-        if st >= p0:
-            self._decide(d.rule_id, Action.PREVENT, st, matched,
+    def _prevent(self, f: Finding, matched: bytes, undone: bytes) -> Admission:
+        """A prevented match starting at `f.start`. The token that completed it, `undone`, is no
+        longer in the stream: it would have started at the end of `raw`."""
+        what, st, p0 = f.detail, f.start, len(self.raw)
+        if self.mode is Mode.MASK_FIRST:  # the engine has the token already: end before the match
+            self._stop(max(st, self.hold.released))
+            self._decide(f.rule_id, Action.STOP, st, matched, f"{what}: the mask could not prevent it and this "
+                         "driver cannot roll back; stream ended")
+            return Admission(Verdict.STOP)
+        if st >= p0 and self.mode is Mode.FULL:
+            self._decide(f.rule_id, Action.PREVENT, st, matched,
                          f"{what}: would complete inside the token; resampled under the mask")
             return Admission(Verdict.RESAMPLE)
-        k = bisect_right(self.tok_start, st) - 1
+        if self.mode is Mode.TEXT:
+            return self._withdraw(f, matched, max(st, self.hold.released), undone)
+        k = self.s.token_at(st)
         if self.tok_start[k] < self.hold.released:
             # The match began in text already released: that can happen only after a rollback
             # revived a partial match whose later text had let the release move on. Take back
             # what is still held, and never what was released.
             k = bisect_left(self.tok_start, self.hold.released)
-            if k >= len(self.tokens):
-                self._decide(d.rule_id, Action.PREVENT, st, matched, f"{what}: resampled under the mask")
+            if k >= len(self.s):
+                self._decide(f.rule_id, Action.PREVENT, st, matched, f"{what}: resampled under the mask")
                 return Admission(Verdict.RESAMPLE)
-        if self.rollbacks >= self.compiled.policy.max_rollbacks:
-            self._cap = self.tok_start[k]
-            self._decide(d.rule_id, Action.STOP, st, matched,
-                         f"{what}: rollback budget ({self.compiled.policy.max_rollbacks}) spent; stream ended")
+        if self._budget_spent(f, matched, self.tok_start[k]):
             return Admission(Verdict.STOP)
-        n = len(self.tokens) - k
-        self._decide(d.rule_id, Action.PREVENT, st, matched,
+        n = len(self.s) - k
+        self._decide(f.rule_id, Action.PREVENT, st, matched,
                      f"{what}: held partial match rolled back {n} token(s) and resampled")
-        self._rollback_to(k)
+        self._cut(k, ban=True)
+        self.rollbacks += 1
         return Admission(Verdict.ROLLBACK, rollback=n)
 
-    def _rollback_to(self, k: int) -> None:
-        if self.tok_start[k] < self.hold.released:
-            raise AssertionError("rollback would take back released text")
-        if self.groups is not None:
-            self.groups.on_rollback(k, self.tok_start)
-        banned_tok = self.tokens[k]
-        del self.entropies[k:]
-        if self.entropy is not None:
-            self.entropy.truncate(k)
-        self.bans = {p: s for p, s in self.bans.items() if p <= k}
-        self.bans.setdefault(k, set()).add(banned_tok)
-        snap = self._snaps[k]
-        self.threads = snap.threads
-        self.spans = list(snap.spans)
-        del self.raw[self.tok_start[k]:]
-        del self.tokens[k:], self.tok_start[k:], self._snaps[k:]
+    def _withdraw(self, f: Finding, matched: bytes, at: int, undone: bytes) -> Admission:
+        """TEXT mode: drop the held text from byte `at` on; the driver continues from `raw`. The
+        text of the cut delta before `at` (and of the `undone` one) is fed again, as one delta."""
+        if self._budget_spent(f, matched, at):
+            return Admission(Verdict.STOP)
+        full = bytes(self.raw) + undone
+        self._decide(f.rule_id, Action.PREVENT, f.start, matched,
+                     f"{f.detail}: {len(full) - at} held byte(s) withdrawn; the stream continues before the match")
+        k = self.s.token_at(at) if at < len(self.raw) else len(self.s)
+        kept = full[self.tok_start[k] if k < len(self.s) else len(self.raw):at]
+        if k < len(self.s):
+            self._cut(k, ban=False)
         self.rollbacks += 1
+        if kept and self._consume(-1, kept, float("nan")).verdict is not Verdict.ADMIT:
+            raise RuntimeError("text kept before a withdrawn match was refused again")  # cannot happen
+        return Admission(Verdict.ROLLBACK, rollback=len(full) - at)
 
-    def _add_span(self, d: PatternDetector, m: Match) -> None:
-        st, end, labels = m
-        lab = min(labels)
-        new = Span(st, end, d.placeholders[lab], d.rule_id, d.labels[lab])
-        keep: list[Span] = []
-        for sp in self.spans:
-            if sp.end > new.start and sp.start < new.end:  # overlap: merge; the longer match names it
-                # (a card number also holds a phone-shaped run; it should read [CREDIT_CARD])
-                first = max((sp, new), key=lambda x: (x.end - x.start, -x.start))
-                new = Span(min(sp.start, new.start), max(sp.end, new.end), first.placeholder,
-                           first.rule_id, first.label)
-            else:
-                keep.append(sp)
-        keep.append(new)
-        keep.sort(key=lambda s: s.start)
-        self.spans = keep
+    def _reject(self, f: Finding, can_rollback: bool) -> Admission:
+        what, matched = f.detail, bytes(self.raw[f.start:f.end])
+        retry = f.retry and can_rollback
+        if retry and self.rollbacks >= self.compiled.policy.max_rollbacks:
+            retry = False
+            what += f"; rollback budget ({self.compiled.policy.max_rollbacks}) spent"
+        if not retry:
+            tail = f"retries spent ({f.retries}); " if f.action == "resample" and can_rollback else ""
+            self._stop(f.start, f.epilogue)
+            self._decide(f.rule_id, Action.STOP, f.start, matched, f"{what}; {tail}stream ended")
+            return Admission(Verdict.STOP)
+        n = len(self.s) - f.tok
+        self._decide(f.rule_id, Action.RESAMPLE, f.start, matched,
+                     f"{what}; rolled back {n} token(s), regenerating (retry {f.attempt}/{f.retries})")
+        f.source.regenerating(self.s)
+        self._cut(f.tok, ban=self.mode is Mode.FULL)
+        self.rollbacks += 1
+        self._cap = None  # a stop sequence past the rollback point is gone with its text
+        return Admission(Verdict.ROLLBACK, rollback=n)
 
-    # ---- semantic groups ---------------------------------------------------------------------
-    def settle(self, final: bool = False, can_rollback: bool = True) -> Admission:
-        """Apply the semantic verdicts that are due (all of them when `final`).
+    def _budget_spent(self, f: Finding, matched: bytes, at: int) -> bool:
+        if self.rollbacks < self.compiled.policy.max_rollbacks:
+            return False
+        self._stop(at)
+        self._decide(f.rule_id, Action.STOP, f.start, matched,
+                     f"{f.detail}: rollback budget ({self.compiled.policy.max_rollbacks}) spent; stream ended")
+        return True
 
-        ADMIT: nothing to undo (release may advance). ROLLBACK: a group was judged inadmissible
-        and the engine must take back `rollback` tokens and regenerate from its start. STOP:
-        its retries are spent (or the rule's action is stop); the stream ends before the group.
-        With `final` the open group is closed first, so every byte is judged before it is released;
-        `can_rollback=False` (the stream is ending anyway) turns a rejection into a stop.
-        """
-        gr = self.groups
-        if gr is None:
-            return Admission(Verdict.ADMIT)
-        if final and gr.open_tok < len(self.tokens):
-            gr.close(self.raw, self.tok_start)
-        while (nv := gr.next_verdict(len(self.tokens), block=final)) is not None:
-            g, v = nv
-            bad = v.rejected if v is not None else None
-            if v is None or bad is None:
-                gr.admit_head(v)
-                continue
-            rule = next(r for r in gr.rules if r.rule_id == bad.rule_id)
-            g, n = gr.reject_head(v)
-            what = f"semantic: group of {g.end_tok - g.start_tok} token(s) {rule.explain(bad)}"
-            matched = bytes(self.raw[g.start:g.end])
-            retry = rule.action == "resample" and n <= rule.spec.max_retries and can_rollback
-            if retry and self.rollbacks >= self.compiled.policy.max_rollbacks:
-                retry = False
-                what += f"; rollback budget ({self.compiled.policy.max_rollbacks}) spent"
-            if not retry:
-                self._cap = g.start if self._cap is None else min(self._cap, g.start)
-                tail = (f"retries spent ({rule.spec.max_retries}); " if rule.action == "resample" and can_rollback
-                        else "")
-                self._decide(rule.rule_id, Action.STOP, g.start, matched, f"{what}; {tail}stream ended")
-                self.epilogue = rule.spec.refusal or ""
-                self.stopped = True
-                return Admission(Verdict.STOP)
-            k = g.start_tok
-            rejected = self.tokens[k:g.end_tok]
-            self._decide(rule.rule_id, Action.RESAMPLE, g.start, matched,
-                         f"{what}; rolled back {len(self.tokens) - k} token(s), regenerating "
-                         f"(retry {n}/{rule.spec.max_retries})")
-            n_back = len(self.tokens) - k
-            self._rollback_to(k)
-            self._cap = None  # a stop sequence past the rollback point is gone with its text
-            gr.stats.retried += 1
-            gr.steer = (k, self._content_tokens(rejected, gr.steer[1] if gr.steer and gr.steer[0] == k else None))
-            return Admission(Verdict.ROLLBACK, rollback=n_back)
-        return Admission(Verdict.ADMIT)
+    def _cut(self, k: int, ban: bool) -> None:
+        """Back to the first k tokens, every check with it. `ban`: token k may not come again there."""
+        if self.tok_start[k] < self.hold.released and self.mode is Mode.FULL:
+            raise AssertionError("rollback would take back released text")
+        for c in self.checks:
+            c.rollback(self.s, k)
+        self.redactions.rollback(k)
+        if ban:
+            self.bans = {p: b for p, b in self.bans.items() if p <= k}
+            self.bans.setdefault(k, set()).add(self.tokens[k])
+        del self.entropies[k:]
+        self.s.truncate(k)
 
-    def _content_tokens(self, tokens: list[int], prev: np.ndarray | None) -> np.ndarray:
-        """Tokens of a rejected attempt that carry content (3+ letters): penalized in its replacement."""
-        keep = {t for t in tokens if sum(c.isalpha() for c in self.token_bytes[t].decode("utf-8", "ignore")) >= 3}
-        if prev is not None:
-            keep.update(prev.tolist())
-        return np.fromiter(keep, dtype=np.int64, count=len(keep))
+    def _stop(self, at: int, epilogue: str = "") -> None:
+        self._cap = at if self._cap is None else min(self._cap, at)
+        self.stopped = True
+        self.epilogue = self.epilogue or epilogue
 
-    def bias(self, logits: np.ndarray) -> np.ndarray:
-        """Steering after a semantic rollback; the logits themselves otherwise (transparency)."""
-        if self.groups is None:
-            return logits
-        toks = self.groups.steer_at(len(self.tokens))
-        if toks is None or not toks.size or not self.steer_penalty:
-            return logits
-        out = logits.copy()
-        out[toks] -= self.steer_penalty
-        return out
-
-    @property
-    def semantic_stats(self) -> dict | None:
-        return self.groups.stats.to_dict() if self.groups is not None else None
-
-    # ---- release ---------------------------------------------------------------------------
+    # ---- release ----------------------------------------------------------------------------------
     def boundary(self, final: bool = False) -> int:
         """Raw offset below which every byte is decided."""
         b = len(self.raw)
         if not final:
-            for d, th in zip(self.detectors, self.threads, strict=True):
-                s = d.earliest(th, b)
-                if s is not None:
-                    if d.rolls_back:
-                        s = self.tok_start[bisect_right(self.tok_start, s) - 1]
-                    if s < b:
-                        b = s
+            exact = self.mode is not Mode.FULL
+            for c in self.checks:
+                h = c.hold(self.s, exact)
+                if h is not None and h < b:
+                    b = h
         if self._cap is not None and self._cap < b:
             b = self._cap
-        if self.groups is not None and self.groups.approved < b:
-            b = self.groups.approved  # an open or unjudged group is one more undecided suffix
-        for sp in self.spans:
-            if sp.start < b < sp.end:
-                b = sp.start
-        return max(b, self.hold.released)  # released text is final, whatever a rollback revived
+        return max(self.redactions.boundary(b), self.hold.released)  # released text is final
 
     def release(self, final: bool = False) -> str:
         """Advance the release point; returns the newly releasable client text.
@@ -376,64 +335,29 @@ class Gate:
         audit `take_decisions()` before showing the text (invariant 5).
         """
         b = self.boundary(final)
-        for sp in self.spans:
-            if self.hold.released < sp.end <= b:
-                k = bisect_right(self.tok_start, sp.start) - 1
-                # a built-in pattern's name says no more than its placeholder does; a phrase would
-                self.decisions.append(Decision(sp.rule_id, Action.REDACT, k, sp.start,
-                                               bytes(self.raw[sp.start:sp.end]),
-                                               f"{sp.label} replaced by {sp.placeholder}",
-                                               f"redacted one {sp.label}" if sp.label in BUILTIN_PATTERNS else ""))
-                self.redacted.append(sp)
-        text = self.hold.release(self.raw, b, self.spans)
-        if self.spans and self.spans[0].end <= self.hold.released:
-            # released spans are final (a rollback never reaches below the release point): dropping
-            # them keeps per-token work independent of how much was redacted before
-            self.spans = [sp for sp in self.spans if sp.end > self.hold.released]
+        for sp in self.redactions.releasing(self.hold.released, b):
+            # a built-in pattern's name says no more than its placeholder does; a phrase would
+            self.decisions.append(Decision(sp.rule_id, Action.REDACT, self.s.token_at(sp.start), sp.start,
+                                           bytes(self.raw[sp.start:sp.end]), f"{sp.label} replaced by {sp.placeholder}",
+                                           f"redacted one {sp.label}" if sp.label in BUILTIN_PATTERNS else ""))
+        text = self.hold.release(self.raw, b, self.redactions.spans)
+        self.redactions.released(self.hold.released)
         if final or self._cap is not None:
             text += self.hold.flush()
             if self.epilogue:
                 shown = self.hold.text + text
-                sep = " " if shown and not shown[-1].isspace() else ""
-                text += self.hold.append(sep + self.epilogue)
+                text += self.hold.append((" " if shown and not shown[-1].isspace() else "") + self.epilogue)
                 self.epilogue = ""
         if len(self.raw) - self.hold.released > self.held_max_chars:  # bytes >= chars: cheap pre-check
             held = len(bytes(self.raw[self.hold.released:]).decode("utf-8", errors="ignore"))
             self.held_max_chars = max(self.held_max_chars, held)
         return text
 
-    def released_tokens(self) -> list[tuple[int, Span | None]]:
-        """(token index, redaction span or None) for every token released whole, in order.
-
-        Tokens inside one redaction share its span: the client saw the placeholder, not them.
-        """
-        out: list[tuple[int, Span | None]] = []
-        spans = iter(self.redacted)
-        sp = next(spans, None)
-        for k, st in enumerate(self.tok_start):
-            end = st + len(self.token_bytes[self.tokens[k]])
-            if end > self.hold.released:
-                break
-            while sp is not None and sp.end <= st:
-                sp = next(spans, None)
-            out.append((k, sp if sp is not None and sp.start < end else None))
-        return out
-
     def could_reveal(self, k: int, token: int) -> bool:
-        """Would showing `token` as an alternative at position k reveal governed text?
-
-        True when, from the state before position k, its bytes complete a match or leave any
-        partial match alive: such text would have been held, redacted or prevented, so a
-        logprobs channel must not show it.
-        """
-        data = self.token_bytes[token]
-        snap = self._snaps[k]
-        pos = self.tok_start[k]
-        for d, th in zip(self.detectors, snap.threads, strict=True):
-            nt, ms = d.advance(th, data, pos)
-            if ms or d.earliest(nt, pos + len(data)) is not None:
-                return True
-        return False
+        """Would showing `token` as an alternative at position k reveal governed text? True when its
+        bytes complete a match or leave one undecided: a logprobs channel must not show it."""
+        pos, data = self.tok_start[k], self.s.token_bytes[token]
+        return any(c.reveals(k, data, pos) for c in self.forbid)
 
     def take_decisions(self) -> list[Decision]:
         """Decisions not yet handed to the audit trail."""
@@ -451,16 +375,5 @@ class Gate:
         self._cap = self.hold.released
         self._decide(rule_id, action, self.hold.released, b"", detail)
 
-    # ---- helpers ---------------------------------------------------------------------------
     def _decide(self, rule_id: str, action: str, offset: int, matched: bytes, detail: str) -> None:
-        k = max(0, bisect_right(self.tok_start, offset) - 1) if self.tok_start else 0
-        self.decisions.append(Decision(rule_id, action, k, offset, matched, detail))
-
-    @staticmethod
-    def _label(d: PatternDetector, labels: frozenset[int]) -> str:
-        names = [d.labels[i] for i in sorted(labels)]
-        return ("phrase " if d.kind == "phrases" else "pattern ") + ", ".join(repr(n) for n in names[:3])
-
-    @property
-    def text(self) -> str:
-        return self.hold.text
+        self.decisions.append(Decision(rule_id, action, self.s.token_at(offset), offset, matched, detail))

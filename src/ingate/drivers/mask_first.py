@@ -1,0 +1,79 @@
+"""A MASK_FIRST gate driven the way an engine that samples itself drives a logits processor.
+
+Every step the gate's mask is applied to the logits before the engine's own sampler draws; the
+gate sees the token only after the engine has it. There is no rollback and no resample: a match
+the mask could not prevent, or a rejected semantic group, ends the stream before it. This is
+what a vLLM logits-processor plugin does per sequence; here it runs over the embedded engine so
+the mode is tested against a real model.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ingate.engines.base import FULL_LOGITS, Engine, EngineError
+from ingate.gate.gate import Gate, Mode, Verdict
+from ingate.loop import DecisionSink, Finish, GenerationParams, Result, TextSink, _end
+from ingate.sampling import Sampler
+
+
+def generate_mask_first(engine: Engine, prompt: list[int], params: GenerationParams, gate: Gate,
+                        on_text: TextSink | None = None, on_decisions: DecisionSink | None = None) -> Result:
+    if gate.mode is not Mode.MASK_FIRST:
+        raise ValueError(f"generate_mask_first drives a {Mode.MASK_FIRST} gate, not {gate.mode}")
+    if FULL_LOGITS not in engine.capabilities:
+        raise EngineError(f"engine {engine.name!r} does not return full logits: a mask cannot apply")
+    sampler = Sampler(params.sampling)
+    limit = min(params.max_tokens, engine.n_ctx - len(prompt))
+    t0, ttft = time.perf_counter(), None
+    gate_us: list[float] = []
+
+    def emit(text: str) -> None:
+        nonlocal ttft
+        if (new := gate.take_decisions()) and on_decisions:
+            on_decisions(new)  # durable before the text it concerns is seen
+        if text:
+            ttft = ttft if ttft is not None else time.perf_counter() - t0
+            if on_text:
+                on_text(text)
+
+    engine.start(prompt)
+    finish: str | None = None
+    while finish is None:
+        if gate.position >= limit:
+            finish = _end(gate, _cannot_roll_back, Finish.LENGTH)
+            break
+        logits = engine.step()
+        g = time.perf_counter()
+        mask = gate.mask()
+        gate_us.append((time.perf_counter() - g) * 1e6)
+        if mask.any() and mask[would := sampler.peek(logits)]:
+            gate.note_masked(would)  # the audit says when the mask changed the engine's draw
+        token = sampler.sample(logits, mask)  # the engine's own draw, after the processor
+        if token < 0:
+            gate.halt("ingate", "error", "every token is masked at this position; stream ended")
+            finish = Finish.CONTENT_FILTER
+        elif engine.is_eog(token):
+            finish = _end(gate, _cannot_roll_back, Finish.STOP)
+        else:
+            engine.accept(token)  # the engine has the token before the gate sees it: that is this mode
+            finish = _admitted(gate, gate.admit(token))
+            emit(gate.release() if finish is None else "")
+    assert finish is not None
+    emit(gate.release(final=finish in (Finish.STOP, Finish.LENGTH)))
+    return Result(text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
+                  elapsed_s=time.perf_counter() - t0, ttft_s=ttft, gate_us=gate_us, held_max_chars=gate.held_max_chars,
+                  prompt_tokens=len(prompt), semantic=gate.semantic_stats)
+
+
+def _admitted(gate: Gate, adm) -> str | None:
+    if adm.verdict is Verdict.END:
+        return _end(gate, _cannot_roll_back, Finish.STOP)
+    if adm.verdict is Verdict.STOP or gate.settle().verdict is Verdict.STOP:
+        gate.settle(final=True, can_rollback=False)  # the text before the stop is judged too
+        return Finish.CONTENT_FILTER
+    return None
+
+
+def _cannot_roll_back(n: int) -> None:
+    raise AssertionError("a MASK_FIRST gate asked for a rollback")  # the gate never does: see Gate._prevent

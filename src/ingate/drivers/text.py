@@ -1,0 +1,88 @@
+"""A TEXT gate over a stream of text deltas: what a remote, OpenAI-compatible upstream sends.
+
+There are no logits to mask and no KV cache to roll back. Each delta is fed to the gate; what it
+holds back is not released. When a prevented match or a rejected group is found, the gate drops
+the held text from its start, and this driver cancels the upstream stream and asks the source to
+continue from the text that stays (`attempt` counts the restarts, so a source can vary its seed
+or add a logit bias). After `max_rollbacks` restarts the gate ends the stream before the match.
+An upstream that fails mid-stream ends it closed: nothing held is released.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from ingate.gate.gate import Gate, Mode, Verdict
+from ingate.loop import DecisionSink, Finish, GenerationFailed, Result, TextSink, _end, partial_result
+
+# (text so far, attempt) -> an iterator of deltas that continue it; closing it cancels the stream
+Source = Callable[[str, int], Iterator[str]]
+
+
+def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
+                on_decisions: DecisionSink | None = None, request_id: str = "-") -> Result:
+    if gate.mode is not Mode.TEXT:
+        raise ValueError(f"govern_text drives a {Mode.TEXT} gate, not {gate.mode}")
+    t0, ttft = time.perf_counter(), None
+    gate_us: list[float] = []
+
+    def emit(text: str) -> None:
+        nonlocal ttft
+        if (new := gate.take_decisions()) and on_decisions:
+            on_decisions(new)  # durable before the text it concerns is seen
+        if text:
+            ttft = ttft if ttft is not None else time.perf_counter() - t0
+            if on_text:
+                on_text(text)
+
+    attempt, restart = 0, False
+
+    def rolled_back(_: int) -> None:
+        nonlocal restart
+        restart = True
+
+    finish: str | None = None
+    while finish is None:
+        stream, restart = source(gate.raw.decode("utf-8", errors="replace"), attempt), False
+        try:
+            for delta in stream:
+                g = time.perf_counter()
+                finish = _delta(gate, delta, rolled_back)
+                gate_us.append((time.perf_counter() - g) * 1e6)
+                if finish is not None or restart:
+                    break
+                emit(gate.release())
+            else:
+                finish = _end(gate, rolled_back, Finish.STOP, request_id)
+        except Exception as e:  # the upstream died mid-stream: nothing held is released
+            gate.fail("upstream", e)
+            emit("")
+            raise GenerationFailed(partial_result(gate, 0, time.perf_counter() - t0, ttft), e) from e
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # cancel: a generator source stops its upstream request here
+        attempt += restart
+    emit(gate.release(final=finish == Finish.STOP))
+    return Result(text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
+                  elapsed_s=time.perf_counter() - t0, ttft_s=ttft, gate_us=gate_us,
+                  held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, semantic=gate.semantic_stats)
+
+
+def _delta(gate: Gate, delta: str, rolled_back: Callable[[int], None]) -> str | None:
+    """Feed one delta; the finish reason once the stream ends (None: go on, perhaps restarted)."""
+    adm = gate.feed(delta)
+    if adm.verdict is Verdict.ROLLBACK:
+        rolled_back(adm.rollback)
+        return None
+    if adm.verdict is Verdict.END:
+        return _end(gate, rolled_back, Finish.STOP)
+    if adm.verdict is Verdict.STOP:
+        gate.settle(final=True, can_rollback=False)
+        return Finish.CONTENT_FILTER
+    sem = gate.settle()
+    if sem.verdict is Verdict.ROLLBACK:
+        rolled_back(sem.rollback)
+        return None
+    return Finish.CONTENT_FILTER if sem.verdict is Verdict.STOP else None
