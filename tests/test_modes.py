@@ -100,6 +100,21 @@ def test_mask_first_redacts_like_the_full_loop(runtime, phone_run):
     assert first.text == full.text  # no prevent rule: the two drivers draw the same tokens
 
 
+@pytest.mark.slow
+def test_mask_first_spends_an_entropy_budget_and_ends_at_a_sentence(runtime):
+    pol = policy("version: 1\nname: unsure\nrules:\n  - id: uncertainty\n    entropy: {budget: 6.0, baseline: 0.5}\n"
+                 "    action: stop\n    message: \"(not certain enough)\"\n")
+    prompt = runtime.engine.chat_prompt(user("Tell me a short story about a dragon who learns to bake."))
+    for seed in range(1, 13):  # the first seed whose story spends the budget (nearly all do)
+        gate = Gate(runtime.prepare(pol), runtime.table, mode=Mode.MASK_FIRST)
+        res = generate_mask_first(runtime.engine, prompt, _params(200, seed), gate)
+        if res.finish_reason == "content_filter":
+            break
+    assert res.finish_reason == "content_filter", "in 12 seeds no story spent 6 nats over a 0.5 baseline"
+    assert res.text.endswith(" (not certain enough)")
+    assert [d.action for d in res.decisions] == ["abstain"]
+
+
 def test_the_full_loop_refuses_a_gate_of_another_mode(runtime):
     gate = Gate(runtime.prepare(NO_EIFFEL), runtime.table, mode=Mode.MASK_FIRST)
     with pytest.raises(ValueError, match="mask_first"):
@@ -247,7 +262,7 @@ def test_text_mode_with_nothing_to_govern_releases_the_stream_as_sent(data):
     assert res.text == text and res.finish_reason == "stop" and not res.decisions
 
 
-def _params():
+def _params(max_tokens: int = 8, seed: int = 0):
     from conftest import gen_params
 
-    return gen_params(8)
+    return gen_params(max_tokens, 0.8 if seed else 0.0, seed)

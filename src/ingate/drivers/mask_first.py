@@ -23,7 +23,7 @@ def generate_mask_first(engine: Engine, prompt: list[int], params: GenerationPar
         raise ValueError(f"generate_mask_first drives a {Mode.MASK_FIRST} gate, not {gate.mode}")
     if FULL_LOGITS not in engine.capabilities:
         raise EngineError(f"engine {engine.name!r} does not return full logits: a mask cannot apply")
-    sampler = Sampler(params.sampling)
+    sampler = Sampler(params.sampling, measure=gate.entropy is not None)  # entropy rules need it
     limit = min(params.max_tokens, engine.n_ctx - len(prompt))
     t0, ttft = time.perf_counter(), None
     gate_us: list[float] = []
@@ -57,7 +57,7 @@ def generate_mask_first(engine: Engine, prompt: list[int], params: GenerationPar
             finish = _end(gate, _cannot_roll_back, Finish.STOP)
         else:
             engine.accept(token)  # the engine has the token before the gate sees it: that is this mode
-            finish = _admitted(gate, gate.admit(token))
+            finish = _admitted(gate, gate.admit(token, sampler.entropy))
             emit(gate.release() if finish is None else "")
     assert finish is not None
     emit(gate.release(final=finish in (Finish.STOP, Finish.LENGTH)))

@@ -29,16 +29,15 @@ from enum import Enum, StrEnum
 
 import numpy as np
 
-from ingate.gate.compile import CompiledPolicy, stop_sequences
+from ingate.gate.compile import CompiledPolicy
 from ingate.gate.decision import Action, Decision
-from ingate.gate.kinds.base import Check, Finding, Kind, Stream
+from ingate.gate.kinds import checks_for
+from ingate.gate.kinds.base import Finding, Kind, Stream
 from ingate.gate.kinds.entropy import EntropyCheck
 from ingate.gate.kinds.forbid import ForbidCheck
 from ingate.gate.kinds.semantic import SemanticCheck
 from ingate.gate.masks import TokenTable
-from ingate.gate.redact import Redactions
-from ingate.holdback import HoldBack
-from ingate.patterns import BUILTIN_PATTERNS
+from ingate.gate.release import Release
 
 
 class Mode(StrEnum):
@@ -82,23 +81,18 @@ class Gate:
             raise ValueError(f"mode {self.mode} masks tokens: it needs the engine's token table")
         self.s = Stream(table.token_bytes if table is not None else [])
         self.masks = compiled.masks_for(table) if table is not None else None
-        dets = compiled.detectors + ([stop_sequences(stop)] if stop else [])
-        self.forbid = [ForbidCheck(d, i) for i, d in enumerate(dets)]
+        self.checks = checks_for(compiled, stop, semantic_lag, steer_penalty, session_entropy)
+        self.forbid = [c for c in self.checks if isinstance(c, ForbidCheck)]  # masks, logprobs
         self.preventers = [c for c in self.forbid if c.kind is Kind.PREVENT]
-        out = compiled.semantic_output
-        self.semantic = SemanticCheck(out, semantic_lag, steer_penalty) if out else None
-        rule = compiled.policy.entropy_rule
-        self._entropy = EntropyCheck(rule.id, rule.entropy, session_entropy) if rule and rule.entropy else None
-        self.checks: list[Check] = [*self.forbid, *[c for c in (self.semantic, self._entropy) if c is not None]]
+        self.semantic = next((c for c in self.checks if isinstance(c, SemanticCheck)), None)  # steering
+        self._entropy = next((c for c in self.checks if isinstance(c, EntropyCheck)), None)  # the loop's bound
         self.early = [c for c in self.checks if c.early]
         self.late = [c for c in self.checks if not c.early]
-        self.hold, self.redactions = HoldBack(), Redactions()
+        self.out = Release()
         self.bans: dict[int, set[int]] = {}
         self.decisions: list[Decision] = []
         self._unaudited = 0
-        self.rollbacks = self.held_max_chars = 0
-        self._cap: int | None = None  # after a stop: nothing at or beyond this byte is ever released
-        self.epilogue = ""  # a rule's refusal, released after a stop
+        self.rollbacks = 0
         self.stopped = self.halted = False  # a rule ended the stream; halt() or fail() ended it
         self.entropies: list[float] = []  # per admitted token, when the driver measures entropy
 
@@ -108,7 +102,10 @@ class Gate:
     tok_start = property(lambda self: self.s.tok_start)
     token_bytes = property(lambda self: self.s.token_bytes)
     position = property(lambda self: len(self.s.tokens))
-    text = property(lambda self: self.hold.text)
+    hold = property(lambda self: self.out.hold)
+    text = property(lambda self: self.out.hold.text)
+    held_max_chars = property(lambda self: self.out.held_max_chars)
+    redactions = property(lambda self: self.out.redactions)
     groups = property(lambda self: self.semantic.groups if self.semantic is not None else None)
     entropy = property(lambda self: self._entropy.budget if self._entropy is not None else None)
     semantic_stats = property(lambda self: self.groups.stats.to_dict() if self.semantic is not None else None)
@@ -181,7 +178,7 @@ class Gate:
         f = min(prevented, key=lambda x: x.start)
         adm = self._prevent(f, bytes(self.raw[f.start:f.end]), b"")
         if adm.verdict is Verdict.RESAMPLE:  # nothing left to resample at the end: release no more
-            self._stop(self.hold.released)
+            self._stop(self.out.released)
             return Admission(Verdict.STOP)
         return adm
 
@@ -203,7 +200,7 @@ class Gate:
         end: Finding | None = None
         for f in found:
             if f.kind is Kind.REDACT:
-                self.redactions.add(self.s.token_at(f.start), f)
+                self.out.redactions.add(self.s.token_at(f.start), f)
             elif f.kind is Kind.NOTE:
                 self._decide(f.rule_id, f.action, f.start, b"", f.detail)
             elif end is None or f.start < end.start:
@@ -223,7 +220,7 @@ class Gate:
         longer in the stream: it would have started at the end of `raw`."""
         what, st, p0 = f.detail, f.start, len(self.raw)
         if self.mode is Mode.MASK_FIRST:  # the engine has the token already: end before the match
-            self._stop(max(st, self.hold.released))
+            self._stop(max(st, self.out.released))
             self._decide(f.rule_id, Action.STOP, st, matched, f"{what}: the mask could not prevent it and this "
                          "driver cannot roll back; stream ended")
             return Admission(Verdict.STOP)
@@ -232,13 +229,13 @@ class Gate:
                          f"{what}: would complete inside the token; resampled under the mask")
             return Admission(Verdict.RESAMPLE)
         if self.mode is Mode.TEXT:
-            return self._withdraw(f, matched, max(st, self.hold.released), undone)
+            return self._withdraw(f, matched, max(st, self.out.released), undone)
         k = self.s.token_at(st)
-        if self.tok_start[k] < self.hold.released:
+        if self.tok_start[k] < self.out.released:
             # The match began in text already released: that can happen only after a rollback
             # revived a partial match whose later text had let the release move on. Take back
             # what is still held, and never what was released.
-            k = bisect_left(self.tok_start, self.hold.released)
+            k = bisect_left(self.tok_start, self.out.released)
             if k >= len(self.s):
                 self._decide(f.rule_id, Action.PREVENT, st, matched, f"{what}: resampled under the mask")
                 return Admission(Verdict.RESAMPLE)
@@ -285,7 +282,7 @@ class Gate:
         f.source.regenerating(self.s)
         self._cut(f.tok, ban=self.mode is Mode.FULL)
         self.rollbacks += 1
-        self._cap = None  # a stop sequence past the rollback point is gone with its text
+        self.out.cap = None  # a stop sequence past the rollback point is gone with its text
         return Admission(Verdict.ROLLBACK, rollback=n)
 
     def _budget_spent(self, f: Finding, matched: bytes, at: int) -> bool:
@@ -298,11 +295,11 @@ class Gate:
 
     def _cut(self, k: int, ban: bool) -> None:
         """Back to the first k tokens, every check with it. `ban`: token k may not come again there."""
-        if self.tok_start[k] < self.hold.released and self.mode is Mode.FULL:
+        if self.tok_start[k] < self.out.released and self.mode is Mode.FULL:
             raise AssertionError("rollback would take back released text")
         for c in self.checks:
             c.rollback(self.s, k)
-        self.redactions.rollback(k)
+        self.out.redactions.rollback(k)
         if ban:
             self.bans = {p: b for p, b in self.bans.items() if p <= k}
             self.bans.setdefault(k, set()).add(self.tokens[k])
@@ -310,47 +307,22 @@ class Gate:
         self.s.truncate(k)
 
     def _stop(self, at: int, epilogue: str = "") -> None:
-        self._cap = at if self._cap is None else min(self._cap, at)
+        self.out.stop(at, epilogue)
         self.stopped = True
-        self.epilogue = self.epilogue or epilogue
 
     # ---- release ----------------------------------------------------------------------------------
-    def boundary(self, final: bool = False) -> int:
-        """Raw offset below which every byte is decided."""
-        b = len(self.raw)
-        if not final:
-            exact = self.mode is not Mode.FULL
-            for c in self.checks:
-                h = c.hold(self.s, exact)
-                if h is not None and h < b:
-                    b = h
-        if self._cap is not None and self._cap < b:
-            b = self._cap
-        return max(self.redactions.boundary(b), self.hold.released)  # released text is final
-
     def release(self, final: bool = False) -> str:
-        """Advance the release point; returns the newly releasable client text.
-
-        Redactions in the released stretch are recorded as decisions first; the caller must
-        audit `take_decisions()` before showing the text (invariant 5).
-        """
-        b = self.boundary(final)
-        for sp in self.redactions.releasing(self.hold.released, b):
-            # a built-in pattern's name says no more than its placeholder does; a phrase would
-            self.decisions.append(Decision(sp.rule_id, Action.REDACT, self.s.token_at(sp.start), sp.start,
-                                           bytes(self.raw[sp.start:sp.end]), f"{sp.label} replaced by {sp.placeholder}",
-                                           f"redacted one {sp.label}" if sp.label in BUILTIN_PATTERNS else ""))
-        text = self.hold.release(self.raw, b, self.redactions.spans)
-        self.redactions.released(self.hold.released)
-        if final or self._cap is not None:
-            text += self.hold.flush()
-            if self.epilogue:
-                shown = self.hold.text + text
-                text += self.hold.append((" " if shown and not shown[-1].isspace() else "") + self.epilogue)
-                self.epilogue = ""
-        if len(self.raw) - self.hold.released > self.held_max_chars:  # bytes >= chars: cheap pre-check
-            held = len(bytes(self.raw[self.hold.released:]).decode("utf-8", errors="ignore"))
-            self.held_max_chars = max(self.held_max_chars, held)
+        """Advance the release point to where every check has decided; returns the new client text.
+        Redactions in it are recorded as decisions first: the caller must audit `take_decisions()`
+        before showing the text (invariant 5)."""
+        decided = len(self.raw)
+        if not final:
+            exact = self.mode is not Mode.FULL  # FULL rolls whole tokens back: holds are token-aligned
+            for c in self.checks:
+                if (h := c.hold(self.s, exact)) is not None and h < decided:
+                    decided = h
+        text, redacted = self.out.advance(self.s, decided, final)
+        self.decisions += redacted
         return text
 
     def could_reveal(self, k: int, token: int) -> bool:
@@ -372,8 +344,8 @@ class Gate:
     def halt(self, rule_id: str, action: str, detail: str) -> None:
         """End the stream where it stands: nothing held is released, and the reason is audited."""
         self.halted = True
-        self._cap = self.hold.released
-        self._decide(rule_id, action, self.hold.released, b"", detail)
+        self.out.stop(self.out.released)
+        self._decide(rule_id, action, self.out.released, b"", detail)
 
     def _decide(self, rule_id: str, action: str, offset: int, matched: bytes, detail: str) -> None:
         self.decisions.append(Decision(rule_id, action, self.s.token_at(offset), offset, matched, detail))
