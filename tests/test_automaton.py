@@ -16,11 +16,11 @@ from ingate.gate import automaton
 from ingate.gate.automaton import (
     DEAD,
     ByteDFA,
-    PatternError,
     SearchDFA,
     compile_regexes,
     search_dfa,
 )
+from ingate.gate.regex import PatternError
 
 PII = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
