@@ -115,96 +115,147 @@ def search_dfa(dfa: ByteDFA, max_states: int = 50_000) -> SearchDFA:
     (unmerged) construction when the anchored DFA is very large.  Works on byte classes and
     expands to 256 columns at the end.  PatternError when more than ``max_states`` are needed.
     """
-    classes = dfa.byte_classes
-    n_cls = max(classes) + 1
+    rows = _ClassRows(dfa)
+    masks = _coset_masks(rows.dense, len(dfa.trans), rows.n_cls, dfa.accept)
+    states = _SearchStates(masks, max_states, len(dfa.trans))
+    class_table = _explore(rows, states)
+    return _expand(class_table, states, dfa)
+
+
+class _ClassRows:
+    """The anchored DFA's rows with one column per byte class, read on first use."""
+
+    def __init__(self, dfa: ByteDFA) -> None:
+        classes = dfa.byte_classes
+        self.n_cls = max(classes) + 1
+        self._reps = _class_representatives(classes, self.n_cls)
+        self._trans = dfa.trans
+        self._dense: dict[int, list[int]] = {}
+        self._sparse: dict[int, list[tuple[int, int]]] = {}
+
+    def dense(self, q: int) -> list[int]:
+        """Target per class (DEAD included)."""
+        r = self._dense.get(q)
+        if r is None:
+            row = self._trans[q]
+            r = self._dense[q] = [row[b] for b in self._reps]
+        return r
+
+    def sparse(self, q: int) -> list[tuple[int, int]]:
+        """(class, target) for the classes on which ``q`` does not die."""
+        r = self._sparse.get(q)
+        if r is None:
+            r = self._sparse[q] = [(c, t) for c, t in enumerate(self.dense(q)) if t != DEAD]
+        return r
+
+
+def _class_representatives(classes: tuple[int, ...], n_cls: int) -> list[int]:
+    """The first byte of each byte class."""
     reps = [0] * n_cls
     seen_cls: set[int] = set()
     for b, c in enumerate(classes):
         if c not in seen_cls:
             seen_cls.add(c)
             reps[c] = b
-    trans = dfa.trans
-    crow_cache: dict[int, list[int]] = {}
+    return reps
 
-    def crow(q: int) -> list[int]:
-        r = crow_cache.get(q)
-        if r is None:
-            row = trans[q]
-            r = crow_cache[q] = [row[b] for b in reps]
-        return r
 
-    masks = _coset_masks(crow, len(trans), n_cls, dfa.accept)
-    sparse_cache: dict[int, list[tuple[int, int]]] = {}
+class _SearchStates:
+    """Search states numbered as they are met: sets of anchored states, merged by signature.
 
-    def sparse_row(q: int) -> list[tuple[int, int]]:
-        r = sparse_cache.get(q)
-        if r is None:
-            r = sparse_cache[q] = [(c, t) for c, t in enumerate(crow(q)) if t != DEAD]
-        return r
+    The signature is the OR of the members' co-set masks, or the set itself when there are no
+    masks (the plain construction).  State 0 is the empty set.  Raises PatternError past
+    ``max_states`` states or ``_MAX_MEMBER_TOTAL`` stored anchored states.
+    """
 
-    start_row = crow(0)
-    empty: frozenset[int] = frozenset()
-    members = [empty]
-    index = {empty: 0}
-    by_sig: dict[object, int] = {0 if masks is not None else empty: 0}
-    rows: list[list[int]] = []
+    def __init__(self, masks: list[int] | None, max_states: int, n_anchored: int) -> None:
+        empty: frozenset[int] = frozenset()
+        self.members = [empty]
+        self.index = {empty: 0}
+        self._masks = masks
+        self._by_sig: dict[object, int] = {0 if masks is not None else empty: 0}
+        self._max_states = max_states
+        self._n_anchored = n_anchored
+        self._budget = _MAX_MEMBER_TOTAL
 
-    budget = [_MAX_MEMBER_TOTAL]
-
-    def too_complex(what: str) -> PatternError:
-        return PatternError(
-            f"the forbidden patterns are too complex: the search automaton needs more than {what} "
-            f"(anchored DFA has {len(trans)} states); split them into several smaller sets or simplify them"
-        )
-
-    def state_of(key: frozenset[int]) -> int:
-        j = index.get(key)
+    def state_of(self, key: frozenset[int]) -> int:
+        """The state of the set ``key``, numbering a new one if no state has its signature."""
+        j = self.index.get(key)
         if j is None:
-            budget[0] -= len(key) + 1
-            if budget[0] < 0:
-                raise too_complex(f"{_MAX_MEMBER_TOTAL} stored anchored states")
-            if masks is None:
-                sig: object = key
-            else:
-                m = 0
-                for q in key:
-                    m |= masks[q]
-                sig = m
-            j = by_sig.get(sig)
+            self._budget -= len(key) + 1
+            if self._budget < 0:
+                raise self._too_complex(f"{_MAX_MEMBER_TOTAL} stored anchored states")
+            sig = self._signature(key)
+            j = self._by_sig.get(sig)
             if j is None:
-                j = len(members)
-                if j >= max_states:
-                    raise too_complex(f"{max_states} states")
-                by_sig[sig] = j
-                members.append(key)
-            index[key] = j
+                j = len(self.members)
+                if j >= self._max_states:
+                    raise self._too_complex(f"{self._max_states} states")
+                self._by_sig[sig] = j
+                self.members.append(key)
+            self.index[key] = j
         return j
 
-    # from the empty set only the implicit start moves; every other row starts as a copy of it
+    def _signature(self, key: frozenset[int]) -> object:
+        masks = self._masks
+        if masks is None:
+            return key
+        m = 0
+        for q in key:
+            m |= masks[q]
+        return m
+
+    def _too_complex(self, what: str) -> PatternError:
+        return PatternError(
+            f"the forbidden patterns are too complex: the search automaton needs more than {what} "
+            f"(anchored DFA has {self._n_anchored} states); split them into several smaller sets or simplify them"
+        )
+
+
+def _explore(rows: _ClassRows, states: _SearchStates) -> list[list[int]]:
+    """Rows of the search DFA over byte classes, breadth first from the empty set.
+
+    The anchored start state belongs to every set implicitly: from the empty set only it moves,
+    and every other row starts as a copy of that row, recomputed where some member moves too.
+    """
+    empty: frozenset[int] = frozenset()
+    state_of = states.state_of
+    members = states.members
+    start_row = rows.dense(0)
     base_row = [state_of(frozenset({t}) if t != DEAD else empty) for t in start_row]
-    rows.append(base_row)
+    out_rows = [base_row]
     i = 1
     while i < len(members):
         cur = members[i]
         i += 1
-        touched: dict[int, set[int]] = {}
-        for q in cur:
-            for c, t in sparse_row(q):
-                ts = touched.get(c)
-                if ts is None:
-                    touched[c] = {t}
-                else:
-                    ts.add(t)
         out = base_row.copy()
-        for c, ts in touched.items():
+        for c, ts in _moves_by_class(cur, rows.sparse).items():
             t0 = start_row[c]
             if t0 != DEAD:
                 ts.add(t0)
             out[c] = state_of(frozenset(ts))
-        rows.append(out)
-    ctab = np.asarray(rows, dtype=np.int32)
-    table = np.ascontiguousarray(ctab[:, np.asarray(classes, dtype=np.intp)])
+        out_rows.append(out)
+    return out_rows
+
+
+def _moves_by_class(cur: frozenset[int], sparse_row: Callable[[int], list[tuple[int, int]]]) -> dict[int, set[int]]:
+    """Class -> the anchored states the members of ``cur`` move to on it (classes where none moves are left out)."""
+    touched: dict[int, set[int]] = {}
+    for q in cur:
+        for c, t in sparse_row(q):
+            ts = touched.get(c)
+            if ts is None:
+                touched[c] = {t}
+            else:
+                ts.add(t)
+    return touched
+
+
+def _expand(class_table: list[list[int]], states: _SearchStates, dfa: ByteDFA) -> SearchDFA:
+    """The search DFA with 256 byte columns; a state accepts the labels of its members and the start's."""
+    ctab = np.asarray(class_table, dtype=np.int32)
+    table = np.ascontiguousarray(ctab[:, np.asarray(dfa.byte_classes, dtype=np.intp)])
     acc = dfa.accept
     base = acc[0]
-    accept = [base.union(*[acc[q] for q in m]) for m in members]
-    return SearchDFA(table=table, accept=accept, members=members, index=index)
+    accept = [base.union(*[acc[q] for q in m]) for m in states.members]
+    return SearchDFA(table=table, accept=accept, members=states.members, index=states.index)
