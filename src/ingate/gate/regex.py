@@ -261,6 +261,7 @@ class _RegexBuilder:
         return start, end
 
     def item(self, op: object, av: object, flags: int) -> tuple[int, int]:
+        """(start, end) NFA states for one item of the parse tree; PatternError if unsupported."""
         nfa = self.nfa
         if op in (_sc.LITERAL, _sc.NOT_LITERAL, _sc.ANY, _sc.IN):
             s, e = nfa.new(), nfa.new()
@@ -298,30 +299,34 @@ class _RegexBuilder:
                     nfa.eps[b].append(x)
                     e = x
             return s, e
+        raise self.unsupported(op, av)
+
+    def unsupported(self, op: object, av: object) -> PatternError:
+        """The error for a construct a token mask cannot express, saying what to write instead."""
         if op is _sc.POSSESSIVE_REPEAT:
-            raise self.fail("a possessive quantifier (*+, ++, ?+, {m,n}+)", "use the plain quantifier instead")
+            return self.fail("a possessive quantifier (*+, ++, ?+, {m,n}+)", "use the plain quantifier instead")
         if op is _sc.ATOMIC_GROUP:
-            raise self.fail("an atomic group (?>...)", "use a plain group (?:...) instead")
+            return self.fail("an atomic group (?>...)", "use a plain group (?:...) instead")
         if op is _sc.AT:
             name = _AT_NAMES.get(av, "an anchor")  # type: ignore[call-overload]
-            raise PatternError(
+            return PatternError(
                 f"regex {self.source!r}: anchor {name} is not supported; token masks match anywhere "
                 "in the output; drop the anchor"
             )
         if op is _sc.GROUPREF:
-            raise self.fail(
+            return self.fail(
                 "a backreference (\\1 or (?P=name))",
                 "rewrite the pattern without it, e.g. repeat the group's sub-pattern",
             )
         if op is _sc.GROUPREF_EXISTS:
-            raise self.fail("a conditional group (?(id)yes|no)", "rewrite it as an alternation (yes|no)")
+            return self.fail("a conditional group (?(id)yes|no)", "rewrite it as an alternation (yes|no)")
         if op in (_sc.ASSERT, _sc.ASSERT_NOT):
             direction = av[0]  # type: ignore[index]
             kind = "lookbehind" if direction < 0 else "lookahead"
             if op is _sc.ASSERT_NOT:
                 kind = "negative " + kind
-            raise self.fail(kind, "rewrite the pattern without it")
-        raise self.fail(f"the construct {op}", "rewrite the pattern without it")
+            return self.fail(kind, "rewrite the pattern without it")
+        return self.fail(f"the construct {op}", "rewrite the pattern without it")
 
 
 def _parse(pattern: str, flags: int) -> _sp.SubPattern:
