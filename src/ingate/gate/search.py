@@ -220,6 +220,7 @@ def _explore(rows: _ClassRows, states: _SearchStates) -> list[list[int]]:
     """
     empty: frozenset[int] = frozenset()
     state_of = states.state_of
+    sparse_row = rows.sparse
     members = states.members
     start_row = rows.dense(0)
     base_row = [state_of(frozenset({t}) if t != DEAD else empty) for t in start_row]
@@ -229,7 +230,7 @@ def _explore(rows: _ClassRows, states: _SearchStates) -> list[list[int]]:
         cur = members[i]
         i += 1
         out = base_row.copy()
-        for c, ts in _moves_by_class(cur, rows.sparse).items():
+        for c, ts in _moves_by_class(cur, sparse_row).items():
             t0 = start_row[c]
             if t0 != DEAD:
                 ts.add(t0)
