@@ -12,15 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingate.gate import automaton
-from ingate.gate.automaton import (
-    DEAD,
-    ByteDFA,
-    PatternError,
-    SearchDFA,
-    compile_regexes,
-    search_dfa,
-)
+from ingate.gate import search
+from ingate.gate.automaton import DEAD, ByteDFA, compile_regexes
+from ingate.gate.regex import PatternError
+from ingate.gate.search import SearchDFA, search_dfa
 
 PII = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
@@ -270,7 +265,7 @@ def test_search_dfa_plain_fallback_agrees(monkeypatch: pytest.MonkeyPatch) -> No
     patterns = (PII["phone"], r"ab|cd")
     dfa = _dfa(patterns)
     merged = search_dfa(dfa)
-    monkeypatch.setattr(automaton, "_MAX_COSET_ANCHORED", 0)
+    monkeypatch.setattr(search, "_MAX_COSET_ANCHORED", 0)
     plain = search_dfa(dfa)
     assert len(plain.members) > len(merged.members)
     rng = random.Random(0)

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingate.gate.automaton import PatternError
 from ingate.gate.detector import compile_phrase_detector
 from ingate.gate.normalize import Fold
+from ingate.gate.regex import PatternError
 
 
 def _fold(case_sensitive: bool) -> Fold:

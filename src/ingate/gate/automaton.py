@@ -1,55 +1,32 @@
 """Forbidden regexes compiled into DFAs over UTF-8 bytes.
 
-The token-mask engine sees tokens as byte strings (a token may even end in the middle of a
-multi-byte character), so every automaton here reads bytes, not code points.  Character
-semantics follow Python's ``re`` on ``str`` exactly: each single-character item of a regex is
-turned into a set of code points (by asking ``re`` itself where needed), and each code point
-range is split into UTF-8 byte-range sequences.
+The token-mask engine sees tokens as byte strings, so every automaton here reads bytes, not code
+points (``regex.py`` says how characters become byte ranges, exactly as Python's ``re`` reads them).
 
 Pipeline for regexes: ``re._parser`` tree -> Thompson NFA over byte ranges with labelled
-accepts -> subset construction over byte equivalence classes -> pruning and Moore
+accepts (``regex.py``) -> subset construction over byte equivalence classes -> pruning and Moore
 minimisation (vectorised with numpy) -> 256-column rows.  Phrases come here too, as literal
-regexes over normalized text (see ``normalize.py``).  ``search_dfa`` builds the
-minimal unanchored automaton directly (subsets keyed by the co-sets they hit), which keeps
-counting patterns such as IBANs at hundreds of states instead of ~10^5.
+regexes over normalized text (see ``normalize.py``).  The unanchored automaton that token masks
+are computed on is built from the result by ``search.py``.
 """
 
 from __future__ import annotations
 
-import re
-import re._constants as _sc
-import re._parser as _sp
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, cast
 
 import numpy as np
 
-__all__ = [
-    "DEAD",
-    "ByteDFA",
-    "PatternError",
-    "SearchDFA",
-    "compile_regexes",
-    "search_dfa",
-]
+from ingate.gate.regex import NFA, PatternError, build_nfa
+
+__all__ = ["DEAD", "ByteDFA", "compile_regexes"]
 
 DEAD: int = -1
 
-_MAX_CP = 0x10FFFF
-_MAX_NFA_STATES = 400_000
 _MAX_DFA_STATES = 200_000
 
-Ranges = tuple[tuple[int, int], ...]
-ByteSeq = tuple[tuple[int, int], ...]
 
-
-class PatternError(ValueError):
-    """A forbidden pattern that cannot be turned into a token mask; the message says what to change."""
-
-
-# --------------------------------------------------------------------------- result types
+# --------------------------------------------------------------------------- result type
 
 
 @dataclass(frozen=True)
@@ -90,34 +67,6 @@ class ByteDFA:
         return len(self.trans)
 
 
-@dataclass(frozen=True)
-class SearchDFA:
-    """Unanchored (search) DFA for Σ*·(union).
-
-    A state is the set of live anchored states reached by the suffixes of the text read so far
-    (the anchored start state is always implicitly included).  Sets with the same future are
-    merged, so the automaton is minimal: ``members[i]`` is one representative set, and
-    ``index`` maps every set met while building to its state.  The mask engine walks every
-    vocabulary token's bytes from one search state, so ``table`` is dense and never DEAD.
-    """
-
-    table: np.ndarray
-    accept: list[frozenset[int]]
-    members: list[frozenset[int]]
-    index: dict[frozenset[int], int]
-
-    @property
-    def n_states(self) -> int:
-        return len(self.members)
-
-    def run(self, data: bytes, state: int = 0) -> int:
-        """Search state after reading ``data`` from ``state``."""
-        table = self.table
-        for b in data:
-            state = int(table[state, b])
-        return state
-
-
 def _compute_live(trans: list[list[int]], accept: list[frozenset[int]]) -> list[bool]:
     """live[s]: a non-empty path from s reaches an accepting state (generic, for hand-built DFAs)."""
     coreach = _coreachable(trans, accept)
@@ -155,316 +104,14 @@ def _column_classes(trans: list[list[int]]) -> tuple[int, ...]:
     return tuple(ids.setdefault(int(c), len(ids)) for c in inv)
 
 
-# --------------------------------------------------------------------------- UTF-8 ranges
+# --------------------------------------------------------------------------- subset construction
 
 
-def _utf8_sequences(lo: int, hi: int) -> list[ByteSeq]:
-    """Split code point range [lo, hi] (surrogates excluded) into UTF-8 byte-range sequences.
-
-    Every returned sequence is a "rectangle": all byte strings b1..bn with bi in its i-th range
-    are valid UTF-8 for code points in [lo, hi], and together they cover exactly that range.
-    """
-    out: list[ByteSeq] = []
-    stack = [(lo, hi)]
-    while stack:
-        s, e = stack.pop()
-        if s > e:
-            continue
-        if s <= 0xDFFF and e >= 0xD800:
-            stack.append((0xE000, e))
-            stack.append((s, 0xD7FF))
-            continue
-        split = False
-        for limit in (0x7F, 0x7FF, 0xFFFF):  # never mix encoded lengths
-            if s <= limit < e:
-                stack.append((limit + 1, e))
-                stack.append((s, limit))
-                split = True
-                break
-        if split:
-            continue
-        if e <= 0x7F:
-            out.append(((s, e),))
-            continue
-        n = 2 if e <= 0x7FF else 3 if e <= 0xFFFF else 4
-        for i in range(1, n):
-            m = (1 << (6 * i)) - 1
-            if (s & ~m) != (e & ~m):
-                if s & m:
-                    stack.append(((s | m) + 1, e))
-                    stack.append((s, s | m))
-                    split = True
-                    break
-                if (e & m) != m:
-                    stack.append((e & ~m, e))
-                    stack.append((s, (e & ~m) - 1))
-                    split = True
-                    break
-        if split:
-            continue
-        out.append(tuple(zip(chr(s).encode(), chr(e).encode(), strict=True)))
-    return out
-
-
-@lru_cache(maxsize=4096)
-def _ranges_to_seqs(ranges: Ranges) -> tuple[ByteSeq, ...]:
-    seqs: list[ByteSeq] = []
-    for lo, hi in ranges:
-        seqs.extend(_utf8_sequences(lo, hi))
-    return tuple(seqs)
-
-
-def _normalize_ranges(ranges: Iterable[tuple[int, int]]) -> Ranges:
-    out: list[list[int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return tuple((a, b) for a, b in out)
-
-
-def _complement(ranges: Ranges) -> Ranges:
-    out: list[tuple[int, int]] = []
-    nxt = 0
-    for lo, hi in ranges:
-        if lo > nxt:
-            out.append((nxt, lo - 1))
-        nxt = hi + 1
-    if nxt <= _MAX_CP:
-        out.append((nxt, _MAX_CP))
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------- regex leaves
-
-
-@lru_cache(maxsize=1)
-def _all_chars() -> str:
-    """Every code point once, in order: lets ``re`` itself tell which ones a class matches."""
-    return "".join(map(chr, range(_MAX_CP + 1)))
-
-
-@lru_cache(maxsize=1024)
-def _ranges_by_re(class_src: str, flags: int) -> Ranges:
-    """Code point ranges matched by a one-character regex, exactly as Python ``re`` decides."""
-    rx = re.compile(class_src + "+", flags)
-    return tuple((m.start(), m.end() - 1) for m in rx.finditer(_all_chars()))
-
-
-_CATEGORY_SRC = {
-    _sc.CATEGORY_DIGIT: r"\d",
-    _sc.CATEGORY_NOT_DIGIT: r"\D",
-    _sc.CATEGORY_SPACE: r"\s",
-    _sc.CATEGORY_NOT_SPACE: r"\S",
-    _sc.CATEGORY_WORD: r"\w",
-    _sc.CATEGORY_NOT_WORD: r"\W",
-}
-
-
-def _cp_src(cp: int) -> str:
-    return f"\\U{cp:08x}"
-
-
-def _class_src(items: Sequence[tuple[object, object]]) -> str:
-    parts: list[str] = []
-    for op, av in items:
-        if op is _sc.NEGATE:
-            parts.insert(0, "^")
-        elif op is _sc.LITERAL:
-            parts.append(_cp_src(av))  # type: ignore[arg-type]
-        elif op is _sc.RANGE:
-            lo, hi = cast(tuple[int, int], av)
-            parts.append(f"{_cp_src(lo)}-{_cp_src(hi)}")
-        elif op is _sc.CATEGORY:
-            parts.append(_CATEGORY_SRC[av])  # type: ignore[index]
-        else:  # pragma: no cover - the parser emits nothing else inside [...]
-            raise ValueError(f"unexpected class item {op}")
-    return "[" + "".join(parts) + "]"
-
-
-_CHAR_FLAGS = re.IGNORECASE | re.ASCII | re.DOTALL
-
-
-def _leaf_ranges(op: object, av: object, flags: int) -> Ranges:
-    """Code points matched by one single-character item of the parse tree."""
-    icase = bool(flags & re.IGNORECASE)
-    if op is _sc.ANY:
-        return ((0, _MAX_CP),) if flags & re.DOTALL else ((0, 9), (11, _MAX_CP))
-    if not icase:
-        if op is _sc.LITERAL:
-            return ((av, av),)  # type: ignore[return-value]
-        if op is _sc.NOT_LITERAL:
-            return _complement(((av, av),))  # type: ignore[arg-type]
-        items = av  # IN
-        if all(o in (_sc.LITERAL, _sc.RANGE, _sc.NEGATE) for o, _ in items):  # type: ignore[attr-defined]
-            rs = []
-            negate = False
-            for o, v in items:  # type: ignore[attr-defined]
-                if o is _sc.NEGATE:
-                    negate = True
-                elif o is _sc.LITERAL:
-                    rs.append((v, v))
-                else:
-                    rs.append(tuple(v))
-            norm = _normalize_ranges(rs)
-            return _complement(norm) if negate else norm
-    if op is _sc.LITERAL:
-        src = "[" + _cp_src(av) + "]"  # type: ignore[arg-type]
-    elif op is _sc.NOT_LITERAL:
-        src = "[^" + _cp_src(av) + "]"  # type: ignore[arg-type]
-    else:
-        src = _class_src(av)  # type: ignore[arg-type]
-    return _ranges_by_re(src, flags & _CHAR_FLAGS)
-
-
-# --------------------------------------------------------------------------- NFA
-
-
-class _NFA:
-    """Thompson NFA over byte ranges; accept states carry the label of their alternative."""
-
-    def __init__(self) -> None:
-        self.eps: list[list[int]] = []
-        self.edges: list[list[tuple[int, int, int]]] = []
-        self.label: dict[int, int] = {}
-
-    def new(self) -> int:
-        if len(self.eps) >= _MAX_NFA_STATES:
-            raise _TooBig
-        self.eps.append([])
-        self.edges.append([])
-        return len(self.eps) - 1
-
-    def add_seqs(self, start: int, end: int, seqs: tuple[ByteSeq, ...]) -> None:
-        """Byte-range sequences from start to end, sharing common suffixes (tails repeat a lot)."""
-        tails: dict[ByteSeq, int] = {}
-        for seq in seqs:
-            nxt = end
-            for k in range(len(seq) - 1, 0, -1):
-                suffix = seq[k:]
-                st = tails.get(suffix)
-                if st is None:
-                    st = self.new()
-                    lo, hi = seq[k]
-                    self.edges[st].append((lo, hi, nxt))
-                    tails[suffix] = st
-                nxt = st
-            lo, hi = seq[0]
-            self.edges[start].append((lo, hi, nxt))
-
-
-class _TooBig(Exception):
+class _DFATooBig(Exception):
     pass
 
 
-_AT_NAMES = {
-    _sc.AT_BEGINNING: "'^'",
-    _sc.AT_BEGINNING_STRING: "'\\A'",
-    _sc.AT_END: "'$'",
-    _sc.AT_END_STRING: "'\\Z'",
-    _sc.AT_BOUNDARY: "word boundary '\\b'",
-    _sc.AT_NON_BOUNDARY: "non-boundary '\\B'",
-}
-
-
-class _RegexBuilder:
-    def __init__(self, nfa: _NFA, source: str) -> None:
-        self.nfa = nfa
-        self.source = source
-
-    def fail(self, what: str, fix: str) -> PatternError:
-        return PatternError(f"regex {self.source!r}: {what} is not supported in a token mask; {fix}")
-
-    def seq(self, items: Iterable[tuple[object, object]], flags: int) -> tuple[int, int]:
-        nfa = self.nfa
-        start = end = nfa.new()
-        for op, av in items:
-            a, b = self.item(op, av, flags)
-            nfa.eps[end].append(a)
-            end = b
-        return start, end
-
-    def item(self, op: object, av: object, flags: int) -> tuple[int, int]:
-        nfa = self.nfa
-        if op in (_sc.LITERAL, _sc.NOT_LITERAL, _sc.ANY, _sc.IN):
-            s, e = nfa.new(), nfa.new()
-            nfa.add_seqs(s, e, _ranges_to_seqs(_leaf_ranges(op, av, flags)))
-            return s, e
-        if op is _sc.SUBPATTERN:
-            _group, add_flags, del_flags, sub = cast(tuple[Any, int, int, Any], av)
-            return self.seq(sub, (flags | add_flags) & ~del_flags)
-        if op is _sc.BRANCH:
-            s, e = nfa.new(), nfa.new()
-            for alt in av[1]:  # type: ignore[index]
-                a, b = self.seq(alt, flags)
-                nfa.eps[s].append(a)
-                nfa.eps[b].append(e)
-            return s, e
-        if op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT):
-            lo, hi, sub = cast(tuple[int, Any, Any], av)
-            s = e = nfa.new()
-            for _ in range(lo):
-                a, b = self.seq(sub, flags)
-                nfa.eps[e].append(a)
-                e = b
-            if hi is _sc.MAXREPEAT:
-                x = nfa.new()
-                nfa.eps[e].append(x)
-                a, b = self.seq(sub, flags)
-                nfa.eps[x].append(a)
-                nfa.eps[b].append(x)
-                e = x
-            else:
-                for _ in range(hi - lo):
-                    a, b = self.seq(sub, flags)
-                    x = nfa.new()
-                    nfa.eps[e] += [a, x]
-                    nfa.eps[b].append(x)
-                    e = x
-            return s, e
-        if op is _sc.POSSESSIVE_REPEAT:
-            raise self.fail("a possessive quantifier (*+, ++, ?+, {m,n}+)", "use the plain quantifier instead")
-        if op is _sc.ATOMIC_GROUP:
-            raise self.fail("an atomic group (?>...)", "use a plain group (?:...) instead")
-        if op is _sc.AT:
-            name = _AT_NAMES.get(av, "an anchor")  # type: ignore[call-overload]
-            raise PatternError(
-                f"regex {self.source!r}: anchor {name} is not supported; token masks match anywhere "
-                "in the output; drop the anchor"
-            )
-        if op is _sc.GROUPREF:
-            raise self.fail(
-                "a backreference (\\1 or (?P=name))",
-                "rewrite the pattern without it, e.g. repeat the group's sub-pattern",
-            )
-        if op is _sc.GROUPREF_EXISTS:
-            raise self.fail("a conditional group (?(id)yes|no)", "rewrite it as an alternation (yes|no)")
-        if op in (_sc.ASSERT, _sc.ASSERT_NOT):
-            direction = av[0]  # type: ignore[index]
-            kind = "lookbehind" if direction < 0 else "lookahead"
-            if op is _sc.ASSERT_NOT:
-                kind = "negative " + kind
-            raise self.fail(kind, "rewrite the pattern without it")
-        raise self.fail(f"the construct {op}", "rewrite the pattern without it")
-
-
-def _parse(pattern: str, flags: int) -> _sp.SubPattern:
-    if not isinstance(pattern, str):
-        raise PatternError(f"regex {pattern!r}: a forbidden regex must be a str")
-    try:
-        re.compile(pattern, flags)
-        return _sp.parse(pattern, flags)
-    except re.error as exc:
-        where = f" at position {exc.pos}" if exc.pos is not None else ""
-        raise PatternError(
-            f"regex {pattern!r} does not compile in Python re: {exc.msg}{where}; fix the syntax"
-        ) from exc
-    except (RecursionError, OverflowError) as exc:
-        raise PatternError(f"regex {pattern!r} is too complex to parse; simplify it") from exc
-
-
-def _closure(nfa: _NFA, start: int, important: list[bool]) -> frozenset[int]:
+def _closure(nfa: NFA, start: int, important: list[bool]) -> frozenset[int]:
     """Epsilon closure restricted to states that matter after closing (byte edges or accept)."""
     seen = {start}
     stack = [start]
@@ -496,7 +143,7 @@ def _byte_partition(ranges: Iterable[tuple[int, int]]) -> list[int]:
     return classes
 
 
-def _determinize(nfa: _NFA, start: int) -> tuple[list[list[int]], list[frozenset[int]], list[int]]:
+def _determinize(nfa: NFA, start: int) -> tuple[list[list[int]], list[frozenset[int]], list[int]]:
     """Subset construction over byte classes. Returns (class table, accept labels, byte classes)."""
     classes = _byte_partition((lo, hi) for es in nfa.edges for lo, hi, _ in es)
     n_cls = classes[-1] + 1
@@ -537,7 +184,7 @@ def _determinize(nfa: _NFA, start: int) -> tuple[list[list[int]], list[frozenset
             if j is None:
                 j = len(sets)
                 if j >= _MAX_DFA_STATES:
-                    raise _TooBig
+                    raise _DFATooBig
                 index[nxt] = j
                 sets.append(nxt)
             row[c] = j
@@ -656,31 +303,10 @@ def compile_regexes(patterns: list[str], *, ignore_case: bool = False) -> ByteDF
     conditionals, possessive quantifiers and atomic groups are rejected, as are patterns that
     match the empty string (a forbidden pattern must forbid some output).
     """
-    base_flags = re.IGNORECASE if ignore_case else 0
-    nfa = _NFA()
-    start = nfa.new()
-    for i, pattern in enumerate(patterns):
-        tree = _parse(pattern, base_flags)
-        builder = _RegexBuilder(nfa, pattern)
-        try:
-            s, e = builder.seq(tree, tree.state.flags | base_flags)
-        except _TooBig:
-            raise PatternError(
-                f"regex {pattern!r} is too complex for a token mask (bounded repeats expand to more than "
-                f"{_MAX_NFA_STATES} automaton states); use smaller repeat counts"
-            ) from None
-        acc = nfa.new()
-        nfa.eps[e].append(acc)
-        nfa.label[acc] = i
-        if acc in _reach_eps(nfa, s):
-            raise PatternError(
-                f"regex {pattern!r} matches the empty string; a forbidden pattern must match at least "
-                "one character (use + instead of *, or drop the optional parts)"
-            )
-        nfa.eps[start].append(s)
+    nfa, start = build_nfa(patterns, ignore_case=ignore_case)
     try:
         table, accept, classes = _determinize(nfa, start)
-    except _TooBig:
+    except _DFATooBig:
         raise PatternError(
             f"regexes {patterns!r} are too complex: the DFA exceeds {_MAX_DFA_STATES} states; "
             "split them into several smaller sets"
@@ -688,182 +314,3 @@ def compile_regexes(patterns: list[str], *, ignore_case: bool = False) -> ByteDF
     table, accept = _prune(table, accept)
     table, accept = _minimize(table, accept)
     return _class_table_to_dfa(table, accept, classes)
-
-
-def _reach_eps(nfa: _NFA, start: int) -> set[int]:
-    seen = {start}
-    stack = [start]
-    while stack:
-        for t in nfa.eps[stack.pop()]:
-            if t not in seen:
-                seen.add(t)
-                stack.append(t)
-    return seen
-
-
-# --------------------------------------------------------------------------- search DFA
-
-
-_MAX_COSETS = 50_000
-_MAX_MEMBER_TOTAL = 5_000_000  # total size of the stored subsets, to bound memory
-_MAX_COSET_ANCHORED = 30_000
-
-
-def _coset_masks(
-    crow: Callable[[int], list[int]], n: int, n_cls: int, accept: list[frozenset[int]]
-) -> list[int] | None:
-    """Per anchored state, a bitmask over the "co-sets" that contain it (None if too many).
-
-    A co-set Y(v, i) is the set of anchored states from which the word v completes label i.
-    Two search subsets S, S' have the same future iff they hit the same co-sets, so the OR of
-    the masks over S is a canonical key for the minimal search DFA (Brzozowski's argument),
-    computed without building the unminimised subset automaton first.  Co-sets holding the
-    start state are skipped: the start is in every search state, so they never distinguish.
-    """
-    if n > _MAX_COSET_ANCHORED:
-        return None
-    incoming: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    for q in range(n):
-        for c, t in enumerate(crow(q)):
-            if t != DEAD:
-                incoming[t].append((c, q))
-    labels = sorted(set().union(*accept))
-    seen: dict[frozenset[int], int] = {}
-    queue: list[frozenset[int]] = []
-    for lab in labels:
-        y = frozenset(q for q in range(n) if lab in accept[q])
-        if 0 not in y and y not in seen:
-            seen[y] = len(queue)
-            queue.append(y)
-    i = 0
-    while i < len(queue):
-        y = queue[i]
-        i += 1
-        preds: dict[int, set[int]] = {}
-        for t in y:
-            for c, q in incoming[t]:
-                ps = preds.get(c)
-                if ps is None:
-                    preds[c] = {q}
-                else:
-                    ps.add(q)
-        for ps in preds.values():
-            if 0 in ps:
-                continue
-            fp = frozenset(ps)
-            if fp not in seen:
-                if len(queue) >= _MAX_COSETS:
-                    return None
-                seen[fp] = len(queue)
-                queue.append(fp)
-    masks = [0] * n
-    for j, y in enumerate(queue):
-        bit = 1 << j
-        for q in y:
-            masks[q] |= bit
-    return masks
-
-
-def search_dfa(dfa: ByteDFA, max_states: int = 50_000) -> SearchDFA:
-    """Minimal DFA for Σ*·L(dfa) (with labels), built as a subset construction.
-
-    Each search state keeps one representative set of anchored states (``members``); subsets
-    with the same future are merged on the fly using co-set signatures (see ``_coset_masks``),
-    so e.g. all the overlapping partial IBANs that end up equivalent share one state.  ``index``
-    maps every subset met during the construction to its state.  Falls back to the plain
-    (unmerged) construction when the anchored DFA is very large.  Works on byte classes and
-    expands to 256 columns at the end.  PatternError when more than ``max_states`` are needed.
-    """
-    classes = dfa.byte_classes
-    n_cls = max(classes) + 1
-    reps = [0] * n_cls
-    seen_cls: set[int] = set()
-    for b, c in enumerate(classes):
-        if c not in seen_cls:
-            seen_cls.add(c)
-            reps[c] = b
-    trans = dfa.trans
-    crow_cache: dict[int, list[int]] = {}
-
-    def crow(q: int) -> list[int]:
-        r = crow_cache.get(q)
-        if r is None:
-            row = trans[q]
-            r = crow_cache[q] = [row[b] for b in reps]
-        return r
-
-    masks = _coset_masks(crow, len(trans), n_cls, dfa.accept)
-    sparse_cache: dict[int, list[tuple[int, int]]] = {}
-
-    def sparse_row(q: int) -> list[tuple[int, int]]:
-        r = sparse_cache.get(q)
-        if r is None:
-            r = sparse_cache[q] = [(c, t) for c, t in enumerate(crow(q)) if t != DEAD]
-        return r
-
-    start_row = crow(0)
-    empty: frozenset[int] = frozenset()
-    members = [empty]
-    index = {empty: 0}
-    by_sig: dict[object, int] = {0 if masks is not None else empty: 0}
-    rows: list[list[int]] = []
-
-    budget = [_MAX_MEMBER_TOTAL]
-
-    def too_complex(what: str) -> PatternError:
-        return PatternError(
-            f"the forbidden patterns are too complex: the search automaton needs more than {what} "
-            f"(anchored DFA has {len(trans)} states); split them into several smaller sets or simplify them"
-        )
-
-    def state_of(key: frozenset[int]) -> int:
-        j = index.get(key)
-        if j is None:
-            budget[0] -= len(key) + 1
-            if budget[0] < 0:
-                raise too_complex(f"{_MAX_MEMBER_TOTAL} stored anchored states")
-            if masks is None:
-                sig: object = key
-            else:
-                m = 0
-                for q in key:
-                    m |= masks[q]
-                sig = m
-            j = by_sig.get(sig)
-            if j is None:
-                j = len(members)
-                if j >= max_states:
-                    raise too_complex(f"{max_states} states")
-                by_sig[sig] = j
-                members.append(key)
-            index[key] = j
-        return j
-
-    # from the empty set only the implicit start moves; every other row starts as a copy of it
-    base_row = [state_of(frozenset({t}) if t != DEAD else empty) for t in start_row]
-    rows.append(base_row)
-    i = 1
-    while i < len(members):
-        cur = members[i]
-        i += 1
-        touched: dict[int, set[int]] = {}
-        for q in cur:
-            for c, t in sparse_row(q):
-                ts = touched.get(c)
-                if ts is None:
-                    touched[c] = {t}
-                else:
-                    ts.add(t)
-        out = base_row.copy()
-        for c, ts in touched.items():
-            t0 = start_row[c]
-            if t0 != DEAD:
-                ts.add(t0)
-            out[c] = state_of(frozenset(ts))
-        rows.append(out)
-    ctab = np.asarray(rows, dtype=np.int32)
-    table = np.ascontiguousarray(ctab[:, np.asarray(classes, dtype=np.intp)])
-    acc = dfa.accept
-    base = acc[0]
-    accept = [base.union(*[acc[q] for q in m]) for m in members]
-    return SearchDFA(table=table, accept=accept, members=members, index=index)

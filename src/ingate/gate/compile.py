@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ingate.gate.automaton import PatternError, compile_regexes
+from ingate.gate.automaton import compile_regexes
 from ingate.gate.checks import CHECKS
 from ingate.gate.detector import CheckedDetector, PatternDetector, compile_phrase_detector
 from ingate.gate.masks import MaskCache, TokenTable
 from ingate.gate.normalize import Fold
+from ingate.gate.regex import PatternError
 from ingate.patterns import BUILTIN_PATTERNS, CHECKED
 from ingate.policy import Policy, PolicyError, RuleSpec
 

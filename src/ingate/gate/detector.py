@@ -17,9 +17,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ingate.gate.automaton import ByteDFA, PatternError, SearchDFA, compile_regexes, search_dfa
+from ingate.gate.automaton import ByteDFA, compile_regexes
 from ingate.gate.checks import Check
 from ingate.gate.normalize import NONE, SEP, WORD, Body, Fold, feed, first, fold_char, normalize_token, phrase_char
+from ingate.gate.regex import PatternError
+from ingate.gate.search import SearchDFA, search_dfa
 
 Threads = dict[int, int]  # anchored state -> earliest start (raw offset); insertion order = start order
 Match = tuple[int, int, frozenset[int]]  # raw start, raw end (exclusive), labels
