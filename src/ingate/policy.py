@@ -17,15 +17,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ingate import encoders
 from ingate.patterns import BUILTIN_PATTERNS
 
 Action = Literal["prevent", "redact", "stop", "resample"]
 ACTIONS = ("prevent", "redact", "stop", "resample")
 FORBID_ACTIONS = ("prevent", "redact", "stop")
 SEMANTIC_ACTIONS = ("resample", "stop")
-# Encoders a semantic rule may name. Kept here (not imported from ingate.semantic) so that
-# validating a policy never imports torch.
-ENCODERS = ("all-MiniLM-L6-v2",)
 
 
 class PolicyError(ValueError):
@@ -125,7 +123,7 @@ class Semantic(_Strict):
     deny: list[Concept] = Field(default_factory=list)
     allow_only: list[Concept] = Field(default_factory=list)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False)
-    encoder: str = ENCODERS[0]
+    encoder: str = encoders.DEFAULT  # validated against the registry, ingate.encoders (no torch import)
     window: int = Field(default=2, ge=0, le=16)  # earlier groups the score also sees
     max_group_tokens: int = Field(default=32, ge=4, le=512)
     min_group_tokens: int = Field(default=4, ge=1, le=512)
@@ -133,8 +131,9 @@ class Semantic(_Strict):
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, v: str) -> str:
-        if v not in ENCODERS:
-            raise ValueError(f"unknown encoder {v!r}; use one of: {', '.join(ENCODERS)}")
+        known = encoders.names()
+        if v not in known:
+            raise ValueError(f"unknown encoder {v!r}; use one of: {', '.join(known)}")
         return v
 
     @model_validator(mode="after")
