@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,8 @@ from ingate import encoders
 from ingate.patterns import BUILTIN_PATTERNS
 
 Action = Literal["prevent", "redact", "stop", "resample"]
+ForbidAction = Literal["prevent", "redact", "stop"]
+SemanticAction = Literal["resample", "stop"]
 ACTIONS = ("prevent", "redact", "stop", "resample")
 FORBID_ACTIONS = ("prevent", "redact", "stop")
 SEMANTIC_ACTIONS = ("resample", "stop")
@@ -283,27 +285,52 @@ class EntropySpec:
     message: str | None
 
 
+# One validated rule with its files read, what the gate compiles: a tagged union of the three
+# kinds, each carrying only its own fields. Code dispatches on the type (or on `kind`).
+
 @dataclass(frozen=True)
-class RuleSpec:
-    """One validated rule with its files read: what the gate compiles."""
+class ForbidSpec:
+    """Phrases, built-in patterns and regexes, matched on the bytes as they are generated."""
 
     id: str
-    action: Action | None
+    action: ForbidAction
     phrases: tuple[str, ...] = ()
     case_sensitive: bool = False
     matching: PhraseMatching = field(default_factory=PhraseMatching)
     patterns: tuple[str, ...] = ()  # built-in pattern names
     regex: tuple[str, ...] = ()
-    placeholder: str | None = None
-    semantic: SemanticSpec | None = None
-    entropy: EntropySpec | None = None
+    placeholder: str | None = None  # None: each pattern's own, [REDACTED] for phrases and regexes
+    kind: Literal["forbid"] = field(default="forbid", init=False)
+
+
+@dataclass(frozen=True)
+class SemanticRuleSpec:
+    """Concepts whose similarity to a group of generated tokens (or the prompt) decides."""
+
+    id: str
+    action: SemanticAction
+    semantic: SemanticSpec
+    kind: Literal["semantic"] = field(default="semantic", init=False)
+
+
+@dataclass(frozen=True)
+class EntropyRuleSpec:
+    """A per-token entropy bound and response and session budgets."""
+
+    id: str
+    action: Literal["stop"] | None  # None: a bound only reported or narrowed to, no budget
+    entropy: EntropySpec
+    kind: Literal["entropy"] = field(default="entropy", init=False)
+
+
+RuleSpec: TypeAlias = ForbidSpec | SemanticRuleSpec | EntropyRuleSpec
 
 
 @dataclass(frozen=True)
 class Policy:
     name: str
     source: str  # file path, or "<builtin:default>", "<none>", "<string>"
-    rules: tuple[RuleSpec, ...]
+    rules: tuple[RuleSpec, ...]  # in file order
     store_text: bool
     max_rollbacks: int
     digest: str = field(default="")
@@ -315,12 +342,17 @@ class Policy:
         return not self.rules
 
     @property
-    def semantic_rules(self) -> tuple[RuleSpec, ...]:
-        return tuple(r for r in self.rules if r.semantic is not None)
+    def forbid_rules(self) -> tuple[ForbidSpec, ...]:
+        return tuple(r for r in self.rules if isinstance(r, ForbidSpec))
 
     @property
-    def entropy_rule(self) -> RuleSpec | None:
-        return next((r for r in self.rules if r.entropy is not None), None)
+    def semantic_rules(self) -> tuple[SemanticRuleSpec, ...]:
+        return tuple(r for r in self.rules if isinstance(r, SemanticRuleSpec))
+
+    @property
+    def entropy_rule(self) -> EntropyRuleSpec | None:
+        """The policy's entropy rule (validated: at most one)."""
+        return next((r for r in self.rules if isinstance(r, EntropyRuleSpec)), None)
 
 
 NONE_POLICY = Policy(name="none", source="<none>", rules=(), store_text=False, max_rollbacks=0, digest="none")
@@ -384,7 +416,7 @@ def _read_lines_file(base: Path, name: str, where: str, what: str = "phrase") ->
     return out
 
 
-def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> SemanticSpec:
+def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> SemanticRuleSpec:
     sem = rule.semantic
     assert sem is not None
     mode: Literal["deny", "allow_only"] = "deny" if sem.deny else "allow_only"
@@ -397,12 +429,42 @@ def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, diges
             digest.update("\n".join(extra).encode("utf-8"))
             examples += extra
         concepts.append(ConceptSpec(c.concept, tuple(examples)))
-    return SemanticSpec(mode=mode, concepts=tuple(concepts), threshold=sem.threshold, encoder=sem.encoder,
+    spec = SemanticSpec(mode=mode, concepts=tuple(concepts), threshold=sem.threshold, encoder=sem.encoder,
                         window=sem.window, max_group_tokens=sem.max_group_tokens,
                         min_group_tokens=sem.min_group_tokens,
                         max_retries=2 if rule.max_retries is None else rule.max_retries,
                         fallback=rule.fallback or "stop", refusal=rule.refusal,
                         apply_to=tuple(rule.apply_to or ("output",)))
+    return SemanticRuleSpec(rule.id, cast(SemanticAction, rule.action), spec)
+
+
+def _forbid_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> ForbidSpec:
+    fb = rule.forbid
+    assert fb is not None
+    phrases = list(fb.phrases)
+    if fb.phrases_file:
+        where = _where(source, data, ("rules", i, "forbid", "phrases_file"))
+        phrases += (extra := _read_lines_file(base, fb.phrases_file, where))
+        digest.update("\n".join(extra).encode("utf-8"))
+    return ForbidSpec(rule.id, cast(ForbidAction, rule.action), phrases=tuple(phrases),
+                      case_sensitive=fb.case_sensitive, matching=fb.matching(rule.action),
+                      patterns=tuple(fb.patterns), regex=tuple(fb.regex), placeholder=rule.placeholder)
+
+
+def _entropy_spec(rule: Rule) -> EntropyRuleSpec:
+    en = rule.entropy
+    assert en is not None
+    return EntropyRuleSpec(rule.id, cast(Literal["stop"] | None, rule.action), EntropySpec(
+        en.max_token_entropy, en.on_exceed == "narrow", en.budget, en.baseline, en.session_budget, rule.message))
+
+
+def _rule_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> RuleSpec:
+    """The validated rule as its kind's spec, its files read (and hashed into `digest`)."""
+    if rule.entropy is not None:
+        return _entropy_spec(rule)
+    if rule.semantic is not None:
+        return _semantic_spec(rule, i, source, data, base, digest)
+    return _forbid_spec(rule, i, source, data, base, digest)
 
 
 def parse_policy(text: str, source: str = "<string>", base: Path | None = None) -> Policy:
@@ -428,26 +490,7 @@ def parse_policy(text: str, source: str = "<string>", base: Path | None = None) 
     problems: list[str] = []
     for i, r in enumerate(model.rules):
         try:
-            if r.entropy is not None:
-                en = r.entropy
-                rules.append(RuleSpec(id=r.id, action=r.action, entropy=EntropySpec(
-                    en.max_token_entropy, en.on_exceed == "narrow", en.budget, en.baseline, en.session_budget,
-                    r.message)))
-                continue
-            if r.semantic is not None:
-                rules.append(RuleSpec(id=r.id, action=r.action,
-                                      semantic=_semantic_spec(r, i, source, data, base, digest)))
-                continue
-            assert r.forbid is not None
-            phrases = list(r.forbid.phrases)
-            if r.forbid.phrases_file:
-                where = _where(source, data, ("rules", i, "forbid", "phrases_file"))
-                phrases += (extra := _read_lines_file(base, r.forbid.phrases_file, where))
-                digest.update("\n".join(extra).encode("utf-8"))
-            rules.append(RuleSpec(id=r.id, action=r.action, phrases=tuple(phrases),
-                                  case_sensitive=r.forbid.case_sensitive,
-                                  matching=r.forbid.matching(r.action), patterns=tuple(r.forbid.patterns),
-                                  regex=tuple(r.forbid.regex), placeholder=r.placeholder))
+            rules.append(_rule_spec(r, i, source, data, base, digest))
         except PolicyError as e:
             problems.extend(e.problems)
     if problems:
