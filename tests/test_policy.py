@@ -189,6 +189,55 @@ def test_concept_embeddings_are_cached_on_disk_by_content(tmp_path, monkeypatch)
     assert cache.key("e", "v", ["a", "b"]) != cache.key("e", "v", ["ab"])
 
 
+class _HashEncoder:
+    """A registered encoder without torch: each text's bytes hashed into a unit vector."""
+
+    name, version, dim = "hash-test", "1", 8
+
+    def encode(self, texts):
+        import hashlib
+
+        import numpy as np
+
+        v = np.array([list(hashlib.sha256(t.encode()).digest()[:8]) for t in texts], dtype=np.float32) + 1
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_a_policy_may_name_exactly_the_registered_encoders(tmp_path, monkeypatch):
+    from ingate import encoders
+    from ingate.policy import PolicyError
+    from ingate.semantic import encoder
+    from ingate.semantic.concepts import compile_semantic
+
+    monkeypatch.setattr(encoders, "_FACTORIES", dict(encoders._FACTORIES))  # leave the registry as found
+    monkeypatch.setattr(encoder, "_LOADED", dict(encoder._LOADED))
+    monkeypatch.setenv("INGATE_CACHE_DIR", str(tmp_path / "cache"))
+    text = ("version: 1\nname: t\nrules:\n  - id: s\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
+            "      encoder: hash-test\n    action: resample\n")
+    with pytest.raises(PolicyError) as e:
+        parse_policy(text)
+    assert "rule 's'" in str(e.value) and "field semantic.encoder" in str(e.value)
+    assert "unknown encoder 'hash-test'; use one of: all-MiniLM-L6-v2" in str(e.value)
+    encoder.register("hash-test", _HashEncoder)
+    pol = parse_policy(text)
+    assert pol.rules[0].semantic.encoder == "hash-test"
+    rule = compile_semantic("p", pol.rules[0])  # loaded through the same registry
+    assert rule.encoder.name == "hash-test" and rule.n_examples == 1
+    with pytest.raises(PolicyError) as e:
+        parse_policy(text.replace("hash-test", "bert-huge"))
+    assert "use one of: all-MiniLM-L6-v2, hash-test" in str(e.value)
+
+
+def test_validating_a_policy_imports_no_encoder_library():
+    import sys
+
+    code = ("import sys; from ingate.policy import load_policy; load_policy(None); "
+            "print(sorted(m for m in ('torch', 'sentence_transformers', 'numpy', 'ingate.semantic.encoder') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout
+
+
 def test_the_issue_policy_shape_validates_and_compiles(tmp_path, capsys):
     (tmp_path / "words.txt").write_text("# comment\nfoo bar\n\nbaz\n")
     p = _write(tmp_path, textwrap.dedent(GOOD), header="")

@@ -271,3 +271,14 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def describe(row: dict) -> str:
+    """One decision row as `ingate audit tail` and `find` print it."""
+    import datetime as _dt
+
+    ts = _dt.datetime.fromtimestamp(row["ts"]).isoformat(timespec="seconds")
+    text = f" text={row['matched_text']!r}" if row["matched_text"] is not None else ""
+    digest = f" {row['digest_kind']}={row['matched_digest'][:12]}" if row["matched_digest"] else ""
+    return (f"{ts} {row['request_id'][:12]} {row['policy']}/{row['rule_id']} {row['action']} "
+            f"tok={row['token_index']} off={row['byte_offset']}{digest}{text} - {row['detail']}")

@@ -319,7 +319,7 @@ def roc_title(rule_id: str, mode: str, encoder: str, auc: float, n: int) -> str:
     return f"rule {rule_id} ({mode}), encoder {encoder}\nAUROC {auc:.3f} on {n} labelled texts"
 
 
-# ---- one call for the CLI and the benchmarks ---------------------------------------------------
+# ---- one call for the CLI and the benchmarks, and its report ------------------------------------
 
 @dataclass(frozen=True)
 class Calibration:
@@ -339,6 +339,36 @@ class Calibration:
         return {"auroc": self.suggestion.auroc, "f1": b.f1, "threshold": b.threshold,
                 "false_block_rate": b.false_block_rate, "n": self.n, "rule": self.rule,
                 "encoder": self.encoder, "png": png}
+
+    def report(self, source: str, labelled: str, png: str) -> list[str]:
+        """What `ingate calibrate` prints: the figures, a table of thresholds, the one to set and where."""
+        sug, b, f = self.suggestion, self.suggestion.best, self.suggestion.best_f1
+        blocked = "score >= threshold" if self.mode == "deny" else "score < threshold"
+        out = [f"rule {self.rule} ({self.mode}: blocked when {blocked}) in {source}; encoder {self.encoder}",
+               f"labelled texts: {labelled}: n={self.n}, {self.n_inadmissible} inadmissible, "
+               f"{self.n_admissible} admissible",
+               f"AUROC {sug.auroc:.3f}", "",
+               f"  {'threshold':>9}  {'blocks inadmissible':>19}  {'false-blocks':>12}  {'F1':>5}"]
+        for t in table_thresholds(self.scores, sug):
+            p = at_threshold(self.scores, self.admissible, t, self.mode)
+            mark = "  <- suggested" if t == b.threshold else ("  <- max F1" if t == f.threshold else "")
+            out.append(f"  {t:>9.4f}  {p.block_rate:>19.1%}  {p.false_block_rate:>12.1%}  {p.f1:>5.3f}{mark}")
+        out.append("")
+        if (c := self.current) is not None:
+            out.append(f"current threshold {c.threshold:g}: blocks {c.block_rate:.1%} of inadmissible texts, "
+                       f"false-blocks {c.false_block_rate:.1%} of admissible ones, F1 {c.f1:.3f}")
+        if not sug.met:
+            out.append(f"no threshold keeps the false-block rate within {sug.max_false_block:.1%}: some admissible "
+                       "texts score as high as the concept examples; the one below blocks the fewest")
+        return out + [
+            f"suggested threshold {b.threshold:g} (blocks the most inadmissible texts with false-block rate <= "
+            f"{sug.max_false_block:.1%}): blocks {b.block_rate:.1%} of inadmissible texts, false-blocks "
+            f"{b.false_block_rate:.1%} of admissible ones, precision {b.precision:.3f}, F1 {b.f1:.3f}",
+            f"max-F1 threshold {f.threshold:g}: F1 {f.f1:.3f}, blocks {f.block_rate:.1%}, "
+            f"false-blocks {f.false_block_rate:.1%}",
+            f"to use it, set under the rule's semantic: in {source} (rule {self.rule}):\n"
+            f"      threshold: {b.threshold:g}",
+            f"ROC curve written to {png}"]
 
 
 def calibrate(rule: Any, data: Sequence[tuple[str, bool]], max_false_block: float = 0.05,

@@ -11,12 +11,12 @@ import dataclasses
 import json
 import os
 import sys
-from collections import Counter
 
+from ingate import report
 from ingate.core import Request
 from ingate.engines.base import EngineError
 from ingate.loop import GenerationFailed
-from ingate.policy import Policy, PolicyError, load_policy
+from ingate.policy import Policy, PolicyError, SemanticRuleSpec, load_policy
 from ingate.sampling import SamplingParams
 
 
@@ -186,12 +186,6 @@ def _messages(system: str | None, history: list[dict[str, str]], prompt: str) ->
     return msgs + history + [{"role": "user", "content": prompt}]
 
 
-def _summary(result) -> str:
-    counts = Counter((d.rule_id, d.action) for d in result.decisions)
-    acts = ", ".join(f"{r} {a} x{n}" for (r, a), n in counts.items())
-    return f"[ingate] finish={result.finish_reason}" + (f"; decisions: {acts}" if acts else "")
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UserError("empty prompt: give the text to generate from", code=2)
@@ -208,45 +202,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     finally:
         core.close()
     if args.json:  # the operator's own command line: the full report
-        from ingate import report
-
-        print(json.dumps({"text": res.text, "finish_reason": res.finish_reason,
-                          "decisions": [report.decision(d, "full", policy.store_text) for d in res.decisions],
-                          "entropy": [round(h, 4) if h == h else None for h in (res.entropy or [])],
-                          "stats": res.stats()}, ensure_ascii=False))
-    else:
-        if args.show_entropy:
-            _show_entropy(res)
-        sys.stdout.write("\n")
-        sys.stdout.flush()  # the summary goes to stderr: keep it after the text when both are piped
-        if args.show_entropy:
-            print(ENTROPY_LEGEND, file=sys.stderr)
-        if res.decisions or res.finish_reason == "content_filter":
-            print(_summary(res), file=sys.stderr)
+        print(json.dumps(report.result_json(res, policy.store_text), ensure_ascii=False))
+        return 0
+    if args.show_entropy:
+        sys.stdout.write(report.entropy_text(res, plain=bool(os.environ.get("NO_COLOR"))))
+    sys.stdout.write("\n")
+    sys.stdout.flush()  # the summary goes to stderr: keep it after the text when both are piped
+    if args.show_entropy:
+        print(report.ENTROPY_LEGEND, file=sys.stderr)
+    if res.decisions or res.finish_reason == "content_filter":
+        print(report.summary(res), file=sys.stderr)
     return 0
-
-
-# (upper bound in nats, ANSI colour): where the model was sure, unsure, lost
-ENTROPY_COLOURS = ((1.0, ""), (2.5, "\033[33m"), (float("inf"), "\033[31m"))
-
-
-def _show_entropy(res) -> None:
-    """The released text, each token coloured by the entropy it was sampled at. Text that ingate
-    itself added (a refusal or a budget message) and placeholders are left plain."""
-    plain = bool(os.environ.get("NO_COLOR"))
-    shown = ""
-    for text, h in res.entropy_released or []:
-        colour = next(c for hi, c in ENTROPY_COLOURS if h is None or h < hi) if h is not None else ""
-        if plain:
-            sys.stdout.write(text + (f"⟨{h:.1f}⟩" if h is not None and h >= ENTROPY_COLOURS[0][0] else ""))
-        else:
-            sys.stdout.write(f"{colour}{text}\033[0m" if colour else text)
-        shown += text
-    sys.stdout.write(res.text[len(shown):] if res.text.startswith(shown) else "")  # a refusal or message
-
-
-ENTROPY_LEGEND = (f"[ingate] entropy (nats): plain < {ENTROPY_COLOURS[0][0]:g} <= yellow < "
-                  f"{ENTROPY_COLOURS[1][0]:g} <= red (NO_COLOR=1: values after uncertain tokens)")
 
 
 def _stream_out(text: str) -> None:
@@ -287,7 +253,7 @@ def _chat_loop(args: argparse.Namespace, core, policy: Policy, params, history: 
         sys.stdout.write("\n")
         sys.stdout.flush()  # the summary goes to stderr: keep it after the text when both are piped
         if res.decisions or res.finish_reason == "content_filter":
-            print(_summary(res), file=sys.stderr)
+            print(report.summary(res), file=sys.stderr)
         history += [{"role": "user", "content": line}, {"role": "assistant", "content": res.text}]
 
 
@@ -301,7 +267,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _semantic_rule(policy: Policy, wanted: str | None):
+def _semantic_rule(policy: Policy, wanted: str | None) -> SemanticRuleSpec:
     rules = policy.semantic_rules
     ids = ", ".join(r.id for r in rules)
     if not rules:
@@ -321,15 +287,7 @@ def _semantic_rule(policy: Policy, wanted: str | None):
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ingate.calibrate import (
-        CalibrationError,
-        at_threshold,
-        calibrate,
-        plot_roc,
-        read_labelled,
-        roc_title,
-        table_thresholds,
-    )
+    from ingate.calibrate import CalibrationError, calibrate, plot_roc, read_labelled, roc_title
 
     try:
         policy = load_policy(args.policy)
@@ -355,50 +313,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except PolicyError as e:
         raise UserError(str(e)) from None  # the encoder cannot load here: an install problem, not bad input
     cal = calibrate(rule, data, args.max_false_block)
-    sug = cal.suggestion
     try:
-        plot_roc(sug, png, roc_title(cal.rule, cal.mode, cal.encoder, sug.auroc, cal.n))
+        plot_roc(cal.suggestion, png, roc_title(cal.rule, cal.mode, cal.encoder, cal.suggestion.auroc, cal.n))
     except OSError as e:
         raise UserError(f"--png {str(png)!r}: cannot write the ROC curve: {e}", code=2) from None
     png = png.resolve()
     if args.json:
         print(json.dumps(cal.to_json(str(png))))
-        return 0
-    blocked = "score >= threshold" if cal.mode == "deny" else "score < threshold"
-    print(f"rule {cal.rule} ({cal.mode}: blocked when {blocked}) in {policy.source}; encoder {cal.encoder}")
-    print(f"labelled texts: {args.labelled}: n={cal.n}, {cal.n_inadmissible} inadmissible, "
-          f"{cal.n_admissible} admissible")
-    print(f"AUROC {sug.auroc:.3f}")
-    print(f"\n  {'threshold':>9}  {'blocks inadmissible':>19}  {'false-blocks':>12}  {'F1':>5}")
-    for t in table_thresholds(cal.scores, sug):
-        p = at_threshold(cal.scores, cal.admissible, t, cal.mode)
-        mark = "  <- suggested" if t == sug.best.threshold else ("  <- max F1" if t == sug.best_f1.threshold else "")
-        print(f"  {t:>9.4f}  {p.block_rate:>19.1%}  {p.false_block_rate:>12.1%}  {p.f1:>5.3f}{mark}")
-    b, f = sug.best, sug.best_f1
-    print()
-    if cal.current is not None:
-        c = cal.current
-        print(f"current threshold {c.threshold:g}: blocks {c.block_rate:.1%} of inadmissible texts, "
-              f"false-blocks {c.false_block_rate:.1%} of admissible ones, F1 {c.f1:.3f}")
-    if not sug.met:
-        print(f"no threshold keeps the false-block rate within {sug.max_false_block:.1%}: some admissible texts "
-              "score as high as the concept examples; the one below blocks the fewest")
-    print(f"suggested threshold {b.threshold:g} (blocks the most inadmissible texts with false-block rate <= "
-          f"{sug.max_false_block:.1%}): blocks {b.block_rate:.1%} of inadmissible texts, false-blocks "
-          f"{b.false_block_rate:.1%} of admissible ones, precision {b.precision:.3f}, F1 {b.f1:.3f}")
-    print(f"max-F1 threshold {f.threshold:g}: F1 {f.f1:.3f}, blocks {f.block_rate:.1%}, "
-          f"false-blocks {f.false_block_rate:.1%}")
-    print(f"to use it, set under the rule's semantic: in {policy.source} (rule {cal.rule}):\n"
-          f"      threshold: {b.threshold:g}")
-    print(f"ROC curve written to {png}")
+    else:
+        print("\n".join(cal.report(policy.source, args.labelled, str(png))))
     return 0
 
 
 def _api_keys(flags: list[str] | None):
     """KEY, KEY:POLICY+POLICY, KEY:POLICY+POLICY:DETAIL or KEY::DETAIL (every policy), from the
     flags and $INGATE_API_KEYS (comma-separated)."""
-    import os
-
     from ingate.report import LEVELS
     from ingate.server import Grant
 
@@ -449,36 +378,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ingate.audit import AuditError, AuditLog
+    from ingate.audit import AuditError, AuditLog, describe
 
     try:
         log = AuditLog(args.audit, getattr(args, "audit_key_file", None), write=args.audit_cmd == "find")
     except AuditError as e:
         raise UserError(str(e)) from None
-    if args.audit_cmd == "export":
-        for r in log.export(_since(args.since)):
-            print(json.dumps(r, ensure_ascii=False))
-        return 0
     if args.audit_cmd == "scrub":
-        n = log.scrub_unkeyed()
-        print(f"blanked {n} plain SHA-256 digest(s) in {log.path}")
+        print(f"blanked {log.scrub_unkeyed()} plain SHA-256 digest(s) in {log.path}")
         return 0
-    rows = log.find(args.text) if args.audit_cmd == "find" else log.tail(args.n)
-    if args.json:
+    rows = {"export": lambda: log.export(_since(args.since)), "find": lambda: log.find(args.text),
+            "tail": lambda: log.tail(args.n)}[args.audit_cmd]()
+    if args.audit_cmd == "export" or args.json:  # JSON lines
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
         return 0
     if not rows:
         print(f"no decisions withheld that text in {log.path}" if args.audit_cmd == "find"
               else f"no decisions recorded in {log.path}")
-    import datetime as _dt
-
     for r in rows:
-        ts = _dt.datetime.fromtimestamp(r["ts"]).isoformat(timespec="seconds")
-        text = f" text={r['matched_text']!r}" if r["matched_text"] is not None else ""
-        digest = f" {r['digest_kind']}={r['matched_digest'][:12]}" if r["matched_digest"] else ""
-        print(f"{ts} {r['request_id'][:12]} {r['policy']}/{r['rule_id']} {r['action']} "
-              f"tok={r['token_index']} off={r['byte_offset']}{digest}{text} - {r['detail']}")
+        print(describe(r))
     return 0
 
 

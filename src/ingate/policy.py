@@ -1,5 +1,8 @@
-"""Policy files: schema, YAML loading, validation with errors that say what to fix.
+"""Policy files: YAML loading, and the validated rules the gate compiles.
 
+A file is checked against `ingate.policy_schema` (errors name the file, the rule and the field,
+and say what to fix) and each rule becomes its kind's spec: `ForbidSpec`, `SemanticRuleSpec` or
+`EntropyRuleSpec`, a tagged union (`RuleSpec`) in which no rule carries another kind's fields.
 A policy is validated and compiled once; compiled policies are cached by the hash of their
 content (the YAML plus every file it reads), so two requests naming the same policy share
 one set of automata and mask caches.
@@ -12,20 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from ingate.patterns import BUILTIN_PATTERNS
+from ingate.policy_schema import ACTIONS, Forbid, PolicyModel, Rule
 
-Action = Literal["prevent", "redact", "stop", "resample"]
-ACTIONS = ("prevent", "redact", "stop", "resample")
-FORBID_ACTIONS = ("prevent", "redact", "stop")
-SEMANTIC_ACTIONS = ("resample", "stop")
-# Encoders a semantic rule may name. Kept here (not imported from ingate.semantic) so that
-# validating a policy never imports torch.
-ENCODERS = ("all-MiniLM-L6-v2",)
+ForbidAction = Literal["prevent", "redact", "stop"]
+SemanticAction = Literal["resample", "stop"]
 
 
 class PolicyError(ValueError):
@@ -34,60 +32,6 @@ class PolicyError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class Forbid(_Strict):
-    phrases: list[str] = Field(default_factory=list)
-    phrases_file: str | None = None
-    case_sensitive: bool = False
-    # how phrases are read (README "Phrase matching"); separators default to ignore for prevent
-    separators: Literal["ignore", "exact"] | None = None
-    confusables: Literal["fold", "exact"] = "fold"
-    accents: Literal["ignore", "exact"] = "ignore"
-    leet: Literal["fold", "exact"] = "exact"
-    whole_word: bool = False
-    patterns: list[str] = Field(default_factory=list)
-    regex: list[str] = Field(default_factory=list)
-
-    @field_validator("patterns")
-    @classmethod
-    def _known_patterns(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if name not in BUILTIN_PATTERNS:
-                known = ", ".join(BUILTIN_PATTERNS)
-                raise ValueError(f"unknown built-in pattern {name!r}; use one of: {known}")
-        return v
-
-    @field_validator("phrases", "regex")
-    @classmethod
-    def _no_empty(cls, v: list[str]) -> list[str]:
-        for i, s in enumerate(v):
-            if not s.strip():
-                raise ValueError(f"entry {i} is empty; remove it or write the text to forbid")
-        return v
-
-    @model_validator(mode="after")
-    def _something(self) -> Forbid:
-        if not (self.phrases or self.phrases_file or self.patterns or self.regex):
-            raise ValueError("forbids nothing; give at least one of phrases, phrases_file, patterns, regex")
-        modes = sorted(set(PHRASE_MODES) & self.model_fields_set)
-        if modes and not (self.phrases or self.phrases_file):
-            raise ValueError(f"{', '.join(modes)} only apply to phrases, and this rule has none; remove "
-                             f"{'them' if len(modes) > 1 else 'it'} (patterns and regexes match as written)")
-        return self
-
-    def matching(self, action: str | None) -> PhraseMatching:
-        sep = self.separators or ("ignore" if action == "prevent" else "exact")
-        return PhraseMatching(separators=sep == "ignore", confusables=self.confusables == "fold",
-                              accents=self.accents == "ignore", leet=self.leet == "fold",
-                              whole_word=self.whole_word)
-
-
-PHRASE_MODES = ("separators", "confusables", "accents", "leet", "whole_word", "case_sensitive")
 
 
 @dataclass(frozen=True)
@@ -100,157 +44,6 @@ class PhraseMatching:
     leet: bool = False  # True: folded
     whole_word: bool = False
 
-
-class Concept(_Strict):
-    concept: str = Field(min_length=1)
-    examples: list[str] = Field(default_factory=list)
-    examples_file: str | None = None
-
-    @field_validator("examples")
-    @classmethod
-    def _no_empty(cls, v: list[str]) -> list[str]:
-        for i, s in enumerate(v):
-            if not s.strip():
-                raise ValueError(f"example {i} is empty; remove it or write an example sentence")
-        return v
-
-    @model_validator(mode="after")
-    def _has_examples(self) -> Concept:
-        if not self.examples and not self.examples_file:
-            raise ValueError(f"concept {self.concept!r} has no examples; give examples: [...] or examples_file")
-        return self
-
-
-class Semantic(_Strict):
-    deny: list[Concept] = Field(default_factory=list)
-    allow_only: list[Concept] = Field(default_factory=list)
-    threshold: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False)
-    encoder: str = ENCODERS[0]
-    window: int = Field(default=2, ge=0, le=16)  # earlier groups the score also sees
-    max_group_tokens: int = Field(default=32, ge=4, le=512)
-    min_group_tokens: int = Field(default=4, ge=1, le=512)
-
-    @field_validator("encoder")
-    @classmethod
-    def _known_encoder(cls, v: str) -> str:
-        if v not in ENCODERS:
-            raise ValueError(f"unknown encoder {v!r}; use one of: {', '.join(ENCODERS)}")
-        return v
-
-    @model_validator(mode="after")
-    def _one_mode(self) -> Semantic:
-        if self.deny and self.allow_only:
-            raise ValueError("deny and allow_only in one rule have no defined meaning; "
-                             "write them as two rules (one deny, one allow_only)")
-        if not self.deny and not self.allow_only:
-            raise ValueError("names no concept; give deny: [...] or allow_only: [...]")
-        if self.min_group_tokens > self.max_group_tokens:
-            raise ValueError(f"min_group_tokens ({self.min_group_tokens}) exceeds max_group_tokens "
-                             f"({self.max_group_tokens})")
-        return self
-
-
-class Entropy(_Strict):
-    max_token_entropy: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)  # nats, per step
-    on_exceed: Literal["narrow", "none"] = "none"
-    budget: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)  # per response
-    baseline: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
-    session_budget: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _meaningful(self) -> Entropy:
-        if self.on_exceed == "narrow" and self.max_token_entropy is None:
-            raise ValueError("on_exceed: narrow needs max_token_entropy (the bound to narrow to)")
-        if self.max_token_entropy is None and self.budget is None and self.session_budget is None:
-            raise ValueError("sets nothing; give max_token_entropy, budget or session_budget")
-        return self
-
-
-class Rule(_Strict):
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
-    forbid: Forbid | None = None
-    semantic: Semantic | None = None
-    entropy: Entropy | None = None
-    action: Action | None = None
-    placeholder: str | None = None
-    message: str | None = Field(default=None, min_length=1)  # entropy rules: released after a budget stop
-    # semantic rules only
-    max_retries: int | None = Field(default=None, ge=0, le=100)
-    fallback: Literal["stop"] | None = None
-    refusal: str | None = Field(default=None, min_length=1)
-    apply_to: list[Literal["output", "input"]] | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Rule:
-        kinds = [k for k in ("forbid", "semantic", "entropy") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError("a rule has exactly one of forbid: (phrases, patterns), semantic: (concepts) or "
-                             f"entropy: (bounds and budgets); this one has {' and '.join(kinds) or 'none'}")
-        if self.entropy is not None:
-            return self._entropy_rule()
-        if self.message is not None:
-            raise ValueError("message only applies to entropy rules; semantic rules use refusal")
-        if self.action is None:
-            valid = FORBID_ACTIONS if self.forbid is not None else SEMANTIC_ACTIONS
-            raise ValueError(f"field action is missing; add it (one of {', '.join(valid)})")
-        if self.placeholder is not None and self.action != "redact":
-            raise ValueError(f"placeholder is only used with action: redact (this rule's action is {self.action})")
-        if self.forbid is not None:
-            if self.action not in FORBID_ACTIONS:
-                raise ValueError(f"action {self.action!r} is for semantic rules; a forbid rule's action is one of "
-                                 f"{', '.join(FORBID_ACTIONS)}")
-            extra = [f for f in ("max_retries", "fallback", "refusal", "apply_to") if getattr(self, f) is not None]
-            if extra:
-                raise ValueError(f"{', '.join(extra)} only apply to semantic rules; remove them from this forbid rule")
-        elif self.action not in SEMANTIC_ACTIONS:
-            raise ValueError(f"a semantic rule's action is one of {', '.join(SEMANTIC_ACTIONS)} "
-                             f"(got {self.action!r}); semantic groups are rolled back and regenerated, or end the "
-                             "stream")
-        return self
-
-    def _entropy_rule(self) -> Rule:
-        e = self.entropy
-        assert e is not None
-        extra = [f for f in ("placeholder", "max_retries", "fallback", "refusal", "apply_to")
-                 if getattr(self, f) is not None]
-        if extra:
-            raise ValueError(f"{', '.join(extra)} do not apply to entropy rules; remove them")
-        if (e.budget is not None or e.session_budget is not None) and self.action is None:
-            raise ValueError("a budget needs action: stop (end the response at the next sentence boundary when "
-                             "it is spent); field action is missing")
-        if self.action is not None and self.action != "stop":
-            raise ValueError(f"an entropy rule's action is stop (got {self.action!r})")
-        return self
-
-
-class AuditConfig(_Strict):
-    store_text: bool = False
-
-
-class SessionConfig(_Strict):
-    escalate_after: int = Field(ge=1, le=1_000_000)
-    refusal: str = Field(default="I can't continue this conversation.", min_length=1)
-
-
-class PolicyModel(_Strict):
-    version: Literal[1]
-    name: str = Field(min_length=1)
-    rules: list[Rule] = Field(default_factory=list)
-    audit: AuditConfig = Field(default_factory=AuditConfig)
-    max_rollbacks: int = Field(default=32, ge=0, le=10_000)
-    session: SessionConfig | None = None
-
-    @model_validator(mode="after")
-    def _unique_ids(self) -> PolicyModel:
-        if sum(r.entropy is not None for r in self.rules) > 1:
-            raise ValueError("more than one entropy rule; a policy has at most one (its bound and budgets "
-                             "apply to the whole response)")
-        seen: set[str] = set()
-        for r in self.rules:
-            if r.id in seen:
-                raise ValueError(f"rule id {r.id!r} is used twice; give each rule its own id")
-            seen.add(r.id)
-        return self
 
 
 @dataclass(frozen=True)
@@ -284,27 +77,52 @@ class EntropySpec:
     message: str | None
 
 
+# One validated rule with its files read, what the gate compiles: a tagged union of the three
+# kinds, each carrying only its own fields. Code dispatches on the type (or on `kind`).
+
 @dataclass(frozen=True)
-class RuleSpec:
-    """One validated rule with its files read: what the gate compiles."""
+class ForbidSpec:
+    """Phrases, built-in patterns and regexes, matched on the bytes as they are generated."""
 
     id: str
-    action: Action | None
+    action: ForbidAction
     phrases: tuple[str, ...] = ()
     case_sensitive: bool = False
     matching: PhraseMatching = field(default_factory=PhraseMatching)
     patterns: tuple[str, ...] = ()  # built-in pattern names
     regex: tuple[str, ...] = ()
-    placeholder: str | None = None
-    semantic: SemanticSpec | None = None
-    entropy: EntropySpec | None = None
+    placeholder: str | None = None  # None: each pattern's own, [REDACTED] for phrases and regexes
+    kind: Literal["forbid"] = field(default="forbid", init=False)
+
+
+@dataclass(frozen=True)
+class SemanticRuleSpec:
+    """Concepts whose similarity to a group of generated tokens (or the prompt) decides."""
+
+    id: str
+    action: SemanticAction
+    semantic: SemanticSpec
+    kind: Literal["semantic"] = field(default="semantic", init=False)
+
+
+@dataclass(frozen=True)
+class EntropyRuleSpec:
+    """A per-token entropy bound and response and session budgets."""
+
+    id: str
+    action: Literal["stop"] | None  # None: a bound only reported or narrowed to, no budget
+    entropy: EntropySpec
+    kind: Literal["entropy"] = field(default="entropy", init=False)
+
+
+RuleSpec: TypeAlias = ForbidSpec | SemanticRuleSpec | EntropyRuleSpec
 
 
 @dataclass(frozen=True)
 class Policy:
     name: str
     source: str  # file path, or "<builtin:default>", "<none>", "<string>"
-    rules: tuple[RuleSpec, ...]
+    rules: tuple[RuleSpec, ...]  # in file order
     store_text: bool
     max_rollbacks: int
     digest: str = field(default="")
@@ -316,12 +134,17 @@ class Policy:
         return not self.rules
 
     @property
-    def semantic_rules(self) -> tuple[RuleSpec, ...]:
-        return tuple(r for r in self.rules if r.semantic is not None)
+    def forbid_rules(self) -> tuple[ForbidSpec, ...]:
+        return tuple(r for r in self.rules if isinstance(r, ForbidSpec))
 
     @property
-    def entropy_rule(self) -> RuleSpec | None:
-        return next((r for r in self.rules if r.entropy is not None), None)
+    def semantic_rules(self) -> tuple[SemanticRuleSpec, ...]:
+        return tuple(r for r in self.rules if isinstance(r, SemanticRuleSpec))
+
+    @property
+    def entropy_rule(self) -> EntropyRuleSpec | None:
+        """The policy's entropy rule (validated: at most one)."""
+        return next((r for r in self.rules if isinstance(r, EntropyRuleSpec)), None)
 
 
 NONE_POLICY = Policy(name="none", source="<none>", rules=(), store_text=False, max_rollbacks=0, digest="none")
@@ -385,7 +208,7 @@ def _read_lines_file(base: Path, name: str, where: str, what: str = "phrase") ->
     return out
 
 
-def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> SemanticSpec:
+def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> SemanticRuleSpec:
     sem = rule.semantic
     assert sem is not None
     mode: Literal["deny", "allow_only"] = "deny" if sem.deny else "allow_only"
@@ -398,12 +221,49 @@ def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, diges
             digest.update("\n".join(extra).encode("utf-8"))
             examples += extra
         concepts.append(ConceptSpec(c.concept, tuple(examples)))
-    return SemanticSpec(mode=mode, concepts=tuple(concepts), threshold=sem.threshold, encoder=sem.encoder,
+    spec = SemanticSpec(mode=mode, concepts=tuple(concepts), threshold=sem.threshold, encoder=sem.encoder,
                         window=sem.window, max_group_tokens=sem.max_group_tokens,
                         min_group_tokens=sem.min_group_tokens,
                         max_retries=2 if rule.max_retries is None else rule.max_retries,
                         fallback=rule.fallback or "stop", refusal=rule.refusal,
                         apply_to=tuple(rule.apply_to or ("output",)))
+    return SemanticRuleSpec(rule.id, cast(SemanticAction, rule.action), spec)
+
+
+def _forbid_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> ForbidSpec:
+    fb = rule.forbid
+    assert fb is not None
+    phrases = list(fb.phrases)
+    if fb.phrases_file:
+        where = _where(source, data, ("rules", i, "forbid", "phrases_file"))
+        phrases += (extra := _read_lines_file(base, fb.phrases_file, where))
+        digest.update("\n".join(extra).encode("utf-8"))
+    return ForbidSpec(rule.id, cast(ForbidAction, rule.action), phrases=tuple(phrases),
+                      case_sensitive=fb.case_sensitive, matching=_matching(fb, rule.action),
+                      patterns=tuple(fb.patterns), regex=tuple(fb.regex), placeholder=rule.placeholder)
+
+
+def _matching(fb: Forbid, action: str | None) -> PhraseMatching:
+    """The rule's phrase modes, defaults resolved: separators are ignored by default for prevent."""
+    sep = fb.separators or ("ignore" if action == "prevent" else "exact")
+    return PhraseMatching(separators=sep == "ignore", confusables=fb.confusables == "fold",
+                          accents=fb.accents == "ignore", leet=fb.leet == "fold", whole_word=fb.whole_word)
+
+
+def _entropy_spec(rule: Rule) -> EntropyRuleSpec:
+    en = rule.entropy
+    assert en is not None
+    return EntropyRuleSpec(rule.id, cast(Literal["stop"] | None, rule.action), EntropySpec(
+        en.max_token_entropy, en.on_exceed == "narrow", en.budget, en.baseline, en.session_budget, rule.message))
+
+
+def _rule_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> RuleSpec:
+    """The validated rule as its kind's spec, its files read (and hashed into `digest`)."""
+    if rule.entropy is not None:
+        return _entropy_spec(rule)
+    if rule.semantic is not None:
+        return _semantic_spec(rule, i, source, data, base, digest)
+    return _forbid_spec(rule, i, source, data, base, digest)
 
 
 def parse_policy(text: str, source: str = "<string>", base: Path | None = None) -> Policy:
@@ -429,26 +289,7 @@ def parse_policy(text: str, source: str = "<string>", base: Path | None = None) 
     problems: list[str] = []
     for i, r in enumerate(model.rules):
         try:
-            if r.entropy is not None:
-                en = r.entropy
-                rules.append(RuleSpec(id=r.id, action=r.action, entropy=EntropySpec(
-                    en.max_token_entropy, en.on_exceed == "narrow", en.budget, en.baseline, en.session_budget,
-                    r.message)))
-                continue
-            if r.semantic is not None:
-                rules.append(RuleSpec(id=r.id, action=r.action,
-                                      semantic=_semantic_spec(r, i, source, data, base, digest)))
-                continue
-            assert r.forbid is not None
-            phrases = list(r.forbid.phrases)
-            if r.forbid.phrases_file:
-                where = _where(source, data, ("rules", i, "forbid", "phrases_file"))
-                phrases += (extra := _read_lines_file(base, r.forbid.phrases_file, where))
-                digest.update("\n".join(extra).encode("utf-8"))
-            rules.append(RuleSpec(id=r.id, action=r.action, phrases=tuple(phrases),
-                                  case_sensitive=r.forbid.case_sensitive,
-                                  matching=r.forbid.matching(r.action), patterns=tuple(r.forbid.patterns),
-                                  regex=tuple(r.forbid.regex), placeholder=r.placeholder))
+            rules.append(_rule_spec(r, i, source, data, base, digest))
         except PolicyError as e:
             problems.extend(e.problems)
     if problems:

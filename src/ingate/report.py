@@ -8,9 +8,14 @@ value to anyone who can enumerate the candidates. `full`, for trusted clients (p
 server flag), adds the internal detail the audit keeps, and the matched text when the policy keeps
 text (`audit: {store_text: true}`). Neither level carries a digest: digests are for the audit,
 keyed with the deployment's secret (ingate.audit).
+
+The operator's own command line (`ingate generate`, `chat`) sees the full report, a one-line
+summary on stderr, and with --show-entropy the released text coloured by entropy (`entropy_text`).
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 from ingate.gate.decision import Decision
 from ingate.loop import Result
@@ -66,3 +71,41 @@ def governance(policy: Policy, res: Result, level: str, session: dict | None = N
     if session is not None:
         out["session"] = session
     return out
+
+
+def result_json(res: Result, store_text: bool) -> dict:
+    """`ingate generate --json`: the text, the full report of each decision, entropies and stats."""
+    return {"text": res.text, "finish_reason": res.finish_reason,
+            "decisions": [decision(d, "full", store_text) for d in res.decisions],
+            "entropy": [round(h, 4) if h == h else None for h in (res.entropy or [])],
+            "stats": res.stats()}
+
+
+def summary(res: Result) -> str:
+    """'[ingate] finish=stop; decisions: pii redact x2': the line `generate` and `chat` print on stderr."""
+    counts = Counter((d.rule_id, d.action) for d in res.decisions)
+    acts = ", ".join(f"{r} {a} x{n}" for (r, a), n in counts.items())
+    return f"[ingate] finish={res.finish_reason}" + (f"; decisions: {acts}" if acts else "")
+
+
+# (upper bound in nats, ANSI colour): where the model was sure, unsure, lost
+ENTROPY_COLOURS = ((1.0, ""), (2.5, "\033[33m"), (float("inf"), "\033[31m"))
+ENTROPY_LEGEND = (f"[ingate] entropy (nats): plain < {ENTROPY_COLOURS[0][0]:g} <= yellow < "
+                  f"{ENTROPY_COLOURS[1][0]:g} <= red (NO_COLOR=1: values after uncertain tokens)")
+
+
+def entropy_text(res: Result, plain: bool) -> str:
+    """The released text, each token coloured by the entropy it was sampled at (`plain`: the value
+    written after each uncertain token instead). Text that ingate itself added (a refusal or a
+    budget message) and placeholders are left plain."""
+    parts: list[str] = []
+    shown = ""
+    for text, h in res.entropy_released or []:
+        colour = next(c for hi, c in ENTROPY_COLOURS if h < hi) if h is not None else ""
+        if plain:
+            parts.append(text + (f"⟨{h:.1f}⟩" if h is not None and h >= ENTROPY_COLOURS[0][0] else ""))
+        else:
+            parts.append(f"{colour}{text}\033[0m" if colour else text)
+        shown += text
+    parts.append(res.text[len(shown):] if res.text.startswith(shown) else "")  # a refusal or message
+    return "".join(parts)

@@ -119,7 +119,7 @@ class Runtime:
     def _session_budget(policy: Policy, spent: float, n_prompt: int) -> Result | None:
         """A session that has spent its entropy budget gets the rule's message and no generation."""
         rule = policy.entropy_rule
-        if rule is None or rule.entropy is None or rule.entropy.session_budget is None:
+        if rule is None or rule.entropy.session_budget is None:
             return None
         budget = rule.entropy.session_budget
         if spent < budget:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ingate.gate.automaton import compile_regexes
 from ingate.gate.checks import CHECKS
@@ -13,7 +14,10 @@ from ingate.gate.masks import MaskCache, TokenTable
 from ingate.gate.normalize import Fold
 from ingate.gate.regex import PatternError
 from ingate.patterns import BUILTIN_PATTERNS, CHECKED
-from ingate.policy import Policy, PolicyError, RuleSpec
+from ingate.policy import ForbidSpec, Policy, PolicyError
+
+if TYPE_CHECKING:
+    from ingate.semantic.concepts import SemanticRule
 
 
 class CompiledPolicy:
@@ -23,17 +27,17 @@ class CompiledPolicy:
         self.policy = policy
         self.detectors: list[PatternDetector] = []
         problems: list[str] = []
-        for rule in policy.rules:
+        for rule in policy.forbid_rules:
             try:
-                self.detectors.extend(_compile_rule(policy.source, rule))
+                self.detectors.extend(_compile_forbid(policy.source, rule))
             except PolicyError as e:
                 problems.extend(e.problems)
-        self.semantic: list = []  # SemanticRule, compiled only when the policy has one (imports torch)
-        for rule in policy.semantic_rules:
+        self.semantic: list[SemanticRule] = []  # compiled only when the policy has one (imports torch)
+        for sem in policy.semantic_rules:
             from ingate.semantic.concepts import compile_semantic
 
             try:
-                self.semantic.append(compile_semantic(policy.source, rule))
+                self.semantic.append(compile_semantic(policy.source, sem))
             except PolicyError as e:
                 problems.extend(e.problems)
         if problems:
@@ -61,10 +65,10 @@ class CompiledPolicy:
         return mc
 
 
-def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
+def _compile_forbid(source: str, rule: ForbidSpec) -> list[PatternDetector]:
     where = f"{source}, rule {rule.id!r}"
     out: list[PatternDetector] = []
-    action = rule.action or "stop"  # validated: every forbid rule has one
+    action = rule.action
     if rule.phrases:
         try:
             out.append(compile_phrase_detector(rule.id, action, list(rule.phrases), fold_of(rule),
@@ -110,7 +114,7 @@ def _compile_rule(source: str, rule: RuleSpec) -> list[PatternDetector]:
     return out
 
 
-def fold_of(rule: RuleSpec) -> Fold:
+def fold_of(rule: ForbidSpec) -> Fold:
     m = rule.matching
     return Fold(casefold=not rule.case_sensitive, confusables=m.confusables, accents=m.accents,
                 separators=m.separators, leet=m.leet, whole_word=m.whole_word)

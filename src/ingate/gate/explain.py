@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from ingate.gate.compile import CompiledPolicy
 from ingate.gate.detector import CheckedDetector, Match, PatternDetector, PhraseDetector, compile_phrase_detector
-from ingate.policy import RuleSpec
+from ingate.policy import EntropyRuleSpec, ForbidSpec, RuleSpec, SemanticRuleSpec
 
 # the folds that can be turned off, strongest first, with what they are called in a policy
 _MODES = (("separators", "separators ignored"), ("confusables", "confusables folded"),
@@ -45,30 +45,35 @@ def describe(d: PatternDetector, text: str, m: Match) -> str:
 
 
 def _rule_line(r: RuleSpec) -> str:
-    if r.entropy is not None:
-        e = r.entropy
-        parts = []
-        if e.max_token_entropy is not None:
-            parts.append(f"bound {e.max_token_entropy:g} nats/token" + (" (narrow)" if e.narrow else " (reported)"))
-        if e.budget is not None:
-            parts.append(f"response budget {e.budget:g}")
-        if e.session_budget is not None:
-            parts.append(f"session budget {e.session_budget:g}")
-        parts.append(f"excess over baseline {e.baseline:g}")
-        return (f"  - {r.id}: entropy " + ", ".join(parts)
-                + (f"; {r.action} at the next sentence end when a budget is spent" if r.action else ""))
-    what = []
-    if r.phrases:
-        what.append(f"{len(r.phrases)} phrase(s)" + (" case-sensitive" if r.case_sensitive else ""))
-    if r.patterns:
-        what.append("patterns " + ", ".join(r.patterns))
-    if r.regex:
-        what.append(f"{len(r.regex)} regex")
-    if r.semantic is not None:
-        sem = r.semantic
-        what.append(f"semantic {sem.mode} " + ", ".join(f"{c.name} ({len(c.examples)} examples)"
-                                                          for c in sem.concepts))
+    match r:
+        case EntropyRuleSpec():
+            return _entropy_line(r)
+        case SemanticRuleSpec(semantic=sem):
+            what = [f"semantic {sem.mode} " + ", ".join(f"{c.name} ({len(c.examples)} examples)"
+                                                        for c in sem.concepts)]
+        case ForbidSpec():
+            what = []
+            if r.phrases:
+                what.append(f"{len(r.phrases)} phrase(s)" + (" case-sensitive" if r.case_sensitive else ""))
+            if r.patterns:
+                what.append("patterns " + ", ".join(r.patterns))
+            if r.regex:
+                what.append(f"{len(r.regex)} regex")
     return f"  - {r.id}: {r.action} on {'; '.join(what)}"
+
+
+def _entropy_line(r: EntropyRuleSpec) -> str:
+    e = r.entropy
+    parts = []
+    if e.max_token_entropy is not None:
+        parts.append(f"bound {e.max_token_entropy:g} nats/token" + (" (narrow)" if e.narrow else " (reported)"))
+    if e.budget is not None:
+        parts.append(f"response budget {e.budget:g}")
+    if e.session_budget is not None:
+        parts.append(f"session budget {e.session_budget:g}")
+    parts.append(f"excess over baseline {e.baseline:g}")
+    return (f"  - {r.id}: entropy " + ", ".join(parts)
+            + (f"; {r.action} at the next sentence end when a budget is spent" if r.action else ""))
 
 
 def policy_report(compiled: CompiledPolicy) -> list[str]:

