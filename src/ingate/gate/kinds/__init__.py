@@ -21,6 +21,6 @@ def checks_for(compiled: CompiledPolicy, stop: Sequence[str], semantic_lag: int,
     if compiled.semantic_output:
         out.append(SemanticCheck(compiled.semantic_output, semantic_lag, steer_penalty))
     rule = compiled.policy.entropy_rule
-    if rule is not None and rule.entropy is not None:
+    if rule is not None:
         out.append(EntropyCheck(rule.id, rule.entropy, session_entropy))
     return out
