@@ -24,11 +24,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ingate import report
 from ingate.api.openai import DONE, ApiError, Reply, generation_error
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
-from ingate.audit import AuditLog
-from ingate.gate.decision import Action, Decision
 from ingate.loop import Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
+from ingate.refusal import escalation, refuse
 from ingate.session import MemorySessionStore
 from ingate.worker import Job, QueueFull, Worker
 
@@ -118,13 +117,13 @@ class _Server:
 
     def _start(self, job: Job) -> None:
         """Hand the job to the worker, unless its session has escalated: then refuse it here."""
-        policy = job.policy
-        state = self.sessions.get(job.session) if job.session and policy.escalate_after else None
-        if state is not None and policy.escalate_after is not None and state.violations >= policy.escalate_after:
-            refused = _refuse(self.core.audit, policy, job, state.violations)
-            self.metrics.observe(policy.name, refused)
-            job.events.put_nowait(("text", policy.refusal))
-            job.events.put_nowait(("done", refused))
+        state = self.sessions.get(job.session) if job.session and job.policy.escalate_after else None
+        refusal = escalation(job.policy, state.violations) if state is not None else None
+        if refusal is not None:  # answered here: no queue slot, no engine
+            res = refuse(refusal, job.policy, job.request_id, self.core.audit, job.session,
+                         on_text=lambda t: job.events.put_nowait(("text", t)))
+            self.metrics.observe(job.policy.name, res)
+            job.events.put_nowait(("done", res))
             return
         try:
             self.worker.submit(job)
@@ -203,17 +202,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 # ---- the pieces ----------------------------------------------------------------------------------
-def _refuse(audit: AuditLog | None, policy: Policy, job: Job, violations: int) -> Result:
-    """Escalation: the session has spent its allowance; refuse before any generation, audited."""
-    d = Decision("session", Action.REFUSE, 0, 0, b"",
-                 f"session has {violations} violations (escalate_after: {policy.escalate_after}); refused")
-    res = Result.refused(policy.refusal, d)
-    if audit is not None:
-        audit.record(job.request_id, policy.name, [d])
-        audit.record_request(job.request_id, policy.name, res, job.session)
-    return res
-
-
 async def _body(request: Request, limit: int) -> bytes:
     size = request.headers.get("content-length")
     if size and size.isdigit() and int(size) > limit:
