@@ -20,6 +20,7 @@ from ingate.gate.gate import Gate
 from ingate.gate.masks import TokenTable
 from ingate.loop import GenerationFailed, GenerationParams, Result, generate, partial_result
 from ingate.policy import Policy
+from ingate.refusal import Refusal, refuse, session_budget
 from ingate.semantic import scorer
 
 DEFAULT_REFUSAL = "I can't help with that."
@@ -70,7 +71,8 @@ class Runtime:
         """One governed generation. `messages` is a chat, or a raw prompt string (completions).
 
         `session_entropy`: excess entropy the session spent in earlier responses (the server
-        keeps it in the session store); a spent session budget ends the request before generating.
+        keeps it in the session store). A spent session budget or a prompt the input screen rejects
+        refuses the request before generating, through ingate.refusal.refuse like escalation.
         `on_audited`: told of each batch of decisions once it is durable, before its text is released.
         """
         rid = request_id or uuid.uuid4().hex
@@ -87,18 +89,14 @@ class Runtime:
         try:
             prompt = self.engine.tokenize(messages, add_bos=True) if isinstance(messages, str) \
                 else self.engine.chat_prompt(messages)
-            refused = self._session_budget(policy, session_entropy, len(prompt)) or \
-                self._screen_input(policy, messages, len(prompt))
-            if refused is not None:  # refused before the first token: no generation spent
-                on_decisions(refused.decisions)
-                if on_text and refused.text:
-                    on_text(refused.text)
-                res = refused
-            else:
-                gate = self.gate_for(policy, stop, params.logprobs is not None, params.entropy, session_entropy)
-                res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
-                               request_id=rid,
-                               cancelled=cancelled)
+            t_check = time.perf_counter()
+            refusal = session_budget(policy, session_entropy) or self._screen_input(policy, messages)
+            if refusal is not None:  # refused before the first token: no generation spent
+                return refuse(refusal, policy, rid, self.audit, session, len(prompt), time.perf_counter() - t_check,
+                              on_text, on_audited)
+            gate = self.gate_for(policy, stop, params.logprobs is not None, params.entropy, session_entropy)
+            res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
+                           request_id=rid, cancelled=cancelled)
         except (GenerationFailed, EngineError) as e:  # the engine failed: the audit still gets the request
             if isinstance(e, GenerationFailed):
                 res, cause = e.result, e.cause
@@ -115,24 +113,7 @@ class Runtime:
             self.audit.record_request(rid, policy.name, res, session)
         return res
 
-    @staticmethod
-    def _session_budget(policy: Policy, spent: float, n_prompt: int) -> Result | None:
-        """A session that has spent its entropy budget gets the rule's message and no generation."""
-        rule = policy.entropy_rule
-        if rule is None or rule.entropy.session_budget is None:
-            return None
-        budget = rule.entropy.session_budget
-        if spent < budget:
-            return None
-        d = Decision(rule.id, Action.ABSTAIN, 0, 0, b"",
-                     f"session entropy budget {budget:g} spent before this request ({spent:.2f} nats); "
-                     "not generating")
-        msg = (rule.entropy.message or "").strip()
-        return Result.refused(msg, d, n_prompt,
-                              entropy_summary={"rule": rule.id, "excess": 0.0, "session_spent": round(spent, 4),
-                                               "session_budget": budget, "exhausted": "session"})
-
-    def _screen_input(self, policy: Policy, messages: list[dict[str, str]] | str, n_prompt: int) -> Result | None:
+    def _screen_input(self, policy: Policy, messages: list[dict[str, str]] | str) -> Refusal | None:
         """Semantic rules with `apply_to: [input]` judge the last user message before generating."""
         compiled = self.prepare(policy)
         if not compiled.semantic_input:
@@ -141,7 +122,6 @@ class Runtime:
             text = messages
         else:
             text = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
-        t0 = time.perf_counter()
         verdict = scorer.screen(compiled.semantic_input, text)
         bad = verdict.rejected if verdict is not None else None
         if bad is None:
@@ -149,5 +129,4 @@ class Runtime:
         rule = next(r for r in compiled.semantic_input if r.rule_id == bad.rule_id)
         d = Decision(rule.rule_id, Action.REFUSE, 0, 0, text.encode("utf-8"),
                      f"semantic input check: prompt {rule.explain(bad)}; refused before generating")
-        refusal = rule.spec.refusal or DEFAULT_REFUSAL
-        return Result.refused(refusal, d, n_prompt, time.perf_counter() - t0)
+        return Refusal(d, rule.spec.refusal or DEFAULT_REFUSAL)
