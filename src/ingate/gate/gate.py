@@ -207,9 +207,10 @@ class Gate:
                 end = f
         if end is None:
             return ADMIT
-        self._stop(end.start, end.epilogue)
         if end.kind is Kind.END:  # a stop sequence is the caller's request, not a governance decision
+            self.out.stop(end.start)
             return Admission(Verdict.END)
+        self._stop(end.start, end.epilogue)
         if end.detail:  # (an entropy stop was audited when its budget was spent)
             self._decide(end.rule_id, Action.STOP, end.start, bytes(self.raw[end.start:end.end]),
                          f"matched {end.detail}; stream ended")
@@ -261,8 +262,8 @@ class Gate:
         if k < len(self.s):
             self._cut(k, ban=False)
         self.rollbacks += 1
-        if kept and self._consume(-1, kept, float("nan")).verdict is not Verdict.ADMIT:
-            raise RuntimeError("text kept before a withdrawn match was refused again")  # cannot happen
+        if kept and (adm := self._consume(-1, kept, float("nan"))).verdict is not Verdict.ADMIT:
+            return adm  # the kept text ends the stream itself: a stop rule or a stop sequence before the match
         return Admission(Verdict.ROLLBACK, rollback=len(full) - at)
 
     def _reject(self, f: Finding, can_rollback: bool) -> Admission:
