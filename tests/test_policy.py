@@ -341,6 +341,27 @@ def test_overlapping_redactions_take_the_longer_match_label():
     assert out == "card [CREDIT_CARD] ok"
 
 
+def test_a_rollback_undoes_a_redaction_found_with_the_tokens_it_takes_back():
+    """A redaction whose match completed at a token that a prevent rollback then takes back is gone
+    with it, even though the match began before the rollback point: the regenerated text must not
+    be released as a placeholder."""
+    from ingate.gate.gate import Gate, Verdict
+    from ingate.gate.masks import TokenTable
+
+    pol = parse_policy("version: 1\nname: p\nmax_rollbacks: 4\nrules:\n"
+                       "  - id: r\n    forbid: {phrases: [ab]}\n    action: redact\n"
+                       "  - id: p\n    forbid: {phrases: [bcd], separators: exact}\n    action: prevent\n")
+    vocab = [bytes([b]) for b in range(256)]
+    gate = Gate(compile_policy(pol), TokenTable(vocab))
+    for ch in b"abc":
+        assert gate.admit(ch).verdict is Verdict.ADMIT
+    adm = gate.admit(ord("d"))  # completes "bcd": back to the token "b", where "ab" completed
+    assert adm.verdict is Verdict.ROLLBACK and adm.rollback == 2 and bytes(gate.raw) == b"a"
+    for ch in b"xy":
+        assert gate.admit(ch).verdict is Verdict.ADMIT
+    assert gate.release(final=True) == "axy" and not [d for d in gate.decisions if d.action == "redact"]
+
+
 @pytest.mark.parametrize("number", ["467 3395", "655 437 108", "0680 298 70 63", "+447700 921 916",
                                     "+41 (0)38 549 02 90", "(71) 4233-6306", "345-899-3560"])
 def test_phone_pattern_covers_international_formats(number):

@@ -200,7 +200,7 @@ class Gate:
         end: Finding | None = None
         for f in found:
             if f.kind is Kind.REDACT:
-                self.out.redactions.add(self.s.token_at(f.start), f)
+                self.out.redactions.add(len(self.s) - 1, f)  # found with the last token: gone if it is
             elif f.kind is Kind.NOTE:
                 self._decide(f.rule_id, f.action, f.start, b"", f.detail)
             elif end is None or f.start < end.start:

@@ -13,8 +13,9 @@ class Redactions:
         self._log: list[tuple[int, list[Span]]] = []  # (token index, spans before it changed them)
 
     def add(self, k: int, f: Finding) -> None:
-        """A redact match found at token k. Overlapping spans merge; the longer match names the
-        merged span (a card number also holds a phone-shaped run: it should read [CREDIT_CARD])."""
+        """A redact match found when token k joined the stream (a rollback to k or before undoes it).
+        Overlapping spans merge; the longer match names the merged span (a card number also holds
+        a phone-shaped run: it should read [CREDIT_CARD])."""
         self._log.append((k, self.spans))
         new = Span(f.start, f.end, f.placeholder, f.rule_id, f.label)
         keep: list[Span] = []
