@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from conftest import policy
 from ingate.core import LocalCore
+from ingate.policy import load_policy
 from ingate.server import ServerConfig, create_app
 
 pytestmark = pytest.mark.slow
@@ -183,3 +184,26 @@ def _check(raw: str, text: str, rest: str, banned: list[str], pol, runtime, kind
         if kind in ("phrase", "pii", "escalation") and len(_fold(span)) >= 6:
             assert _fold(span) not in folded_text, (span, text)
     assert not re.search(r"\b[0-9a-f]{64}\b", rest), "a SHA-256-sized digest in the report"
+
+
+def test_a_fault_after_a_stream_began_is_logged_with_the_request_id_and_told_generically(runtime, monkeypatch,
+                                                                                          caplog):
+    """A failure while formatting a stream that has already begun (here the governance report,
+    injected: no real report fails on demand) ends it with an OpenAI-shaped error chunk and
+    [DONE]; the exception text stays in the server's log, under the request id."""
+    import ingate.report
+
+    def broken(*a, **k):
+        raise RuntimeError("internal report fault: policy detail")
+
+    monkeypatch.setattr(ingate.report, "governance", broken)
+    app = create_app(_Borrowed(runtime), ServerConfig(policies={"default": load_policy(None)}))
+    body = {"model": "m", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "stream": True}
+    with caplog.at_level("ERROR", logger="ingate.server"), TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json=body)
+    events = [ln[6:] for ln in r.text.splitlines() if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    rid = json.loads(events[0])["id"].removeprefix("chatcmpl-")  # the chunks' id carries the request id
+    err = json.loads(events[-2])["error"]
+    assert err["code"] == "internal_error" and rid in err["message"] and "policy detail" not in r.text
+    assert any(rid in rec.getMessage() and "internal report fault" in rec.getMessage() for rec in caplog.records)

@@ -273,6 +273,9 @@ async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Res
                 break
         yield DONE
         done = True
+    except Exception as e:  # a fault after the response began (a report, a chunk): logged, generic to the client
+        yield reply.error_chunk(generation_error(e, job.request_id))
+        yield DONE
     finally:
-        if not done:  # the client went away mid-stream: stop generating within one token
+        if not done:  # the client went away, or the stream failed: stop generating within one token
             job.cancel.set()
