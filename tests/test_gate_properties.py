@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import random_split
@@ -63,6 +63,8 @@ def _bad_bytes(raw: bytes, phrases: list[str], regexes: list[str]) -> list[tuple
 
 
 def _redact(raw: bytes, spans: list[tuple[int, int]], upto: int) -> str:
+    """The oracle's release of raw[:upto]: each span as one '■' (overlaps merged). A token dropped
+    by a rollback may leave a split character, shown as U+FFFD as the gate's decoder shows it."""
     merged: list[list[int]] = []
     for s, e in sorted(spans):
         if merged and s < merged[-1][1]:
@@ -73,10 +75,10 @@ def _redact(raw: bytes, spans: list[tuple[int, int]], upto: int) -> str:
     for s, e in merged:
         if e > upto:
             break
-        out.append(raw[pos:s].decode())
+        out.append(raw[pos:s].decode("utf-8", errors="replace"))
         out.append("■")
         pos = e
-    out.append(raw[pos:upto].decode())
+    out.append(raw[pos:upto].decode("utf-8", errors="replace"))
     return "".join(out)
 
 
@@ -124,7 +126,7 @@ def _mixed_yaml() -> str:
     return "version: 1\nname: prop\nmax_rollbacks: 1000\nrules:\n" + words + pats
 
 
-def _run(kind: str, action: str, stream: list[bytes]):
+def _run(kind: str, action: str, stream: list[bytes], released_at_rollback: list[int] | None = None):
     policy = parse_policy(_mixed_yaml() if kind == "mixed" else _policy_yaml(kind, action), source="prop.yaml")
     compiled = compile_policy(policy)
     vocab = sorted(set(stream) | set(BYTES_ALPHABET))
@@ -146,6 +148,8 @@ def _run(kind: str, action: str, stream: list[bytes]):
         if mask is not None:  # the mask and admission agree on every token the model proposes
             assert bool(mask[tok]) == (adm.verdict in (Verdict.RESAMPLE, Verdict.ROLLBACK)), (tok, adm)
         if adm.verdict in (Verdict.RESAMPLE, Verdict.ROLLBACK):
+            if adm.verdict is Verdict.ROLLBACK and released_at_rollback is not None:
+                released_at_rollback.append(gate.hold.released)
             continue
         outputs.append(gate.release())
         # release is monotonic: what was released is still the prefix of the text, even after rollbacks
@@ -204,12 +208,21 @@ def test_stop_releases_only_what_precedes_the_match(stream, kind):
 
 @SETTINGS
 @given(token_streams())
+@example([b"a", b"cmeacme ", b"corp", b"john.smith@example.com"])  # a revived address
+@example([b"acme corp\xef", b"\xbc\xa1\xef\xbd\x83\xef\xbd\x8d\xef\xbd\x85\tcorpjohn.smith@example.com"])
 def test_prevent_and_redact_together_release_the_oracle_redaction_of_what_was_admitted(stream):
+    """Redaction of the admitted text, exactly, with one allowance that is inherent: a rollback can
+    revive an address whose first characters were released after its partial match had died
+    ("a" + "cmeacme " released "a"; rolled back, "a" + "john@..." is one address). Released text is
+    final, so the gate redacts it from the release point at that rollback on, and shows no whole
+    address. The oracle clips such a span to that point."""
     phrases, regexes = POLICIES["phrases"][0], POLICIES["patterns"][1]
-    _, gate, out, stopped = _run("mixed", "", stream)
+    cuts: list[int] = []
+    _, gate, out, stopped = _run("mixed", "", stream, cuts)
     raw = bytes(gate.raw)
     assert not stopped and _bad_bytes(raw, phrases, []) == []
-    assert out == _redact(raw, _bad_bytes(raw, [], regexes), len(raw))
+    spans = [(max([s] + [r for r in cuts if s < r < e]), e) for s, e in _bad_bytes(raw, [], regexes)]
+    assert out == _redact(raw, spans, len(raw))
 
 
 def test_the_phone_number_is_never_released_nine_digits_deep():
