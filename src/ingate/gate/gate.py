@@ -16,8 +16,9 @@ One compiled policy serves three drivers, each an honest subset (`Mode`, README 
   TEXT        a remote stream of text deltas: no logits, no mask. Rollback is "cancel and
               continue": the gate drops the held text from the match on, and the driver asks
               the upstream to continue from `raw`.
-In all three, no byte of a prevented phrase or pattern is released; in the first two, prevention
-happens before sampling.
+In all three, no byte of a prevented phrase or pattern is released (once a rollback has revived
+a partial match whose start was already released, only its completion is taken back: it never
+shows whole); in the first two, prevention happens before sampling.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ class Check:
 
     def hold(self, s: Stream, exact: bool) -> int | None:
         """The earliest raw offset this check has not decided yet (None: it holds nothing).
-        `exact`: rollback in this mode reaches any byte, so holds need not be token-aligned."""
+        `exact`: this mode never takes whole tokens back (MASK_FIRST does not roll back, TEXT cuts at
+        any byte), so holds need not be token-aligned."""
         return None
 
     def rollback(self, s: Stream, k: int) -> None:
