@@ -156,6 +156,29 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
 _EOG = -2  # what a draw returns when the model ends the text
 
 
+class Emitter:
+    """Hands a gate's decisions to the audit, then its newly released text to the client, in that
+    order (invariant 5), and times the first text. Every driver of a gate emits through one."""
+
+    def __init__(self, gate: Gate, on_text: TextSink | None, on_decisions: DecisionSink | None):
+        self.gate, self.on_text, self.on_decisions = gate, on_text, on_decisions
+        self.t0 = time.perf_counter()
+        self.ttft: float | None = None
+
+    def __call__(self, text: str) -> None:
+        new = self.gate.take_decisions()
+        if new and self.on_decisions:
+            self.on_decisions(new)  # durable before the text it concerns is seen
+        if text:
+            self.ttft = self.ttft if self.ttft is not None else time.perf_counter() - self.t0
+            if self.on_text:
+                self.on_text(text)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
 class _Run:
     """One governed generation as a step machine: `step` draws one token, has the gate decide, and
     returns the finish reason once the stream ends (None: go on). One draw, one end path."""
@@ -164,7 +187,6 @@ class _Run:
                  on_text: TextSink | None, on_decisions: DecisionSink | None, request_id: str = "-"):
         self.engine, self.gate, self.params, self.n_prompt = engine, gate, params, n_prompt
         self.request_id = request_id
-        self.on_text, self.on_decisions = on_text, on_decisions
         eb = gate.entropy
         self.measure = params.entropy or eb is not None
         self.sampler = Sampler(params.sampling, measure=self.measure)
@@ -174,18 +196,8 @@ class _Run:
         self.gate_us: list[float] = []
         self.held: list[int] = []
         self.recorded: list[logprobs.Recorded] = []  # one per admitted token, when logprobs are asked for
-        self.t0 = time.perf_counter()
-        self.ttft: float | None = None
+        self.emit = Emitter(gate, on_text, on_decisions)
         self.sampling = 0.0  # sampling time inside the current step: not gate work
-
-    def emit(self, text: str) -> None:
-        new = self.gate.take_decisions()
-        if new and self.on_decisions:
-            self.on_decisions(new)  # durable before the text it concerns is seen (invariant 5)
-        if text:
-            self.ttft = self.ttft if self.ttft is not None else time.perf_counter() - self.t0
-            if self.on_text:
-                self.on_text(text)
 
     def failed(self, e: BaseException) -> GenerationFailed:
         """The engine died: audited, logged, nothing more released."""
@@ -193,7 +205,7 @@ class _Run:
                   type(e).__name__, e)
         self.gate.fail("engine", e)
         self.emit("")
-        return GenerationFailed(partial_result(self.gate, self.n_prompt, time.perf_counter() - self.t0, self.ttft), e)
+        return GenerationFailed(partial_result(self.gate, self.n_prompt, self.emit.elapsed, self.emit.ttft), e)
 
     def rolled_back(self, n: int) -> None:
         del self.recorded[len(self.gate.tokens):]
@@ -274,13 +286,13 @@ class _Run:
     def end(self, finish: str) -> str | None:
         """The single end path: what waited for the end is decided, every remaining group judged.
         None when something was rolled back (generate on); else the finish reason."""
-        return _end(self.gate, self.rolled_back, finish, self.request_id)
+        return end_stream(self.gate, self.rolled_back, finish, self.request_id)
 
     def result(self, finish: str) -> Result:
         gate, eb = self.gate, self.gate.entropy
         asked = self.params.logprobs is not None
         return Result(text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
-                      elapsed_s=time.perf_counter() - self.t0, ttft_s=self.ttft, gate_us=self.gate_us,
+                      elapsed_s=self.emit.elapsed, ttft_s=self.emit.ttft, gate_us=self.gate_us,
                       held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, held_bytes=self.held,
                       prompt_tokens=self.n_prompt, logprobs=logprobs.entries(gate, self.recorded) if asked else None,
                       semantic=gate.semantic_stats, entropy=list(gate.entropies) if self.measure else None,
@@ -301,7 +313,7 @@ def partial_result(gate: Gate | None, n_prompt: int, elapsed: float, ttft: float
                   held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, prompt_tokens=n_prompt)
 
 
-def _end(gate: Gate, rolled_back: Callable[[int], None], finish: str, request_id: str = "-") -> str | None:
+def end_stream(gate: Gate, rolled_back: Callable[[int], None], finish: str, request_id: str = "-") -> str | None:
     """End of stream: decide what waited for the end (a whole word's edge), judge every remaining
     group. None when something was rolled back (generate on); otherwise the finish reason,
     content_filter when a rule stopped the stream.

@@ -13,7 +13,7 @@ import time
 
 from ingate.engines.base import FULL_LOGITS, Engine, EngineError
 from ingate.gate.gate import Gate, Mode, Verdict
-from ingate.loop import DecisionSink, Finish, GenerationParams, Result, TextSink, _end
+from ingate.loop import DecisionSink, Emitter, Finish, GenerationParams, Result, TextSink, end_stream
 from ingate.sampling import Sampler
 
 
@@ -25,23 +25,14 @@ def generate_mask_first(engine: Engine, prompt: list[int], params: GenerationPar
         raise EngineError(f"engine {engine.name!r} does not return full logits: a mask cannot apply")
     sampler = Sampler(params.sampling, measure=gate.entropy is not None)  # entropy rules need it
     limit = min(params.max_tokens, engine.n_ctx - len(prompt))
-    t0, ttft = time.perf_counter(), None
+    emit = Emitter(gate, on_text, on_decisions)
     gate_us: list[float] = []
-
-    def emit(text: str) -> None:
-        nonlocal ttft
-        if (new := gate.take_decisions()) and on_decisions:
-            on_decisions(new)  # durable before the text it concerns is seen
-        if text:
-            ttft = ttft if ttft is not None else time.perf_counter() - t0
-            if on_text:
-                on_text(text)
 
     engine.start(prompt)
     finish: str | None = None
     while finish is None:
         if gate.position >= limit:
-            finish = _end(gate, _cannot_roll_back, Finish.LENGTH)
+            finish = end_stream(gate, _cannot_roll_back, Finish.LENGTH)
             break
         logits = engine.step()
         g = time.perf_counter()
@@ -54,7 +45,7 @@ def generate_mask_first(engine: Engine, prompt: list[int], params: GenerationPar
             gate.halt("ingate", "error", "every token is masked at this position; stream ended")
             finish = Finish.CONTENT_FILTER
         elif engine.is_eog(token):
-            finish = _end(gate, _cannot_roll_back, Finish.STOP)
+            finish = end_stream(gate, _cannot_roll_back, Finish.STOP)
         else:
             engine.accept(token)  # the engine has the token before the gate sees it: that is this mode
             finish = _admitted(gate, gate.admit(token, sampler.entropy))
@@ -62,13 +53,13 @@ def generate_mask_first(engine: Engine, prompt: list[int], params: GenerationPar
     assert finish is not None
     emit(gate.release(final=finish in (Finish.STOP, Finish.LENGTH)))
     return Result(text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
-                  elapsed_s=time.perf_counter() - t0, ttft_s=ttft, gate_us=gate_us, held_max_chars=gate.held_max_chars,
+                  elapsed_s=emit.elapsed, ttft_s=emit.ttft, gate_us=gate_us, held_max_chars=gate.held_max_chars,
                   prompt_tokens=len(prompt), semantic=gate.semantic_stats)
 
 
 def _admitted(gate: Gate, adm) -> str | None:
     if adm.verdict is Verdict.END:
-        return _end(gate, _cannot_roll_back, Finish.STOP)
+        return end_stream(gate, _cannot_roll_back, Finish.STOP)
     if adm.verdict is Verdict.STOP or gate.settle().verdict is Verdict.STOP:
         gate.settle(final=True, can_rollback=False)  # the text before the stop is judged too
         return Finish.CONTENT_FILTER

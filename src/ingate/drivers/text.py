@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from ingate.gate.gate import Gate, Mode, Verdict
-from ingate.loop import DecisionSink, Finish, GenerationFailed, Result, TextSink, _end, partial_result
+from ingate.loop import DecisionSink, Emitter, Finish, GenerationFailed, Result, TextSink, end_stream, partial_result
 
 # (text so far, attempt) -> an iterator of deltas that continue it; closing it cancels the stream
 Source = Callable[[str, int], Iterator[str]]
@@ -24,17 +24,8 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
                 on_decisions: DecisionSink | None = None, request_id: str = "-") -> Result:
     if gate.mode is not Mode.TEXT:
         raise ValueError(f"govern_text drives a {Mode.TEXT} gate, not {gate.mode}")
-    t0, ttft = time.perf_counter(), None
+    emit = Emitter(gate, on_text, on_decisions)
     gate_us: list[float] = []
-
-    def emit(text: str) -> None:
-        nonlocal ttft
-        if (new := gate.take_decisions()) and on_decisions:
-            on_decisions(new)  # durable before the text it concerns is seen
-        if text:
-            ttft = ttft if ttft is not None else time.perf_counter() - t0
-            if on_text:
-                on_text(text)
 
     attempt, restart = 0, False
 
@@ -54,11 +45,11 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
                     break
                 emit(gate.release())
             else:
-                finish = _end(gate, rolled_back, Finish.STOP, request_id)
+                finish = end_stream(gate, rolled_back, Finish.STOP, request_id)
         except Exception as e:  # the upstream died mid-stream: nothing held is released
             gate.fail("upstream", e)
             emit("")
-            raise GenerationFailed(partial_result(gate, 0, time.perf_counter() - t0, ttft), e) from e
+            raise GenerationFailed(partial_result(gate, 0, emit.elapsed, emit.ttft), e) from e
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
@@ -66,7 +57,7 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
         attempt += restart
     emit(gate.release(final=finish == Finish.STOP))
     return Result(text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
-                  elapsed_s=time.perf_counter() - t0, ttft_s=ttft, gate_us=gate_us,
+                  elapsed_s=emit.elapsed, ttft_s=emit.ttft, gate_us=gate_us,
                   held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, semantic=gate.semantic_stats)
 
 
@@ -77,7 +68,7 @@ def _delta(gate: Gate, delta: str, rolled_back: Callable[[int], None]) -> str | 
         rolled_back(adm.rollback)
         return None
     if adm.verdict is Verdict.END:
-        return _end(gate, rolled_back, Finish.STOP)
+        return end_stream(gate, rolled_back, Finish.STOP)
     if adm.verdict is Verdict.STOP:
         gate.settle(final=True, can_rollback=False)
         return Finish.CONTENT_FILTER
