@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", action="append", default=None,
                    help="policy YAML, 'default' or 'none'; repeat to load several (the first is the default)")
     s.add_argument("--model", default=None, help=MODEL_HELP)
+    s.add_argument("--models", default=None, metavar="FILE",
+                   help="a models file (YAML): each model name -> a local GGUF or an OpenAI-compatible upstream "
+                        "(README \"Upstreams\")")
+    s.add_argument("--upstream", default=None, metavar="URL",
+                   help="govern this OpenAI-compatible API instead of a local model (its root, e.g. "
+                        "http://127.0.0.1:8080/v1)")
+    s.add_argument("--upstream-model", default=None, metavar="NAME",
+                   help="the upstream's model name (default: what /v1/models there lists first)")
+    s.add_argument("--upstream-key-env", default=None, metavar="VAR",
+                   help="the environment variable holding the upstream's API key")
+    s.add_argument("--upstream-kind", default="generic",
+                   help="openai, fireworks, vllm, llama.cpp, ollama or generic: what the upstream can take "
+                        "before sampling (default: generic, hold-back only)")
+    s.add_argument("--upstream-tokenizer", default=None, metavar="GGUF",
+                   help="the upstream model's vocabulary ('embedded' or a GGUF path): exact logit_bias")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=_positive_int, default=8000)
     s.add_argument("--api-key", action="append", default=None,
@@ -179,6 +194,61 @@ def _core(args: argparse.Namespace, policies: list[Policy]):
         return open_core(args.model, args.audit, policies, audit_key_file=args.audit_key_file)
     except (EngineError, AuditError) as e:
         raise UserError(str(e)) from None
+
+
+def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
+    """Model name -> core: the models file's, the one --upstream, or the one local model."""
+    from ingate.audit import AuditError, AuditLog
+    from ingate.upstream.config import LocalModel, ModelsError, load_models, upstream
+
+    given = [f for f, v in (("--model", args.model), ("--models", args.models), ("--upstream", args.upstream)) if v]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} each say which models to serve; give one of them", code=2)
+    if not args.models and not args.upstream:
+        core = _core(args, policies)
+        return {core.name: core}
+    try:
+        if args.models:
+            specs = load_models(args.models)
+        else:
+            name = args.upstream_model or _first_upstream_model(args.upstream, args.upstream_key_env)
+            specs = [upstream(name, args.upstream, name, args.upstream_kind, args.upstream_key_env,
+                              tokenizer=args.upstream_tokenizer)]
+    except ModelsError as e:
+        raise UserError(str(e), code=2) from None
+    from ingate.gate.compile import compile_policy
+    from ingate.upstream.core import UpstreamCore
+
+    for p in policies:
+        compile_policy(p)  # every upstream request's gate starts from these, compiled once
+    cores: dict = {}
+    audit = None
+    try:
+        for spec in specs:
+            if isinstance(spec, LocalModel):
+                args.model = spec.gguf
+                cores[spec.name] = _core(args, policies)
+                continue
+            if audit is None:
+                audit = AuditLog(args.audit, args.audit_key_file)
+            cores[spec.name] = UpstreamCore(spec, audit)
+    except AuditError as e:
+        raise UserError(str(e)) from None
+    return cores
+
+
+def _first_upstream_model(base_url: str, key_env: str | None) -> str:
+    """The first model an upstream lists (for `--upstream URL` without --upstream-model)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {os.environ[key_env]}"} if key_env and key_env in os.environ else {}
+    try:
+        r = httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=10)
+        r.raise_for_status()
+        return str(r.json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise UserError(f"cannot list the models of {base_url} ({type(e).__name__}: {e}); give "
+                        "--upstream-model NAME") from None
 
 
 def _messages(system: str | None, history: list[dict[str, str]], prompt: str) -> list[dict[str, str]]:
@@ -359,19 +429,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if unknown:
             raise UserError(f"API key {key[:4]}...: unknown policy {unknown[0]!r}; loaded: {', '.join(policies)}",
                             code=2)
-    core = _core(args, list(policies.values()))
+    cores = _cores(args, list(policies.values()))
     import uvicorn
 
     from ingate.server import ServerConfig, create_app
 
-    app = create_app(core, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
+    app = create_app(cores, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
                                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                                         session_ttl=args.session_ttl, governance_detail=args.governance_detail))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
-    print(f"ingate: serving {core.name} with policies {', '.join(policies)} on {url}\n"
+    first = next(iter(cores))
+    print(f"ingate: serving {', '.join(cores)} with policies {', '.join(policies)} on {url}\n"
           f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
-          f"    -d '{{\"model\": \"{core.name}\", \"messages\": [{{\"role\": \"user\", "
+          f"    -d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", "
           f"\"content\": \"Hello\"}}]}}'", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -94,6 +94,7 @@ class Result:
     entropy: list[float] | None = None  # per token of the response (nats), when measured
     entropy_summary: dict | None = None  # the entropy rule's account, when the policy has one
     entropy_released: list[tuple[str, float | None]] | None = None  # (text, entropy) per released token
+    upstream: dict | None = None  # an upstream model's account: its requests, continuations, early cancel
 
     @classmethod
     def refused(cls, text: str, decision: Decision, prompt_tokens: int = 0, elapsed_s: float = 0.0,

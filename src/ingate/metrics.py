@@ -27,6 +27,16 @@ class Metrics:
         self.engine_restarts = Counter("ingate_engine_restarts", "Engine processes restarted after a crash",
                                        registry=r)
         self.engine_up = Gauge("ingate_engine_up", "1 while the engine process is running", registry=r)
+        self.upstream_requests = Counter("ingate_upstream_requests", "Client requests served by an upstream",
+                                         ["model", "finish_reason"], registry=r)
+        self.upstream_cancellations = Counter("ingate_upstream_cancellations",
+                                              "Upstream streams ingate closed early (a stop, max_tokens, a "
+                                              "client gone)", ["model"], registry=r)
+        self.upstream_continuations = Counter("ingate_upstream_continuations",
+                                              "Continuation requests after a withdrawal", ["model"], registry=r)
+        self.upstream_ttft = Histogram("ingate_upstream_time_to_first_token_seconds",
+                                       "Time to the first released text of an upstream model", ["model"],
+                                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
 
     def observe(self, policy: str, res: Result) -> None:
         self.requests.labels(policy, res.finish_reason).inc()
@@ -40,6 +50,13 @@ class Metrics:
             self.held.observe(h)
         if res.ttft_s is not None:
             self.ttft.observe(res.ttft_s)
+        if (up := res.upstream) is not None:
+            model = up["model"]
+            self.upstream_requests.labels(model, res.finish_reason).inc()
+            self.upstream_cancellations.labels(model).inc(1 if up["cancelled_early"] else 0)
+            self.upstream_continuations.labels(model).inc(up["continuations"])
+            if res.ttft_s is not None:
+                self.upstream_ttft.labels(model).observe(res.ttft_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,9 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingate.audit import AuditLog
+from ingate.gate.compile import CompiledPolicy
 from ingate.gate.decision import Action, Decision
 from ingate.loop import Result
 from ingate.policy import Policy
+
+DEFAULT_REFUSAL = "I can't help with that."
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,26 @@ def session_budget(policy: Policy, spent: float) -> Refusal | None:
     return Refusal(d, (rule.entropy.message or "").strip(),
                    {"rule": rule.id, "excess": 0.0, "session_spent": round(spent, 4), "session_budget": budget,
                     "exhausted": "session"})
+
+
+def screen_input(compiled: CompiledPolicy, messages: list[dict[str, str]] | str) -> Refusal | None:
+    """Semantic rules with `apply_to: [input]` judge the last user message before generating."""
+    if not compiled.semantic_input:
+        return None
+    from ingate.semantic import scorer
+
+    if isinstance(messages, str):
+        text = messages
+    else:
+        text = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    verdict = scorer.screen(compiled.semantic_input, text)
+    bad = verdict.rejected if verdict is not None else None
+    if bad is None:
+        return None
+    rule = next(r for r in compiled.semantic_input if r.rule_id == bad.rule_id)
+    d = Decision(rule.rule_id, Action.REFUSE, 0, 0, text.encode("utf-8"),
+                 f"semantic input check: prompt {rule.explain(bad)}; refused before generating")
+    return Refusal(d, rule.spec.refusal or DEFAULT_REFUSAL)
 
 
 def refuse(refusal: Refusal, policy: Policy, request_id: str, audit: AuditLog | None, session: str | None = None,

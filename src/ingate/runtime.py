@@ -20,10 +20,7 @@ from ingate.gate.gate import Gate
 from ingate.gate.masks import TokenTable
 from ingate.loop import GenerationFailed, GenerationParams, Result, generate, partial_result
 from ingate.policy import Policy
-from ingate.refusal import Refusal, refuse, session_budget
-from ingate.semantic import scorer
-
-DEFAULT_REFUSAL = "I can't help with that."
+from ingate.refusal import refuse, screen_input, session_budget
 
 
 @dataclass
@@ -90,7 +87,7 @@ class Runtime:
             prompt = self.engine.tokenize(messages, add_bos=True) if isinstance(messages, str) \
                 else self.engine.chat_prompt(messages)
             t_check = time.perf_counter()
-            refusal = session_budget(policy, session_entropy) or self._screen_input(policy, messages)
+            refusal = session_budget(policy, session_entropy) or screen_input(self.prepare(policy), messages)
             if refusal is not None:  # refused before the first token: no generation spent
                 return refuse(refusal, policy, rid, self.audit, session, len(prompt), time.perf_counter() - t_check,
                               on_text, on_audited)
@@ -112,21 +109,3 @@ class Runtime:
         if self.audit is not None:
             self.audit.record_request(rid, policy.name, res, session)
         return res
-
-    def _screen_input(self, policy: Policy, messages: list[dict[str, str]] | str) -> Refusal | None:
-        """Semantic rules with `apply_to: [input]` judge the last user message before generating."""
-        compiled = self.prepare(policy)
-        if not compiled.semantic_input:
-            return None
-        if isinstance(messages, str):
-            text = messages
-        else:
-            text = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
-        verdict = scorer.screen(compiled.semantic_input, text)
-        bad = verdict.rejected if verdict is not None else None
-        if bad is None:
-            return None
-        rule = next(r for r in compiled.semantic_input if r.rule_id == bad.rule_id)
-        d = Decision(rule.rule_id, Action.REFUSE, 0, 0, text.encode("utf-8"),
-                     f"semantic input check: prompt {rule.explain(bad)}; refused before generating")
-        return Refusal(d, rule.spec.refusal or DEFAULT_REFUSAL)

@@ -15,8 +15,9 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -29,6 +30,7 @@ from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.refusal import escalation, refuse
 from ingate.session import MemorySessionStore
+from ingate.upstream.core import UpstreamCore
 from ingate.worker import Job, QueueFull, Worker
 
 
@@ -57,17 +59,20 @@ log = logging.getLogger("ingate.server")
 router = APIRouter()
 
 
-def create_app(core, config: ServerConfig) -> FastAPI:
-    """`core`: an ingate.core.EngineCore (or LocalCore) with every policy of `config` compiled and warm."""
+def create_app(cores, config: ServerConfig) -> FastAPI:
+    """`cores`: the model name -> core to serve (the first is the default), or one core, served
+    under its own name. A core is an ingate.core.EngineCore or LocalCore with every policy of
+    `config` compiled and warm, or an ingate.upstream.core.UpstreamCore."""
     if not config.policies:
         raise ValueError("at least one policy is needed")
-    server = _Server(core, config)
+    server = _Server(cores if isinstance(cores, Mapping) else {cores.name: cores}, config)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        server.worker.close()
-        core.close()  # stop the engine process with the server
+        for b in server.backends.values():
+            b.worker.close()
+            b.core.close()  # stop the engine process with the server
 
     app = FastAPI(title="ingate", version="0.1.0", lifespan=lifespan)
     app.state.server = server
@@ -78,34 +83,67 @@ def create_app(core, config: ServerConfig) -> FastAPI:
     return app
 
 
-class _Server:
-    """What the routes share: the configuration, the engine core, its worker and the sessions."""
+@dataclass
+class Backend:
+    """One served model: its core and the worker that feeds it (one thread for a local engine,
+    `max_concurrency` for an upstream)."""
 
-    def __init__(self, core, config: ServerConfig):
-        self.core, self.config = core, config
-        self.metrics = Metrics()
-        self.sessions = MemorySessionStore(config.session_ttl)
-        self.worker = Worker(core, config.max_queue, self.metrics, self.sessions)
-        self.model_id: str = core.name
+    name: str
+    core: Any
+    worker: Worker
 
-    def engine_health(self) -> dict:
+    def health(self) -> dict:
         info = self.core.info()
-        out = {"layout": info.get("layout"), "threads": info.get("threads")}
+        out = {k: info[k] for k in ("layout", "threads", "upstream", "upstream_model", "capabilities") if k in info}
         proc = info.get("process")
         if proc is not None:
             out |= {"pid": proc["pid"], "alive": proc["alive"], "restarts": proc["restarts"],
                     "last_crash": proc["last_crash"]}
+        if self.worker.restart_error:
+            out["restart_error"] = self.worker.restart_error
         return out
+
+
+class _Server:
+    """What the routes share: the configuration, the served models, their workers and the sessions."""
+
+    def __init__(self, cores: Mapping[str, Any], config: ServerConfig):
+        if not cores:
+            raise ValueError("at least one model is needed")
+        self.config = config
+        self.metrics = Metrics()
+        self.sessions = MemorySessionStore(config.session_ttl)
+        self.backends = {name: Backend(name, core, Worker(core, config.max_queue, self.metrics, self.sessions,
+                                                          threads=getattr(getattr(core, "spec", None),
+                                                                          "max_concurrency", 1)))
+                         for name, core in cores.items()}
+        first = next(iter(self.backends.values()))
+        self.core, self.worker, self.model_id = first.core, first.worker, first.name  # the default model
+
+    def backend(self, model: str | None) -> Backend:
+        """The model a request names. With one model served, any name routes to it (as a llama.cpp
+        server does); with several, an unknown name is a 404 that lists them."""
+        if model is None or len(self.backends) == 1:
+            return self.backends[self.model_id]
+        if model not in self.backends:
+            raise ApiError(404, f"the model {model!r} does not exist; this server has: {', '.join(self.backends)}",
+                           "model", "model_not_found")
+        return self.backends[model]
 
     async def serve(self, request: Request, req: GenerationRequest, grant: Grant):
         """Queue (or refuse) one generation; answer as a whole body or as a stream."""
+        b = self.backend(req.model)
         prompt = req.engine_input()
         policy = _choose_policy(request, req, self.config, grant.policies)
         params, stop = req.generation(self.config.default_max_tokens, self.config.max_tokens_cap)
+        if params.logprobs is not None and isinstance(b.core, UpstreamCore):
+            raise ApiError(400, f"logprobs are not offered for the upstream model {b.name!r} yet: ingate cannot "
+                                "yet filter an upstream's alternatives the way it filters its own engine's; "
+                                "ask without logprobs", "logprobs", "logprobs_unsupported")
         session = request.headers.get("x-session-id") or req.user
         job = Job(prompt, policy, params, stop, asyncio.get_running_loop(), asyncio.Queue(), session=session)
-        self._start(job)
-        reply = Reply.new(job.request_id, self.model_id, req.chat)
+        self._start(b, job)
+        reply = Reply.new(job.request_id, b.name, req.chat)
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -115,21 +153,22 @@ class _Server:
         res = await _collect(request, job, parts)
         return reply.body(res, "".join(parts), governance(res))
 
-    def _start(self, job: Job) -> None:
-        """Hand the job to the worker, unless its session has escalated: then refuse it here."""
+    def _start(self, b: Backend, job: Job) -> None:
+        """Hand the job to the model's worker, unless its session has escalated: then refuse it here."""
         state = self.sessions.get(job.session) if job.session and job.policy.escalate_after else None
         refusal = escalation(job.policy, state.violations) if state is not None else None
         if refusal is not None:  # answered here: no queue slot, no engine
-            res = refuse(refusal, job.policy, job.request_id, self.core.audit, job.session,
+            res = refuse(refusal, job.policy, job.request_id, b.core.audit, job.session,
                          on_text=lambda t: job.events.put_nowait(("text", t)))
             self.metrics.observe(job.policy.name, res)
             job.events.put_nowait(("done", res))
             return
         try:
-            self.worker.submit(job)
+            b.worker.submit(job)
         except QueueFull:
-            raise ApiError(429, f"the server is busy ({self.config.max_queue} requests queued); retry shortly",
-                           code="queue_full", type_="rate_limit_error", headers={"Retry-After": "1"}) from None
+            raise ApiError(429, f"the server is busy ({self.config.max_queue} requests queued for {b.name}); retry "
+                           "shortly", code="queue_full", type_="rate_limit_error", headers={"Retry-After": "1"}) \
+                from None
 
     def _governance(self, job: Job, level: str, res: Result) -> dict:
         st = self.sessions.get(job.session) if job.session else None
@@ -146,22 +185,23 @@ def _server(request: Request) -> _Server:
 # ---- routes ------------------------------------------------------------------------------------
 @router.get("/healthz")
 async def healthz(request: Request) -> JSONResponse:
-    """200 while the engine runs; 503 while its process is down (restarting after a crash)."""
+    """200 while every local engine runs; 503 while one's process is down (restarting after a crash).
+    `engine` is the default model's; `models` has every model's. An upstream's health is its
+    own: ingate does not probe it (it reports each failure to the request that met it)."""
     s = _server(request)
-    eng = s.engine_health()
-    up = eng.get("alive", True)
-    if s.worker.restart_error:
-        eng["restart_error"] = s.worker.restart_error
+    health = {name: b.health() for name, b in s.backends.items()}
+    up = all(h.get("alive", True) for h in health.values())
     body = {"status": "ok" if up else "restarting", "model": s.model_id, "policies": list(s.config.policies),
-            "queue": s.worker.depth, "engine": eng}
+            "queue": sum(b.worker.depth for b in s.backends.values()), "engine": health[s.model_id],
+            "models": health}
     return JSONResponse(body, status_code=200 if up else 503)
 
 
 @router.get("/metrics")
 async def prometheus(request: Request) -> Response:
     s = _server(request)
-    s.metrics.queue.set(s.worker.depth)
-    s.metrics.engine_up.set(1 if s.engine_health().get("alive", True) else 0)
+    s.metrics.queue.set(sum(b.worker.depth for b in s.backends.values()))
+    s.metrics.engine_up.set(1 if all(b.health().get("alive", True) for b in s.backends.values()) else 0)
     return Response(s.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -169,7 +209,9 @@ async def prometheus(request: Request) -> Response:
 async def models(request: Request) -> dict:
     s = _server(request)
     _auth(request, s.config)
-    return {"object": "list", "data": [{"id": s.model_id, "object": "model", "created": 0, "owned_by": "ingate"}]}
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                        "owned_by": "upstream" if "upstream" in b.health() else "ingate"}
+                                       for name, b in s.backends.items()]}
 
 
 @router.post("/v1/chat/completions")

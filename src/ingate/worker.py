@@ -1,10 +1,12 @@
-"""One model, one generation at a time, fed by a bounded queue.
+"""One model's generations, fed by a bounded queue.
 
 llama.cpp contexts are not thread-safe, and on a small CPU box concurrent decodes only slow
-each other down; so the server hands every request to this single worker thread, which hands it
-to the engine core (its own process by default). Each job streams its released text back to its
-request's event loop, and can be cancelled between two tokens. When the core dies, the job
-in flight ends with the crash, and the worker starts a new core before the next job.
+each other down; so the server hands every request for a local model to a single worker thread,
+which hands it to the engine core (its own process by default). An upstream model is served by
+as many threads as it may have requests in flight (`threads`): each waits on its own stream.
+Each job streams its released text back to its request's event loop, and can be cancelled between
+two tokens. When the core dies, the job in flight ends with the crash, and the worker starts a new
+core before the next job.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class QueueFull(Exception):
     """Every slot is taken: the caller should answer 429 with Retry-After."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     messages: list[dict[str, str]] | str
     policy: Policy
@@ -50,19 +52,21 @@ class Job:
 
 class Worker:
     def __init__(self, core, max_queue: int = 16, metrics: Metrics | None = None,
-                 sessions: SessionStore | None = None):
-        self.core = core  # ingate.core.EngineCore or LocalCore
+                 sessions: SessionStore | None = None, threads: int = 1):
+        self.core = core  # ingate.core.EngineCore or LocalCore, or ingate.upstream.core.UpstreamCore
         self.metrics = metrics
         self.sessions = sessions
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
-        self._thread = threading.Thread(target=self._run, name="ingate-worker", daemon=True)
-        self.running: Job | None = None
+        self._threads = [threading.Thread(target=self._run, name=f"ingate-worker-{i}", daemon=True)
+                         for i in range(threads)]
+        self.running: set[Job] = set()  # set.add/discard are atomic under the GIL
         self.restart_error: str | None = None  # the last failed engine restart, for /healthz
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     @property
     def depth(self) -> int:
-        return self._jobs.qsize() + (1 if self.running else 0)
+        return self._jobs.qsize() + len(self.running)
 
     def submit(self, job: Job) -> None:
         try:
@@ -72,8 +76,9 @@ class Worker:
 
     def close(self) -> None:
         """Stop the worker thread once the jobs queued before this are done."""
-        with contextlib.suppress(queue.Full):  # a full queue at shutdown: the daemon thread dies with us
-            self._jobs.put_nowait(None)  # type: ignore[arg-type]
+        for _ in self._threads:
+            with contextlib.suppress(queue.Full):  # a full queue at shutdown: the daemon threads die with us
+                self._jobs.put_nowait(None)  # type: ignore[arg-type]
 
     def _run(self) -> None:
         while True:
@@ -82,7 +87,7 @@ class Worker:
                 return
             if job.cancel.is_set():  # the client left while it waited
                 continue
-            self.running = job
+            self.running.add(job)
             try:
                 st = self.sessions.get(job.session) if self.sessions is not None and job.session else None
                 req = Request(job.messages, job.policy, job.params, job.stop, job.request_id, job.session,
@@ -99,7 +104,7 @@ class Worker:
             except Exception as e:  # reported to that request; the worker serves the next one
                 job._put(("error", e))
             finally:
-                self.running = None
+                self.running.discard(job)
 
     def _account(self, job: Job, res: Result) -> None:
         if self.sessions is not None and job.session:

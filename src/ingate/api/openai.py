@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from ingate.engines import ContextFull, EngineCrashed
 from ingate.loop import Result
+from ingate.upstream.client import UpstreamError
 
 log = logging.getLogger("ingate.server")
 DONE = "data: [DONE]\n\n"
@@ -43,6 +44,9 @@ def generation_error(err: BaseException, request_id: str) -> ApiError:
         return ApiError(503, str(err), code="engine_crashed", type_="server_error", headers={"Retry-After": "1"})
     if isinstance(err, ContextFull):
         return ApiError(400, str(err), code="context_length_exceeded")
+    if isinstance(err, UpstreamError):  # what the upstream did, said plainly; its Retry-After passed on
+        headers = {"Retry-After": f"{err.retry_after:g}"} if err.retry_after is not None else None
+        return ApiError(err.status, str(err), code=err.code, type_=err.type_, headers=headers)
     log.error("request %s failed: %s: %s", request_id, type(err).__name__, err)
     return ApiError(500, f"generation failed with an internal error (request {request_id}; the server's log "
                          "and audit have the details)", type_="server_error", code="internal_error")

@@ -6,22 +6,40 @@ the held text from its start, and this driver cancels the upstream stream and as
 continue from the text that stays (`attempt` counts the restarts, so a source can vary its seed
 or add a logit bias). After `max_rollbacks` restarts the gate ends the stream before the match.
 An upstream that fails mid-stream ends it closed: nothing held is released.
+
+A stop (a stop rule, the client gone, `max_tokens` reached) closes the source's iterator at once:
+a source that streams from an upstream closes its connection there, so the upstream stops too.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
+from ingate.gate.decision import Action
 from ingate.gate.gate import Gate, Mode, Verdict
 from ingate.loop import DecisionSink, Emitter, Finish, GenerationFailed, Result, TextSink, end_stream, partial_result
 
+
+class Delta(NamedTuple):
+    """One piece of an upstream's stream: its text and, when the upstream sent top logprobs for
+    it (one token), the entropy estimated from them (NaN: unknown)."""
+
+    text: str
+    entropy: float = math.nan
+
+
 # (text so far, attempt) -> an iterator of deltas that continue it; closing it cancels the stream
-Source = Callable[[str, int], Iterator[str]]
+Source = Callable[[str, int], Iterator[str | Delta]]
 
 
 def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
-                on_decisions: DecisionSink | None = None, request_id: str = "-") -> Result:
+                on_decisions: DecisionSink | None = None, request_id: str = "-",
+                cancelled: Callable[[], bool] | None = None, max_tokens: int | None = None) -> Result:
+    """Drive `gate` over what `source` streams until it ends, a rule stops it, `cancelled()` turns
+    true (checked between deltas) or `max_tokens` deltas are kept (finish `length`)."""
     if gate.mode is not Mode.TEXT:
         raise ValueError(f"govern_text drives a {Mode.TEXT} gate, not {gate.mode}")
     emit = Emitter(gate, on_text, on_decisions)
@@ -37,9 +55,16 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
     while finish is None:
         stream, restart = source(gate.raw.decode("utf-8", errors="replace"), attempt), False
         try:
-            for delta in stream:
+            for piece in stream:
+                if cancelled is not None and cancelled():
+                    gate.halt("client", Action.CANCEL, "client went away; upstream request cancelled")
+                    finish = Finish.CANCELLED
+                    break
+                delta = piece if isinstance(piece, Delta) else Delta(piece)
                 g = time.perf_counter()
                 finish = _delta(gate, delta, rolled_back)
+                if finish is None and not restart and max_tokens is not None and gate.position >= max_tokens:
+                    finish = end_stream(gate, rolled_back, Finish.LENGTH, request_id)
                 gate_us.append((time.perf_counter() - g) * 1e6)
                 if finish is not None or restart:
                     break
@@ -55,15 +80,24 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
             if close is not None:
                 close()  # cancel: a generator source stops its upstream request here
         attempt += restart
-    emit(gate.release(final=finish == Finish.STOP))
+    if finish in (Finish.STOP, Finish.LENGTH):
+        emit(gate.release(final=True))
+    elif finish == Finish.CONTENT_FILTER:
+        emit(gate.release())  # up to the cap: what was judged admissible before the stop
+    else:
+        emit("")
+    eb = gate.entropy
+    measured = any(not math.isnan(e) for e in gate.entropies)
     return Result(text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
                   elapsed_s=emit.elapsed, ttft_s=emit.ttft, gate_us=gate_us,
-                  held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, semantic=gate.semantic_stats)
+                  held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, semantic=gate.semantic_stats,
+                  entropy=list(gate.entropies) if measured else None,
+                  entropy_summary=eb.summary(gate.entropies) if eb is not None else None)
 
 
-def _delta(gate: Gate, delta: str, rolled_back: Callable[[int], None]) -> str | None:
+def _delta(gate: Gate, delta: Delta, rolled_back: Callable[[int], None]) -> str | None:
     """Feed one delta; the finish reason once the stream ends (None: go on, perhaps restarted)."""
-    adm = gate.feed(delta)
+    adm = gate.feed(delta.text, delta.entropy)
     if adm.verdict is Verdict.ROLLBACK:
         rolled_back(adm.rollback)
         return None

@@ -147,9 +147,10 @@ class Gate:
         """`entropy`: of the distribution the token was sampled from (nats), for the entropy rule."""
         return self._consume(token, self.s.token_bytes[token], entropy)
 
-    def feed(self, text: str | bytes) -> Admission:
-        """TEXT mode: one delta of a remote stream. ROLLBACK means cancel and continue from `raw`."""
-        return self._consume(-1, text.encode() if isinstance(text, str) else text, float("nan"))
+    def feed(self, text: str | bytes, entropy: float = float("nan")) -> Admission:
+        """TEXT mode: one delta of a remote stream (`entropy`: its token's, estimated from the
+        upstream's top logprobs). ROLLBACK means cancel and continue from `raw`."""
+        return self._consume(-1, text.encode() if isinstance(text, str) else text, entropy)
 
     def _consume(self, token: int, data: bytes, entropy: float) -> Admission:
         s, p0 = self.s, len(self.s.raw)

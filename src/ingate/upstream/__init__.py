@@ -1,0 +1,1 @@
+"""Governing remote, OpenAI-compatible upstreams: the models file, the client, the TEXT-mode core."""
