@@ -14,6 +14,7 @@ import re
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -211,6 +212,41 @@ rules:
     assert res.entropy_summary["excess"] > 0
 
 
+def test_logprobs_from_the_upstream_never_show_an_alternative_that_would_reveal_a_match(core, proxy):
+    hidden = shown = 0
+    for p in _settings_where(core, user(PARIS_PROMPT), _eiffel, 160):
+        proxy.requests.clear()
+        res = core.run(Request(user(PARIS_PROMPT), NO_EIFFEL, replace(p, logprobs=20)))
+        assert res.logprobs, "no logprobs came back"
+        shown += len(res.logprobs)
+        for e in res.logprobs:
+            for a in e["top_logprobs"]:
+                if a["token"] == e["token"]:
+                    continue  # the released token itself (" E" of "Elysée", say)
+                alt = a["token"].strip().lower()
+                assert not (alt and ("eiffel".startswith(alt) or "eiffel" in alt)), f"alternative {a['token']!r} shown"
+        hidden += sum(_starts_eiffel(alt) and alt != chosen for r in proxy.requests for chosen, alt in _alternatives(r))
+    assert shown and hidden, "the upstream never offered an alternative that starts the phrase: nothing was filtered"
+
+
+def _starts_eiffel(token: str) -> bool:
+    t = token.strip().lower()
+    return bool(t) and ("eiffel".startswith(t) or "eiffel" in t)
+
+
+def _alternatives(rec):
+    """(chosen token, alternative) for every alternative the upstream sent, chat or completion shape."""
+    for d in rec.events:
+        if not d.startswith("{"):
+            continue
+        for ch in json.loads(d).get("choices") or []:
+            lp = ch.get("logprobs") or {}
+            for t in lp.get("content") or []:
+                yield from ((t["token"], a["token"]) for a in t["top_logprobs"])
+            for tok, alts in zip(lp.get("tokens") or [], lp.get("top_logprobs") or [], strict=False):
+                yield from ((tok, a) for a in alts)
+
+
 # ---- faults: an OpenAI-shaped error or a clean end, audited, never anything ungoverned -------------------
 @pytest.mark.parametrize("fault, error", [
     (("cut", 4), UpstreamProtocolError),  # the connection closed mid-stream
@@ -258,7 +294,9 @@ def test_a_429_that_outlasts_the_retries_is_passed_on_with_retry_after(proxy, au
 def server(proxy, audit):
     c = UpstreamCore(upstream("smol", proxy.url, "smol", kind="llama.cpp", tokenizer="embedded", retries=0,
                               timeout_s=30, idle_timeout_s=3), audit)
-    app = create_app({"smol": c}, ServerConfig(policies={"phones": PHONES, "no-eiffel": NO_EIFFEL}))
+    generic = UpstreamCore(upstream("smol-generic", proxy.url, "smol", retries=0, timeout_s=30), audit)
+    app = create_app({"smol": c, "smol-generic": generic},
+                     ServerConfig(policies={"phones": PHONES, "no-eiffel": NO_EIFFEL}))
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
@@ -273,7 +311,7 @@ def server(proxy, audit):
 def test_the_openai_client_gets_governed_text_streaming_and_not(server, core):
     p = _settings_where(core, user(PII_PROMPT), lambda t: PHONE in t, 64, want=1)[0]
     client = OpenAI(base_url=server + "/v1", api_key="unused")
-    assert [m.id for m in client.models.list().data] == ["smol"]
+    assert [m.id for m in client.models.list().data] == ["smol", "smol-generic"]
     kw = dict(model="smol", messages=user(PII_PROMPT), temperature=p.sampling.temperature, seed=p.sampling.seed,
               max_tokens=p.max_tokens)
     whole = client.chat.completions.create(**kw)
@@ -302,8 +340,13 @@ def test_the_server_answers_upstream_faults_in_openai_shapes(server, proxy):
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
     proxy.fault = None
     assert events[-1]["error"]["code"] == "upstream_protocol_error"
-    r = httpx.post(server + "/v1/chat/completions", json=body | {"logprobs": True}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+    r = httpx.post(server + "/v1/chat/completions", json=body | {"logprobs": True, "top_logprobs": 3}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["choices"][0]["logprobs"]["content"]) >= 8
+    r = httpx.post(server + "/v1/chat/completions", json=body | {"model": "smol-generic", "logprobs": True},
+                   timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"  # generic: no logprobs declared
+    r = httpx.post(server + "/v1/chat/completions", json=body | {"model": "gpt-17"}, timeout=30)
+    assert r.status_code == 404 and "smol, smol-generic" in r.json()["error"]["message"]
 
 
 def test_cli_serves_an_upstream_and_lists_it(upstream_url, tmp_path):

@@ -30,6 +30,7 @@ from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.refusal import escalation, refuse
 from ingate.session import MemorySessionStore
+from ingate.upstream.config import LOGPROBS
 from ingate.upstream.core import UpstreamCore
 from ingate.worker import Job, QueueFull, Worker
 
@@ -136,10 +137,10 @@ class _Server:
         prompt = req.engine_input()
         policy = _choose_policy(request, req, self.config, grant.policies)
         params, stop = req.generation(self.config.default_max_tokens, self.config.max_tokens_cap)
-        if params.logprobs is not None and isinstance(b.core, UpstreamCore):
-            raise ApiError(400, f"logprobs are not offered for the upstream model {b.name!r} yet: ingate cannot "
-                                "yet filter an upstream's alternatives the way it filters its own engine's; "
-                                "ask without logprobs", "logprobs", "logprobs_unsupported")
+        if params.logprobs is not None and isinstance(b.core, UpstreamCore) and not b.core.spec.can(LOGPROBS):
+            raise ApiError(400, f"the upstream model {b.name!r} does not declare the logprobs capability (its "
+                                "models file entry says what it can); ask without logprobs", "logprobs",
+                           "logprobs_unsupported")
         session = request.headers.get("x-session-id") or req.user
         job = Job(prompt, policy, params, stop, asyncio.get_running_loop(), asyncio.Queue(), session=session)
         self._start(b, job)

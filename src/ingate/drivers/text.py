@@ -18,17 +18,21 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from ingate import logprobs
 from ingate.gate.decision import Action
 from ingate.gate.gate import Gate, Mode, Verdict
 from ingate.loop import DecisionSink, Emitter, Finish, GenerationFailed, Result, TextSink, end_stream, partial_result
 
 
 class Delta(NamedTuple):
-    """One piece of an upstream's stream: its text and, when the upstream sent top logprobs for
-    it (one token), the entropy estimated from them (NaN: unknown)."""
+    """One piece of an upstream's stream: its text and, when the upstream sent logprobs for it
+    (one token), the entropy estimated from them (NaN: unknown), its logprob and the alternatives
+    (text bytes, logprob) the upstream listed."""
 
     text: str
     entropy: float = math.nan
+    logprob: float = math.nan
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 # (text so far, attempt) -> an iterator of deltas that continue it; closing it cancels the stream
@@ -37,13 +41,17 @@ Source = Callable[[str, int], Iterator[str | Delta]]
 
 def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
                 on_decisions: DecisionSink | None = None, request_id: str = "-",
-                cancelled: Callable[[], bool] | None = None, max_tokens: int | None = None) -> Result:
+                cancelled: Callable[[], bool] | None = None, max_tokens: int | None = None,
+                top_logprobs: int | None = None) -> Result:
     """Drive `gate` over what `source` streams until it ends, a rule stops it, `cancelled()` turns
-    true (checked between deltas) or `max_tokens` deltas are kept (finish `length`)."""
+    true (checked between deltas) or `max_tokens` deltas are kept (finish `length`).
+    `top_logprobs` (not None): the result carries OpenAI logprobs for the released tokens, with up
+    to that many alternatives each, filtered as on the local engine (ingate.logprobs)."""
     if gate.mode is not Mode.TEXT:
         raise ValueError(f"govern_text drives a {Mode.TEXT} gate, not {gate.mode}")
     emit = Emitter(gate, on_text, on_decisions)
     gate_us: list[float] = []
+    recorded: list[logprobs.Recorded | None] = []  # per stream token, when top_logprobs is set
 
     attempt, restart = 0, False
 
@@ -61,11 +69,13 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
                     finish = Finish.CANCELLED
                     break
                 delta = piece if isinstance(piece, Delta) else Delta(piece)
-                g = time.perf_counter()
+                g, n = time.perf_counter(), gate.position
                 finish = _delta(gate, delta, rolled_back)
                 if finish is None and not restart and max_tokens is not None and gate.position >= max_tokens:
                     finish = end_stream(gate, rolled_back, Finish.LENGTH, request_id)
                 gate_us.append((time.perf_counter() - g) * 1e6)
+                if top_logprobs is not None:
+                    _record(gate, recorded, n, delta, top_logprobs)
                 if finish is not None or restart:
                     break
                 emit(gate.release())
@@ -88,11 +98,24 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
         emit("")
     eb = gate.entropy
     measured = any(not math.isnan(e) for e in gate.entropies)
-    return Result(text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
+    if top_logprobs is not None:
+        del recorded[gate.position:]
+    return Result(logprobs=logprobs.entries(gate, recorded) if top_logprobs is not None else None,
+                  text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
                   elapsed_s=emit.elapsed, ttft_s=emit.ttft, gate_us=gate_us,
                   held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, semantic=gate.semantic_stats,
                   entropy=list(gate.entropies) if measured else None,
                   entropy_summary=eb.summary(gate.entropies) if eb is not None else None)
+
+
+def _record(gate: Gate, recorded: list[logprobs.Recorded | None], n: int, delta: Delta, top: int) -> None:
+    """Keep `recorded` aligned with the stream's tokens: what a rollback took back goes, and the
+    delta's logprobs are kept when it joined the stream whole as token n."""
+    del recorded[gate.position:]
+    recorded.extend([None] * (gate.position - len(recorded)))
+    if gate.position > n and not math.isnan(delta.logprob) and \
+            gate.raw[gate.tok_start[n]:gate.s.token_end(n)] == delta.text.encode():
+        recorded[n] = (delta.logprob, list(delta.top[:top]))
 
 
 def _delta(gate: Gate, delta: Delta, rolled_back: Callable[[int], None]) -> str | None:

@@ -328,10 +328,11 @@ class Gate:
         self.decisions += redacted
         return text
 
-    def could_reveal(self, k: int, token: int) -> bool:
-        """Would showing `token` as an alternative at position k reveal governed text? True when its
-        bytes complete a match or leave one undecided: a logprobs channel must not show it."""
-        pos, data = self.tok_start[k], self.s.token_bytes[token]
+    def could_reveal(self, k: int, token: int | bytes) -> bool:
+        """Would showing `token` (an id, or an upstream's token text) as an alternative at position k
+        reveal governed text? True when its bytes complete a match or leave one undecided: a
+        logprobs channel must not show it."""
+        pos, data = self.tok_start[k], token if isinstance(token, bytes) else self.s.token_bytes[token]
         return any(c.reveals(k, data, pos) for c in self.forbid)
 
     def take_decisions(self) -> list[Decision]:

@@ -24,7 +24,7 @@ from ingate.gate.gate import Gate, Mode
 from ingate.loop import Finish, GenerationFailed, Result, partial_result
 from ingate.refusal import refuse, screen_input, session_budget
 from ingate.upstream.body import Bodies
-from ingate.upstream.client import Client
+from ingate.upstream.client import Client, UpstreamRejected
 from ingate.upstream.config import LOGPROBS, UpstreamModel
 from ingate.upstream.deltas import deltas
 from ingate.upstream.vocab import load_vocab
@@ -70,10 +70,14 @@ class UpstreamCore:
             return refuse(refusal, policy, rid, self.audit, req.session, 0, time.perf_counter() - t0, on_text,
                           on_audited)
         gate = Gate(compiled, None, req.stop, session_entropy=req.session_entropy, mode=Mode.TEXT)
-        measure = self.spec.can(LOGPROBS) and (gate.entropy is not None or req.params.entropy)
+        top = req.params.logprobs
+        if top is not None and not self.spec.can(LOGPROBS):
+            raise GenerationFailed(partial_result(None, 0, 0.0), UpstreamRejected(
+                f"the upstream model {self.name!r} does not declare the logprobs capability; ask without logprobs"))
+        measure = self.spec.can(LOGPROBS) and (gate.entropy is not None or req.params.entropy or top is not None)
         call = _Call(self, req, gate, Bodies(self.spec, req, self.vocab, measure))
         try:
-            res = govern_text(gate, call.source, on_text, on_decisions, rid, cancelled, req.params.max_tokens)
+            res = govern_text(gate, call.source, on_text, on_decisions, rid, cancelled, req.params.max_tokens, top)
         except GenerationFailed as e:
             e.result.upstream = call.stats(e.result.finish_reason)
             self._record(req, e.result)

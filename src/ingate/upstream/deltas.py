@@ -51,16 +51,35 @@ def _per_token(lp: Any, text: str) -> list[Delta] | None:
     """One Delta per token with its entropy, or None when the logprobs do not spell `text`."""
     if not isinstance(lp, dict):
         return None
-    if isinstance(lp.get("content"), list):  # chat: [{token, logprob, top_logprobs: [{token, logprob}]}]
+    if isinstance(lp.get("content"), list):  # chat: [{token, logprob, top_logprobs: [{token, logprob, bytes}]}]
         items = [e for e in lp["content"] if isinstance(e, dict)]
         toks = [e.get("token") for e in items]
-        tops = [[a.get("logprob") for a in e.get("top_logprobs") or [] if isinstance(a, dict)] for e in items]
-    elif isinstance(lp.get("tokens"), list):  # completions: tokens, top_logprobs: [{token: logprob}]
-        toks = lp["tokens"]
-        tops = [list(d.values()) if isinstance(d, dict) else [] for d in lp.get("top_logprobs") or []]
+        chosen = [e.get("logprob") for e in items]
+        tops = [[(_text(a), a.get("logprob")) for a in e.get("top_logprobs") or [] if isinstance(a, dict)]
+                for e in items]
+    elif isinstance(lp.get("tokens"), list):  # completions: tokens, token_logprobs, top_logprobs: [{token: lp}]
+        toks, chosen = lp["tokens"], lp.get("token_logprobs") or []
+        tops = [[(k.encode(), v) for k, v in d.items()] if isinstance(d, dict) else []
+                for d in lp.get("top_logprobs") or []]
     else:
         return None
     strs = [t for t in toks if isinstance(t, str)]
     if not strs or len(strs) != len(toks) or len(tops) != len(toks) or "".join(strs) != text:
         return None
-    return [Delta(t, top_k_entropy(top)) for t, top in zip(strs, tops, strict=True) if t]
+    out = []
+    for i, t in enumerate(strs):
+        top = tuple((b, float(v)) for b, v in tops[i] if isinstance(b, bytes) and isinstance(v, int | float))
+        c = chosen[i] if i < len(chosen) else None
+        if t:
+            out.append(Delta(t, top_k_entropy(v for _, v in top), float(c) if isinstance(c, int | float) else math.nan,
+                             top))
+    return out
+
+
+def _text(alt: dict) -> bytes | None:
+    """An alternative's bytes: its `bytes` when sent (a token may be part of a character), else its text."""
+    b = alt.get("bytes")
+    if isinstance(b, list) and all(isinstance(x, int) and 0 <= x < 256 for x in b):
+        return bytes(b)
+    t = alt.get("token")
+    return t.encode() if isinstance(t, str) else None

@@ -7,6 +7,7 @@ plus the admitted text. Only the vocabulary is loaded (llama.cpp `vocab_only`): 
 
 from __future__ import annotations
 
+import atexit
 import threading
 from functools import cache
 
@@ -21,6 +22,7 @@ class Vocab:
 
         with quiet_stderr():
             self._llm = Llama(model_path=path, vocab_only=True, verbose=False)
+        atexit.register(self._llm.close)  # before llama_cpp's globals are torn down at exit
         self._lock = threading.Lock()  # llama.cpp's tokenizer is shared by the worker threads
         n = self._llm.n_vocab()
         self.token_bytes = [self._llm.detokenize([t]) for t in range(n)]
