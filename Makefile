@@ -68,6 +68,8 @@ bench: install-test
 	$(BIN)/python bench/semantic.py
 	$(BIN)/python bench/semantic_dev.py
 	$(BIN)/python bench/entropy.py
+	$(BIN)/python bench/upstream_entropy.py
+	$(BIN)/python bench/upstream.py
 
 # Does per-token entropy tell wrong answers from right ones? Capitals from the PyPI package countryinfo.
 eval-entropy: install-test

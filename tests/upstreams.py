@@ -39,10 +39,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def llama_server(log_dir: Path):
+def llama_server(log_dir: Path, cpus: set[int] | None = None, use_given: bool = True):
     """The base URL (…/v1) of llama-cpp-python's server over the embedded model, started here and
-    stopped after, unless $INGATE_TEST_UPSTREAM names one already running (CI starts it)."""
-    given = os.environ.get("INGATE_TEST_UPSTREAM")
+    stopped after, unless $INGATE_TEST_UPSTREAM names one already running (CI starts it).
+    `cpus`: the CPUs it may run on (one thread each), as an upstream on its own machine would."""
+    given = os.environ.get("INGATE_TEST_UPSTREAM") if use_given else None
     if given:
         yield given.rstrip("/")
         return
@@ -50,9 +51,11 @@ def llama_server(log_dir: Path):
 
     port = free_port()
     log = open(log_dir / "llama-server.log", "wb")  # noqa: SIM115  (closed below)
+    threads = str(len(cpus) if cpus else 2)
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
-                             "--verbose", "False"], stdout=log, stderr=subprocess.STDOUT)
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", threads,
+                             "--n_threads_batch", threads, "--verbose", "False"], stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_ready(url, proc, log_dir / "llama-server.log")
@@ -87,6 +90,9 @@ class Forwarded:
     path: str
     body: dict
     events: list[str] = field(default_factory=list)  # the data of each event forwarded, in order
+    times: list[float] = field(default_factory=list)  # time.monotonic() at which each was forwarded
+    opened: float = field(default_factory=time.monotonic)  # when the request arrived
+    closed: float | None = None  # when the relay ended (the stream ended, or ingate closed it)
     client_closed: bool = False  # ingate closed the connection before the upstream's stream ended
 
     def content(self, upto: int | None = None) -> str:
@@ -170,37 +176,44 @@ class FaultProxy:
         h.send_header("Content-Type", "text/event-stream")
         h.end_headers()
         with httpx.stream("POST", self.upstream + h.path.removeprefix("/v1"), json=sent, timeout=120) as r:
-            for data in _events(r.iter_lines()):
-                n = len(rec.events)
-                if _closed(h.connection):
+            try:
+                self._relay(h, r, rec, fault)
+            finally:
+                rec.closed = time.monotonic()
+
+    def _relay(self, h, r, rec: Forwarded, fault: tuple | None) -> None:
+        for data in _events(r.iter_lines()):
+            n = len(rec.events)
+            if _closed(h.connection):
+                rec.client_closed = True
+                return
+            if fault and fault[0] == "reset" and n == fault[1]:
+                h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                h.connection.close()
+                return
+            if fault and fault[0] in ("cut", "stall", "endless") and n == fault[1]:
+                if fault[0] == "stall":
+                    while not _closed(h.connection):
+                        time.sleep(0.05)
                     rec.client_closed = True
-                    return
-                if fault and fault[0] == "reset" and n == fault[1]:
-                    h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    h.connection.close()
-                    return
-                if fault and fault[0] in ("cut", "stall", "endless") and n == fault[1]:
-                    if fault[0] == "stall":
-                        while not _closed(h.connection):
+                elif fault[0] == "endless":
+                    with contextlib.suppress(OSError):
+                        while True:
+                            h.wfile.write(b": keepalive\n\n")
+                            h.wfile.flush()
                             time.sleep(0.05)
-                        rec.client_closed = True
-                    elif fault[0] == "endless":
-                        with contextlib.suppress(OSError):
-                            while True:
-                                h.wfile.write(b": keepalive\n\n")
-                                h.wfile.flush()
-                                time.sleep(0.05)
-                        rec.client_closed = True
-                    return  # cut: the connection closes mid-stream
-                if fault and fault[0] == "corrupt" and n == fault[1]:
-                    data = '{"choices": [{"delta": {"content": "x"'
-                try:
-                    h.wfile.write(f"data: {data}\n\n".encode())
-                    h.wfile.flush()
-                except OSError:
                     rec.client_closed = True
-                    return
-                rec.events.append(data)
+                return  # cut: the connection closes mid-stream
+            if fault and fault[0] == "corrupt" and n == fault[1]:
+                data = '{"choices": [{"delta": {"content": "x"'
+            try:
+                h.wfile.write(f"data: {data}\n\n".encode())
+                h.wfile.flush()
+            except OSError:
+                rec.client_closed = True
+                return
+            rec.events.append(data)
+            rec.times.append(time.monotonic())
 
 
 def _events(lines):

@@ -9,7 +9,8 @@ from ingate.engines.base import BATCH, FULL_LOGITS, ROLLBACK, ContextFull, Engin
 __all__ = ["BATCH", "FULL_LOGITS", "ROLLBACK", "ContextFull", "Engine", "EngineCrashed", "EngineError",
            "SCHEMES", "load_engine", "parse_spec"]
 
-# engine spec schemes: "llama.cpp:PATH" today; upstream: and vllm: are the next drivers
+# engine spec schemes: "llama.cpp:PATH". A remote model is not an engine (no logits): it is served
+# through ingate.upstream (serve --upstream URL, or a models file)
 SCHEMES = ("llama.cpp",)
 
 

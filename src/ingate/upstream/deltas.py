@@ -4,10 +4,12 @@ A chat chunk carries `choices[0].delta.content`, a completion chunk `choices[0].
 upstream sent `logprobs` for the chunk's tokens and they spell the delta exactly, the delta is
 split into one piece per token, each with the entropy estimated from its top logprobs.
 
-The estimate (`top_k_entropy`) sums -p log p over the k alternatives the upstream sent and counts
-the mass they leave, r = 1 - sum(p), as one more outcome: -r log r. It is a lower bound of the true
-entropy (the rest is spread over many tokens, not one); bench/upstream_entropy.py measures its
-error against the exact entropy on the embedded model, and the README quotes it.
+The estimate (`top_k_entropy`) sums -p log p over the k alternatives the upstream sent, and adds
+-r log p_min for the mass r = 1 - sum(p) they leave: every token outside the top k is at most as
+likely as the least of them, p_min, so each contributes -p log p >= -p log p_min. The estimate is a
+lower bound of the true entropy, and the tightest one those numbers allow without assuming how the
+rest is spread. bench/upstream_entropy.py measures its error against the exact entropy on the
+embedded model; the README quotes it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ def top_k_entropy(logprobs: Iterable[float | None]) -> float:
     if not ps:
         return math.nan
     h = -sum(p * math.log(p) for p in ps if p > 0)
-    r = 1.0 - sum(ps)
-    return h - r * math.log(r) if r > 1e-12 else h
+    r, least = 1.0 - sum(ps), min(ps)
+    return h - r * math.log(least) if r > 1e-12 and least > 0 else h
 
 
 def deltas(chunks: Iterable[dict[str, Any]], measured: bool) -> Iterator[Delta]:
