@@ -62,9 +62,9 @@ def watch_withdrawals(gate: Gate) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
     feed = gate.feed
 
-    def watched(text):
+    def watched(text, *entropy):
         released, cuts, n = gate.hold.released, gate.rollbacks, len(gate.decisions)
-        adm = feed(text)
+        adm = feed(text, *entropy)
         seen.extend((d.byte_offset, released) for d in gate.decisions[n:] if d.action == "prevent" and not cuts)
         return adm
 

@@ -61,6 +61,15 @@ rules:
     forbid: {patterns: [phone]}
     action: redact
 """)
+PHONES_ESCALATE = policy("""
+version: 1
+name: phones-escalate
+session: {escalate_after: 1, refusal: "Not after that."}
+rules:
+  - id: pii
+    forbid: {patterns: [phone]}
+    action: redact
+""")
 RUNS = 3  # governed runs per test, at settings where the ungoverned upstream wrote the governed text
 
 
@@ -296,7 +305,8 @@ def server(proxy, audit):
                               timeout_s=30, idle_timeout_s=3), audit)
     generic = UpstreamCore(upstream("smol-generic", proxy.url, "smol", retries=0, timeout_s=30), audit)
     app = create_app({"smol": c, "smol-generic": generic},
-                     ServerConfig(policies={"phones": PHONES, "no-eiffel": NO_EIFFEL}))
+                     ServerConfig(policies={"phones": PHONES, "no-eiffel": NO_EIFFEL,
+                                            "phones-escalate": PHONES_ESCALATE}))
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
@@ -324,6 +334,36 @@ def test_the_openai_client_gets_governed_text_streaming_and_not(server, core):
     assert PHONE not in text and final.choices[0].finish_reason in ("stop", "length")
     gov = final.model_extra["governance"]
     assert gov["policy"] == "phones"
+
+
+def test_a_session_escalates_on_an_upstream_model_as_on_the_local_engine(server, core):
+    sid = "upstream-escalation"
+    for p in _settings_where(core, user(PII_PROMPT), lambda t: PHONE in t, 64):
+        body = {"model": "smol", "messages": user(PII_PROMPT), "temperature": p.sampling.temperature,
+                "seed": p.sampling.seed, "max_tokens": p.max_tokens, "policy": "phones-escalate"}
+        r = httpx.post(server + "/v1/chat/completions", json=body, headers={"X-Session-Id": sid}, timeout=60).json()
+        assert PHONE not in r["choices"][0]["message"]["content"]
+        if any(d["action"] == "redact" for d in r["governance"]["decisions"]):
+            break
+    else:
+        pytest.fail("no governed run redacted the phone number: the session had no violation to escalate on")
+    r = httpx.post(server + "/v1/chat/completions", json=body, headers={"X-Session-Id": sid}, timeout=60).json()
+    assert r["choices"][0]["message"]["content"] == "Not after that."
+    assert r["choices"][0]["finish_reason"] == "content_filter" and r["usage"]["completion_tokens"] == 0
+
+
+def test_a_raw_completion_is_governed_on_the_completions_endpoint(server, core, proxy):
+    prompt = "Contact: John Smith, phone 415-555-0132.\nContact: John Smith, phone"
+    redacted = 0
+    for p in _settings_where(core, prompt, lambda t: not _clean(PHONES, t), 24):  # it writes a number
+        body = {"model": "smol", "prompt": prompt, "temperature": p.sampling.temperature, "seed": p.sampling.seed,
+                "max_tokens": 24}
+        proxy.requests.clear()
+        r = httpx.post(server + "/v1/completions", json=body, timeout=60).json()
+        assert r["object"] == "text_completion" and _clean(PHONES, r["choices"][0]["text"])
+        assert proxy.requests[0].path.endswith("/completions") and proxy.requests[0].body["prompt"] == prompt
+        redacted += any(d["action"] == "redact" for d in r["governance"]["decisions"])
+    assert redacted, "no governed completion wrote a phone number: nothing was redacted"
 
 
 def test_the_server_answers_upstream_faults_in_openai_shapes(server, proxy):

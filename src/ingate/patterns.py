@@ -22,11 +22,13 @@ BUILTIN_PATTERNS: dict[str, tuple[str, str]] = {
     # grouped digits; bare 3-4 and 3-3-3 local numbers. bench/pii_leak.py found the US-only
     # pattern letting 8 of 9 reproduced non-US numbers through.
     # re-punctuated runs only where 10+ digits make a number phone-shaped; bare 3-4 local numbers
-    # keep a single space, dot or dash (a comma there would make "2019, 2020" a phone number)
+    # keep a single space, dot or dash (a comma there would make "2019, 2020" a phone number); a
+    # national number is its trunk 0 and area code, then groups, or one subscriber run of 6-8
+    # digits ("0800-2767261", "020 79460958")
     "phone": (r"(?:\+?1" + _S + r"{0,3})?\(?[0-9]{3}\)?" + _S + r"{0,3}[0-9]{3}" + _S + r"{0,3}[0-9]{4}"
               r"|\+[0-9]{1,3}(?:" + _S + r"{0,3}\(0\))?(?:" + _S + r"{0,3}[0-9]){6,12}"
               r"|\([0-9]{2,4}\)[ .-]?[0-9]{3,4}[ .-]?[0-9]{3,4}"
-              r"|0[0-9]{2,4}(?:[ .-][0-9]{2,4}){2,4}"
+              r"|0[0-9]{2,4}(?:[ .-][0-9]{2,4}){2,4}|0[0-9]{2,4}[ .-][0-9]{6,8}"
               r"|[0-9]{3}[ .-][0-9]{4}|[0-9]{3}[ .-][0-9]{3}[ .-][0-9]{3}", "[PHONE]"),
     # 12-19 digits (Maestro has 12; the Luhn check in CHECKED counts them), in groups of 3 or more
     # and maybe a short last one ("4180, 9208, 7794, 4069", "4047 7372 1514 2"), or spelled out

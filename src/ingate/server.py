@@ -115,8 +115,7 @@ class _Server:
         self.metrics = Metrics()
         self.sessions = MemorySessionStore(config.session_ttl)
         self.backends = {name: Backend(name, core, Worker(core, config.max_queue, self.metrics, self.sessions,
-                                                          threads=getattr(getattr(core, "spec", None),
-                                                                          "max_concurrency", 1)))
+                                                          threads=_concurrency(core)))
                          for name, core in cores.items()}
         first = next(iter(self.backends.values()))
         self.core, self.worker, self.model_id = first.core, first.worker, first.name  # the default model
@@ -177,6 +176,11 @@ class _Server:
             "id": job.session, "violations": st.violations if st else 0, "escalate_after": job.policy.escalate_after,
             "entropy_spent": round(st.entropy_spent, 4) if st else 0.0}
         return report.governance(job.policy, res, level, ses)
+
+
+def _concurrency(core) -> int:
+    """Requests a core runs at once: an upstream's max_concurrency; one for a local engine."""
+    return core.spec.max_concurrency if isinstance(core, UpstreamCore) else 1
 
 
 def _server(request: Request) -> _Server:

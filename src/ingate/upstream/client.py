@@ -110,6 +110,11 @@ class Client:
         except httpx.TransportError as e:
             raise UpstreamError(f"cannot reach {where}: {type(e).__name__}: {e}") from e
         if resp.status_code == 200:
+            kind = resp.headers.get("content-type", "")
+            if kind.startswith("application/json"):  # it ignored stream: true, or is not OpenAI's API
+                resp.close()
+                raise UpstreamProtocolError(f"{where} answered JSON, not an event stream: it does not stream "
+                                            "(ingate asks every upstream for `stream: true`)")
             return resp
         try:
             raw = resp.read()[:2000].decode("utf-8", errors="replace")
