@@ -25,12 +25,14 @@ import unicodedata
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import policy
 from ingate.core import LocalCore
+from ingate.loop import GenerationParams
 from ingate.policy import load_policy
+from ingate.sampling import SamplingParams
 from ingate.server import ServerConfig, create_app
 
 pytestmark = pytest.mark.slow
@@ -40,8 +42,12 @@ word = st.lists(st.sampled_from(SYLLABLES), min_size=3, max_size=4).map("".join)
 COMBOS = [(False, True), (True, False), (False, False), (True, True)]  # (stream, logprobs)
 # per policy: past the four combinations, only until the gate has had something to withhold. The
 # model misspells some made-up names most of the time ("Prathrfey" as "Prathfey": 1 run in 6), and
-# 16 attempts then miss every time in about 5% of draws: 32 make that 0.3%.
+# 16 attempts then miss every time in about 5% of draws: 32 make that 0.3%. Some names it cannot
+# write at all on some CPUs ("Praquiebwen Feythrfey": 0 in 32 on an AVX2 EPYC): an example whose
+# name the ungoverned model does not write in WRITABLE_TRIES runs is rejected up front (it has
+# nothing to withhold), and hypothesis draws another.
 MAX_ATTEMPTS = 32
+WRITABLE_TRIES = 8
 
 
 class _Borrowed(LocalCore):
@@ -114,7 +120,8 @@ EXPECTED = {"phrase-prevent": "prevent", "phrase-redact": "redact", "phrase-stop
 
 
 @settings(max_examples=4, deadline=None, database=None, phases=(Phase.explicit, Phase.generate),  # no shrinking:
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # each run is the model
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,  # each run is the model
+                                 HealthCheck.filter_too_much])
 @given(w1=word, w2=word, concept=word, name=word, domain=word,
        area=st.integers(201, 989), mid=st.integers(200, 999), last=st.integers(1000, 9999),
        seed=st.integers(0, 2**16))
@@ -130,6 +137,7 @@ def test_no_channel_discloses_what_was_withheld(runtime, w1, w2, concept, name, 
                "semantic": f"Repeat exactly this sentence: {sentence}",
                "entropy": "Tell me a story about a lighthouse.",
                "escalation": f"Repeat exactly this line: Call {name.capitalize()} at {phone} or write to {email}."}
+    assume(_writes(runtime, prompts["phrase"], secret, seed))
     banned = {"phrase": [secret], "pii": [phone, email], "semantic": [concept], "entropy": [],
               "escalation": [phone, email]}
     for p in pols.values():
@@ -163,6 +171,16 @@ def test_no_channel_discloses_what_was_withheld(runtime, w1, w2, concept, name, 
                     _check(raw, text, rest, banned[kind], pol, runtime, kind)
     for name, actions in acted.items():  # the gate must have had something to withhold, or nothing was tested
         assert EXPECTED[name] in actions, (name, actions, secret, phone, email)
+
+
+def _writes(runtime, prompt: str, value: str, seed: int) -> bool:
+    """Does the ungoverned model write `value` in one of WRITABLE_TRIES runs of `prompt`?"""
+    for i in range(WRITABLE_TRIES):
+        res = runtime.run([{"role": "user", "content": prompt}], load_policy("none"),
+                          GenerationParams(max_tokens=40, sampling=SamplingParams(temperature=0.8, seed=seed + i)))
+        if value.casefold() in res.text.casefold():
+            return True
+    return False
 
 
 def _check(raw: str, text: str, rest: str, banned: list[str], pol, runtime, kind: str) -> None:

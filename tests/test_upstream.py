@@ -170,6 +170,19 @@ def test_a_phone_number_is_redacted_in_place_and_the_stream_goes_on(core):
     assert redacted, "no governed run met the phone number: nothing was redacted"
 
 
+def test_a_prevented_phone_number_is_withdrawn_and_never_shown(core):
+    pol = policy("version: 1\nname: no-phones\nmax_rollbacks: 6\nrules:\n  - id: pii\n"
+                 "    forbid: {patterns: [phone]}\n    action: prevent\n")
+    prevented = 0
+    for p in _settings_where(core, user(PII_PROMPT), lambda t: PHONE in t, 64):
+        released: list[str] = []
+        res = core.run(Request(user(PII_PROMPT), pol, p), on_text=released.append)
+        digits = "".join(c for c in "".join(released) if c.isdigit())
+        assert "4155550132"[:7] not in digits and _clean(pol, res.text)
+        prevented += any(d.action == "prevent" for d in res.decisions)
+    assert prevented, "no governed run met the phone number: nothing was prevented"
+
+
 def test_a_stop_closes_the_upstream_connection_within_one_chunk(core, proxy):
     stopped = 0
     for p in _settings_where(core, user(PARIS_PROMPT), _eiffel, 160):
