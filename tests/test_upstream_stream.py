@@ -112,6 +112,25 @@ def test_a_bad_models_file_says_what_to_fix(tmp_path, text, fix):
         load_models(f)
 
 
+def test_serve_with_a_bad_models_file_exits_with_one_line_that_says_what_to_fix(tmp_path):
+    import subprocess
+
+    from conftest import INGATE
+
+    f = tmp_path / "models.yaml"
+    f.write_text("models: {gpt: {base_url: 'https://api.openai.com/v1', api_key_env: INGATE_TEST_NO_SUCH_VAR}}\n")
+    r = subprocess.run([INGATE, "serve", "--models", str(f)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "model 'gpt': the environment variable INGATE_TEST_NO_SUCH_VAR (api_key_env) is not set" in r.stderr
+
+
+def test_a_tokenizer_that_is_not_a_gguf_says_so_at_start(tmp_path):
+    bad = tmp_path / "vocab.gguf"
+    bad.write_bytes(b"not a gguf")
+    with pytest.raises(ModelsError, match="cannot load the tokenizer"):
+        UpstreamCore(upstream("m", "http://127.0.0.1:9/v1", tokenizer=str(bad)), None)
+
+
 def test_a_models_file_lists_local_and_upstream_models_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("INGATE_TEST_KEY", "sk-test")
     f = tmp_path / "models.yaml"

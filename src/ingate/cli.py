@@ -232,8 +232,8 @@ def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
             if audit is None:
                 audit = AuditLog(args.audit, args.audit_key_file)
             cores[spec.name] = UpstreamCore(spec, audit)
-    except AuditError as e:
-        raise UserError(str(e)) from None
+    except (AuditError, ModelsError) as e:
+        raise UserError(str(e), code=2 if isinstance(e, ModelsError) else 1) from None
     return cores
 
 

@@ -25,7 +25,7 @@ from ingate.loop import Finish, GenerationFailed, Result, partial_result
 from ingate.refusal import refuse, screen_input, session_budget
 from ingate.upstream.body import Bodies
 from ingate.upstream.client import Client, UpstreamRejected
-from ingate.upstream.config import LOGPROBS, UpstreamModel
+from ingate.upstream.config import LOGPROBS, ModelsError, UpstreamModel
 from ingate.upstream.deltas import deltas
 from ingate.upstream.vocab import load_vocab
 
@@ -41,8 +41,12 @@ class UpstreamCore:
 
     def __init__(self, spec: UpstreamModel, audit: AuditLog | None, transport: httpx.BaseTransport | None = None):
         self.spec, self.name, self.audit = spec, spec.name, audit
+        try:
+            self.vocab = load_vocab(spec.tokenizer) if spec.tokenizer else None
+        except (ValueError, OSError, RuntimeError) as e:
+            raise ModelsError(f"model {spec.name!r}: cannot load the tokenizer {spec.tokenizer!r} ({e}); give a GGUF "
+                              "file of the upstream's model, or no tokenizer") from None
         self.client = Client(spec, transport)
-        self.vocab = load_vocab(spec.tokenizer) if spec.tokenizer else None
 
     def info(self) -> dict:
         return {"upstream": self.spec.base_url, "upstream_model": self.spec.model, "kind": self.spec.kind,
