@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tokens-cap", type=_positive_int, default=2048)
     s.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000)
     s.add_argument("--session-ttl", type=_positive_int, default=3600, help="seconds a session outlives its last use")
+    s.add_argument("--sessions", default=None, metavar="URL",
+                   help="where sessions live: 'memory' (this process, the default) or redis://HOST:PORT/DB, shared by "
+                        "every replica that names it (also $INGATE_SESSIONS)")
+    s.add_argument("--sessions-prefix", default="ingate",
+                   help="the Redis key prefix: one per deployment sharing a Redis (default: ingate)")
     s.add_argument("--governance-detail", choices=("minimal", "full"), default="minimal",
                    help="what clients see of governance: minimal (rule, action, position, a generic sentence) or "
                         "full (also the internal detail and, with store_text, the matched text); an API key "
@@ -194,6 +199,28 @@ def _core(args: argparse.Namespace, policies: list[Policy]):
         return open_core(args.model, args.audit, policies, audit_key_file=args.audit_key_file)
     except (EngineError, AuditError) as e:
         raise UserError(str(e)) from None
+
+
+def _sessions(args: argparse.Namespace):
+    """The session store --sessions (or $INGATE_SESSIONS) names; None for this process's memory."""
+    url = args.sessions or os.environ.get("INGATE_SESSIONS") or "memory"
+    if url == "memory":
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise UserError(f"--sessions {url!r}: use 'memory' or redis://HOST:PORT/DB", code=2)
+    from ingate.session import StoreError
+    from ingate.session_redis import RedisSessionStore
+
+    try:
+        store = RedisSessionStore(url, args.sessions_prefix, args.session_ttl)
+    except StoreError as e:
+        raise UserError(str(e), code=2) from None
+    h = store.health()
+    if not h["ok"]:  # serve anyway: each policy's on_store_error decides, and /healthz says it
+        print(f"ingate: warning: the session store {h['url']} is unreachable ({h['error']}); requests whose policy "
+              "needs session state are refused until it is back (session: {on_store_error: allow} serves them)",
+              file=sys.stderr, flush=True)
+    return store
 
 
 def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
@@ -429,6 +456,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if unknown:
             raise UserError(f"API key {key[:4]}...: unknown policy {unknown[0]!r}; loaded: {', '.join(policies)}",
                             code=2)
+    sessions = _sessions(args)
     cores = _cores(args, list(policies.values()))
     import uvicorn
 
@@ -436,7 +464,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(cores, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
                                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
-                                        session_ttl=args.session_ttl, governance_detail=args.governance_detail))
+                                        session_ttl=args.session_ttl, governance_detail=args.governance_detail,
+                                        sessions=sessions))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
     first = next(iter(cores))

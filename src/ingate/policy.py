@@ -128,10 +128,17 @@ class Policy:
     digest: str = field(default="")
     escalate_after: int | None = None  # a session with this many violations is refused before generating
     refusal: str = ""
+    on_store_error: str = "refuse"  # the session store cannot be reached: refuse (fail closed) or allow
 
     @property
     def is_empty(self) -> bool:
         return not self.rules
+
+    @property
+    def needs_session_state(self) -> bool:
+        """Does governing a request need its session's state (escalation, a session entropy budget)?"""
+        rule = self.entropy_rule
+        return self.escalate_after is not None or (rule is not None and rule.entropy.session_budget is not None)
 
     @property
     def forbid_rules(self) -> tuple[ForbidSpec, ...]:
@@ -297,7 +304,8 @@ def parse_policy(text: str, source: str = "<string>", base: Path | None = None) 
     return Policy(name=model.name, source=source, rules=tuple(rules), store_text=model.audit.store_text,
                   max_rollbacks=model.max_rollbacks, digest=digest.hexdigest(),
                   escalate_after=model.session.escalate_after if model.session else None,
-                  refusal=model.session.refusal if model.session else "")
+                  refusal=model.session.refusal if model.session else "",
+                  on_store_error=model.session.on_store_error if model.session else "refuse")
 
 
 def load_policy(path: str | Path | None) -> Policy:

@@ -195,6 +195,7 @@ class AuditConfig(_Strict):
 class SessionConfig(_Strict):
     escalate_after: int = Field(ge=1, le=1_000_000)
     refusal: str = Field(default="I can't continue this conversation.", min_length=1)
+    on_store_error: Literal["refuse", "allow"] = "refuse"  # the session store is down: fail closed, or serve
 
 
 class PolicyModel(_Strict):

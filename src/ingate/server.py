@@ -25,11 +25,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ingate import report
 from ingate.api.openai import DONE, ApiError, Reply, generation_error
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
+from ingate.gate.decision import Action, Decision
 from ingate.loop import Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
-from ingate.refusal import escalation, refuse
-from ingate.session import MemorySessionStore
+from ingate.refusal import DEFAULT_REFUSAL, Refusal, escalation, refuse
+from ingate.session import BUSY, ESCALATED, MemorySessionStore, SessionStore, StoreError
 from ingate.upstream.config import LOGPROBS
 from ingate.upstream.core import UpstreamCore
 from ingate.worker import Job, QueueFull, Worker
@@ -54,6 +55,7 @@ class ServerConfig:
     default_max_tokens: int = 256
     max_body_bytes: int = 1_000_000
     session_ttl: float = 3600.0
+    sessions: SessionStore | None = None  # None: in this process's memory (MemorySessionStore)
 
 
 log = logging.getLogger("ingate.server")
@@ -113,7 +115,7 @@ class _Server:
             raise ValueError("at least one model is needed")
         self.config = config
         self.metrics = Metrics()
-        self.sessions = MemorySessionStore(config.session_ttl)
+        self.sessions: SessionStore = config.sessions or MemorySessionStore(config.session_ttl)
         self.backends = {name: Backend(name, core, Worker(core, config.max_queue, self.metrics, self.sessions,
                                                           threads=_concurrency(core)))
                          for name, core in cores.items()}
@@ -142,7 +144,7 @@ class _Server:
                            "logprobs_unsupported")
         session = request.headers.get("x-session-id") or req.user
         job = Job(prompt, policy, params, stop, asyncio.get_running_loop(), asyncio.Queue(), session=session)
-        self._start(b, job)
+        await self._start(b, job)
         reply = Reply.new(job.request_id, b.name, req.chat)
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
         if req.stream:
@@ -153,10 +155,10 @@ class _Server:
         res = await _collect(request, job, parts)
         return reply.body(res, "".join(parts), governance(res))
 
-    def _start(self, b: Backend, job: Job) -> None:
-        """Hand the job to the model's worker, unless its session has escalated: then refuse it here."""
-        state = self.sessions.get(job.session) if job.session and job.policy.escalate_after else None
-        refusal = escalation(job.policy, state.violations) if state is not None else None
+    async def _start(self, b: Backend, job: Job) -> None:
+        """Hand the job to the model's worker once its session admits it (ingate.session): an
+        escalated session is refused here, a session at its limit of requests in flight gets a 429."""
+        refusal = await self._admit(b, job) if job.session else None
         if refusal is not None:  # answered here: no queue slot, no engine
             res = refuse(refusal, job.policy, job.request_id, b.core.audit, job.session,
                          on_text=lambda t: job.events.put_nowait(("text", t)))
@@ -166,12 +168,44 @@ class _Server:
         try:
             b.worker.submit(job)
         except QueueFull:
+            await asyncio.to_thread(b.worker.end_session, job, [], 0.0)
             raise ApiError(429, f"the server is busy ({self.config.max_queue} requests queued for {b.name}); retry "
                            "shortly", code="queue_full", type_="rate_limit_error", headers={"Retry-After": "1"}) \
                 from None
 
+    async def _admit(self, b: Backend, job: Job) -> Refusal | None:
+        """`begin` the request in its session: None to go on (a place reserved), or the refusal."""
+        assert job.session is not None
+        pol = job.policy
+        try:
+            ticket = await asyncio.to_thread(self.sessions.begin, job.session, job.request_id, pol.escalate_after)
+        except StoreError as e:
+            self.metrics.session_store_errors.labels("begin").inc()
+            log.error("request %s: %s", job.request_id, e)
+            if not pol.needs_session_state:  # nothing to decide from it: serve, count what we can
+                return None
+            if pol.on_store_error == "allow":
+                d = Decision("session", Action.ERROR, 0, 0, b"", f"session store unavailable ({e}); served without "
+                             "the session's state (on_store_error: allow)")
+                if b.core.audit is not None:
+                    b.core.audit.record(job.request_id, pol.name, [d])
+                job.session = None
+                return None
+            d = Decision("session", Action.REFUSE, 0, 0, b"", f"session store unavailable ({e}); refused "
+                         "(on_store_error: refuse)")
+            return Refusal(d, pol.refusal or DEFAULT_REFUSAL)
+        job.session_state = ticket.state
+        if ticket.verdict == ESCALATED:
+            return escalation(pol, ticket.state.violations)
+        if ticket.verdict == BUSY:
+            raise ApiError(429, f"session {job.session!r} has {ticket.state.in_flight} request(s) in flight that could "
+                                f"still reach its limit of {pol.escalate_after} violations; retry when they end",
+                           code="session_busy", type_="rate_limit_error", headers={"Retry-After": "1"})
+        job.session_entropy, job.reserved = ticket.state.entropy_spent, True
+        return None
+
     def _governance(self, job: Job, level: str, res: Result) -> dict:
-        st = self.sessions.get(job.session) if job.session else None
+        st = job.session_state  # after the request when it ran, before it when it was refused
         ses = None if not job.session else {
             "id": job.session, "violations": st.violations if st else 0, "escalate_after": job.policy.escalate_after,
             "entropy_spent": round(st.entropy_spent, 4) if st else 0.0}
@@ -192,13 +226,15 @@ def _server(request: Request) -> _Server:
 async def healthz(request: Request) -> JSONResponse:
     """200 while every local engine runs; 503 while one's process is down (restarting after a crash).
     `engine` is the default model's; `models` has every model's. An upstream's health is its
-    own: ingate does not probe it (it reports each failure to the request that met it)."""
+    own: ingate does not probe it (it reports each failure to the request that met it).
+    `sessions`: the session store, and whether it answers (a store that is down does not make this
+    replica unhealthy: each policy's on_store_error decides what its requests get)."""
     s = _server(request)
     health = {name: b.health() for name, b in s.backends.items()}
     up = all(h.get("alive", True) for h in health.values())
     body = {"status": "ok" if up else "restarting", "model": s.model_id, "policies": list(s.config.policies),
             "queue": sum(b.worker.depth for b in s.backends.values()), "engine": health[s.model_id],
-            "models": health}
+            "models": health, "sessions": await asyncio.to_thread(s.sessions.health)}
     return JSONResponse(body, status_code=200 if up else 503)
 
 

@@ -15,16 +15,20 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ingate.core import Request
 from ingate.engines import EngineCrashed
+from ingate.gate.decision import Action, Decision
 from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
-from ingate.session import SessionStore
+from ingate.session import SessionState, SessionStore, StoreError, violations_in
+
+END_RETRIES_S = (0.1, 0.3, 1.0, 3.0)  # waits after each failed `end`: about 4.4 s in all
 
 
 class QueueFull(Exception):
@@ -42,6 +46,9 @@ class Job:
     session: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancel: threading.Event = field(default_factory=threading.Event)
+    session_entropy: float = 0.0  # what the session had spent when the request began
+    reserved: bool = False  # the session store holds a place for it: `end` must free it, once
+    session_state: SessionState | None = None  # the session after this request (for the report)
 
     def _put(self, item: tuple) -> None:
         try:
@@ -86,12 +93,12 @@ class Worker:
             if job is None:
                 return
             if job.cancel.is_set():  # the client left while it waited
+                self.end_session(job, [], 0.0)
                 continue
             self.running.add(job)
             try:
-                st = self.sessions.get(job.session) if self.sessions is not None and job.session else None
                 req = Request(job.messages, job.policy, job.params, job.stop, job.request_id, job.session,
-                              st.entropy_spent if st is not None else 0.0)
+                              job.session_entropy)
                 res: Result = self.core.run(req, on_text=lambda t, j=job: j._put(("text", t)),
                                             cancelled=job.cancel.is_set)
                 self._account(job, res)  # before the client hears "done"
@@ -102,16 +109,37 @@ class Worker:
                 if isinstance(e.cause, EngineCrashed):
                     self._revive()
             except Exception as e:  # reported to that request; the worker serves the next one
+                self.end_session(job, [], 0.0)
                 job._put(("error", e))
             finally:
                 self.running.discard(job)
 
     def _account(self, job: Job, res: Result) -> None:
-        if self.sessions is not None and job.session:
-            spent = (res.entropy_summary or {}).get("excess", 0.0)
-            self.sessions.record(job.session, res.decisions, spent)
+        self.end_session(job, res.decisions, (res.entropy_summary or {}).get("excess", 0.0))
         if self.metrics is not None:
             self.metrics.observe(job.policy.name, res)
+
+    def end_session(self, job: Job, decisions: list, entropy: float) -> None:
+        """Add what the request decided to its session and free its place, retrying a store that is
+        down for a moment (`end` counts once, so a retry never counts twice). A store still down
+        after the retries loses this request's count: that is audited and counted in /metrics."""
+        if self.sessions is None or not job.session or not job.reserved:
+            return
+        job.reserved = False
+        for wait in END_RETRIES_S:
+            try:
+                job.session_state = self.sessions.end(job.session, job.request_id, decisions, entropy)
+                return
+            except StoreError as e:
+                err = e
+                if self.metrics is not None:
+                    self.metrics.session_store_errors.labels("end").inc()
+                time.sleep(wait)
+        d = Decision("session", Action.ERROR, 0, 0, b"", f"session store unavailable; this request's "
+                     f"{violations_in(decisions)} violation(s) were not recorded: {err}")
+        audit = getattr(self.core, "audit", None)
+        if audit is not None:
+            audit.record(job.request_id, job.policy.name, [d])
 
     def _revive(self) -> None:
         """A fresh engine process before the next job; queued requests wait for it, none is lost."""
