@@ -273,6 +273,17 @@ class AuditLog:
             self._db.close()
 
 
+def open_audit(path: str | Path | None = None, key_file: str | Path | None = None, write: bool = True) -> AuditLog:
+    """The audit a path (else $INGATE_AUDIT) names: a PostgreSQL URL (postgresql://..., ingate.audit_pg),
+    else a SQLite file (by default ~/.local/state/ingate/audit.sqlite3)."""
+    path = path or os.environ.get("INGATE_AUDIT") or None
+    if path is not None and str(path).startswith(("postgresql://", "postgres://")):
+        from ingate.audit_pg import PgAuditLog
+
+        return PgAuditLog(str(path), str(key_file) if key_file is not None else None, write)
+    return AuditLog(path, key_file, write)
+
+
 def describe(row: dict) -> str:
     """One decision row as `ingate audit tail` and `find` print it."""
     import datetime as _dt

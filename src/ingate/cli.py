@@ -60,8 +60,8 @@ def _gen_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--audit", default=None, help="audit SQLite path (default: $INGATE_AUDIT or "
-                                                 "~/.local/state/ingate/audit.sqlite3)")
+    p.add_argument("--audit", default=None, help="audit SQLite path or postgresql:// URL (default: $INGATE_AUDIT "
+                                                 "or ~/.local/state/ingate/audit.sqlite3)")
     _key_flag(p)
 
 
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what clients see of governance: minimal (rule, action, position, a generic sentence) or "
                         "full (also the internal detail and, with store_text, the matched text); an API key "
                         "written KEY:POLICIES:full overrides it for that key")
-    s.add_argument("--audit", default=None)
+    s.add_argument("--audit", default=None, help="audit SQLite path or postgresql:// URL, shared by replicas "
+                   "(default: $INGATE_AUDIT or ~/.local/state/ingate/audit.sqlite3)")
     _key_flag(s)
     k = sub.add_parser("check", help="validate a policy and print a summary")
     k.add_argument("policy")
@@ -225,7 +226,7 @@ def _sessions(args: argparse.Namespace):
 
 def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
     """Model name -> core: the models file's, the one --upstream, or the one local model."""
-    from ingate.audit import AuditError, AuditLog
+    from ingate.audit import AuditError, open_audit
     from ingate.upstream.config import LocalModel, ModelsError, load_models, upstream
 
     given = [f for f, v in (("--model", args.model), ("--models", args.models), ("--upstream", args.upstream)) if v]
@@ -257,7 +258,7 @@ def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
                 cores[spec.name] = _core(args, policies)
                 continue
             if audit is None:
-                audit = AuditLog(args.audit, args.audit_key_file)
+                audit = open_audit(args.audit, args.audit_key_file)
             cores[spec.name] = UpstreamCore(spec, audit)
     except (AuditError, ModelsError) as e:
         raise UserError(str(e), code=2 if isinstance(e, ModelsError) else 1) from None
@@ -478,10 +479,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ingate.audit import AuditError, AuditLog, describe
+    from ingate.audit import AuditError, describe, open_audit
 
     try:
-        log = AuditLog(args.audit, getattr(args, "audit_key_file", None), write=args.audit_cmd == "find")
+        log = open_audit(args.audit, getattr(args, "audit_key_file", None), write=args.audit_cmd == "find")
     except AuditError as e:
         raise UserError(str(e)) from None
     if args.audit_cmd == "scrub":

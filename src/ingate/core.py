@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ingate.audit import AuditLog
+from ingate.audit import open_audit
 from ingate.engines.base import ContextFull, EngineCrashed, EngineError, exit_reason
 from ingate.gate.decision import Action, Decision
 from ingate.loop import GenerationFailed, GenerationParams, Result
@@ -167,7 +167,7 @@ class EngineCore:
         thread_setting()  # a bad INGATE_THREADS is reported here, not by a dying child
         self.model = str(resolve_model_path(model))
         # writes what a dead core could not; opened (and its key made) before the core opens it too
-        self.audit = AuditLog(audit, audit_key_file) if use_audit else None
+        self.audit = open_audit(audit, audit_key_file) if use_audit else None
         self._key_file = str(audit_key_file) if audit_key_file is not None else None
         self.policies = list(policies)
         choice = layout.choose(Path(self.model))  # probed in a child of its own, cached

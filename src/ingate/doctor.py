@@ -141,12 +141,12 @@ def _cache_check(facts: dict) -> Check:
 
 
 def _audit_check(audit: str | None, key_file: str | None, facts: dict) -> Check:
-    from ingate.audit import AuditError, AuditLog, default_audit_path
+    from ingate.audit import AuditError, default_audit_path, open_audit
 
-    path = Path(audit) if audit else default_audit_path()
-    facts["audit"] = {"path": str(path)}
+    path = audit or default_audit_path()  # a file, or a postgresql:// URL (kept whole: Path would fold its //)
+    facts["audit"] = {"path": str(path).split("@")[-1] if "://" in str(path) else str(path)}
     try:
-        log = AuditLog(path, key_file)
+        log = open_audit(path, key_file)
     except AuditError as e:
         return Check("audit", False, str(e), "pass --audit PATH (a writable file) and --audit-key-file FILE "
                                              "(mode 600), or set INGATE_AUDIT and INGATE_AUDIT_KEY")

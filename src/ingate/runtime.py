@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingate.audit import AuditLog
+from ingate.audit import AuditLog, open_audit
 from ingate.engines import Engine, EngineError, load_engine
 from ingate.gate.compile import CompiledPolicy, compile_policy
 from ingate.gate.decision import Action, Decision
@@ -35,7 +35,7 @@ class Runtime:
         """Everything in this process. `layout`: a weight layout already chosen (the engine core
         process gets it from its parent); None chooses one (INGATE_LLAMA_REPACK, the probe).
         `audit_key_file`: the audit's HMAC key (ingate.audit.load_key says where it is looked for)."""
-        audit_log = AuditLog(audit, audit_key_file) if use_audit else None  # a bad audit fails before the model loads
+        audit_log = open_audit(audit, audit_key_file) if use_audit else None  # a bad audit fails before the model loads
         engine = load_engine(model, layout=layout)
         return cls(engine, TokenTable(engine.token_bytes()), audit_log)
 
