@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sessions", default=None, metavar="URL",
                    help="where sessions live: 'memory' (this process, the default) or redis://HOST:PORT/DB, shared by "
                         "every replica that names it (also $INGATE_SESSIONS)")
+    s.add_argument("--drain-seconds", type=_positive_int, default=30,
+                   help="on SIGTERM: stop accepting, let streams in flight finish this long, then cancel them "
+                        "(each audited)")
     s.add_argument("--sessions-prefix", default="ingate",
                    help="the Redis key prefix: one per deployment sharing a Redis (default: ingate)")
     s.add_argument("--governance-detail", choices=("minimal", "full"), default="minimal",
@@ -459,6 +462,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             code=2)
     sessions = _sessions(args)
     cores = _cores(args, list(policies.values()))
+    import threading
+
     import uvicorn
 
     from ingate.server import ServerConfig, create_app
@@ -466,7 +471,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(cores, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
                                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                                         session_ttl=args.session_ttl, governance_detail=args.governance_detail,
-                                        sessions=sessions))
+                                        sessions=sessions, drain_seconds=args.drain_seconds))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
     first = next(iter(cores))
@@ -474,7 +479,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
           f"    -d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", "
           f"\"content\": \"Hello\"}}]}}'", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # On SIGTERM (or Ctrl-C): /readyz turns 503 and new requests get 503 at once; streams in flight
+    # have --drain-seconds to finish, then are cancelled (an error event each, audited); uvicorn's
+    # own cut, a few seconds later, is only the backstop.
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=args.drain_seconds + 5))
+    handle_exit = server.handle_exit
+
+    def draining(sig, frame) -> None:
+        if not app.state.server.draining:
+            app.state.server.draining = True
+            threading.Timer(args.drain_seconds, app.state.server.drain).start()
+        handle_exit(sig, frame)
+
+    server.handle_exit = draining  # type: ignore[method-assign]
+    server.run()
     return 0
 
 

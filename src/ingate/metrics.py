@@ -27,6 +27,8 @@ class Metrics:
         self.engine_restarts = Counter("ingate_engine_restarts", "Engine processes restarted after a crash",
                                        registry=r)
         self.engine_up = Gauge("ingate_engine_up", "1 while the engine process is running", registry=r)
+        self.replica = Gauge("ingate_replica_info", "This replica's id (INGATE_REPLICA, else the host name)",
+                             ["replica"], registry=r)
         self.session_store_errors = Counter("ingate_session_store_errors", "Session store calls that failed",
                                             ["op"], registry=r)
         self.upstream_requests = Counter("ingate_upstream_requests", "Client requests served by an upstream",

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ingate import report
 from ingate.api.openai import DONE, ApiError, Reply, generation_error
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
+from ingate.audit_pg import replica_id
 from ingate.gate.decision import Action, Decision
 from ingate.loop import Result
 from ingate.metrics import Metrics
@@ -33,7 +34,7 @@ from ingate.refusal import DEFAULT_REFUSAL, Refusal, escalation, refuse
 from ingate.session import BUSY, ESCALATED, MemorySessionStore, SessionStore, StoreError
 from ingate.upstream.config import LOGPROBS
 from ingate.upstream.core import UpstreamCore
-from ingate.worker import Job, QueueFull, Worker
+from ingate.worker import Draining, Job, QueueFull, Worker
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class ServerConfig:
     max_body_bytes: int = 1_000_000
     session_ttl: float = 3600.0
     sessions: SessionStore | None = None  # None: in this process's memory (MemorySessionStore)
+    drain_seconds: float = 30.0  # on SIGTERM: how long streams in flight may take to finish
+    replica: str = field(default_factory=replica_id)  # names this replica in /metrics and the audit
 
 
 log = logging.getLogger("ingate.server")
@@ -73,8 +76,12 @@ def create_app(cores, config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
+        server.draining = True
+        # uvicorn has waited up to drain_seconds for the streams, then cancelled the rest: each
+        # generation still running stops within a token (audited as cancelled) before its core closes
         for b in server.backends.values():
-            b.worker.close()
+            if not await asyncio.to_thread(b.worker.drain, 10.0):
+                log.error("model %s: a generation did not stop within 10 s of shutdown; closing its core", b.name)
             b.core.close()  # stop the engine process with the server
 
     app = FastAPI(title="ingate", version="0.1.0", lifespan=lifespan)
@@ -114,13 +121,24 @@ class _Server:
         if not cores:
             raise ValueError("at least one model is needed")
         self.config = config
+        self.draining = False  # set on SIGTERM: /readyz answers 503 and new requests are turned away
         self.metrics = Metrics()
+        self.metrics.replica.labels(config.replica).set(1)
         self.sessions: SessionStore = config.sessions or MemorySessionStore(config.session_ttl)
         self.backends = {name: Backend(name, core, Worker(core, config.max_queue, self.metrics, self.sessions,
                                                           threads=_concurrency(core)))
                          for name, core in cores.items()}
         first = next(iter(self.backends.values()))
         self.core, self.worker, self.model_id = first.core, first.worker, first.name  # the default model
+
+    def drain(self) -> None:
+        """The drain time is over: cancel every generation still running or queued. Each stops within
+        a token, is audited as cancelled, and its client gets an error event (`shutting_down`)."""
+        for b in self.backends.values():
+            for job in list(b.worker.running):
+                job.cancel.set()
+        for b in self.backends.values():
+            b.worker.drain(0.0)
 
     def backend(self, model: str | None) -> Backend:
         """The model a request names. With one model served, any name routes to it (as a llama.cpp
@@ -134,6 +152,9 @@ class _Server:
 
     async def serve(self, request: Request, req: GenerationRequest, grant: Grant):
         """Queue (or refuse) one generation; answer as a whole body or as a stream."""
+        if self.draining:
+            raise ApiError(503, "this replica is shutting down; retry on another", code="shutting_down",
+                           type_="server_error", headers={"Retry-After": "1"})
         b = self.backend(req.model)
         prompt = req.engine_input()
         policy = _choose_policy(request, req, self.config, grant.policies)
@@ -149,10 +170,13 @@ class _Server:
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(job, reply, usage, governance), media_type="text/event-stream",
+            return StreamingResponse(_stream(job, reply, usage, governance, self), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
         res = await _collect(request, job, parts)
+        if res.finish_reason == "cancelled" and self.draining:  # nothing was sent: the client retries elsewhere
+            raise ApiError(503, "this replica shut down during the request; retry on another", code="shutting_down",
+                           type_="server_error", headers={"Retry-After": "1"})
         return reply.body(res, "".join(parts), governance(res))
 
     async def _start(self, b: Backend, job: Job) -> None:
@@ -236,6 +260,20 @@ async def healthz(request: Request) -> JSONResponse:
             "queue": sum(b.worker.depth for b in s.backends.values()), "engine": health[s.model_id],
             "models": health, "sessions": await asyncio.to_thread(s.sessions.health)}
     return JSONResponse(body, status_code=200 if up else 503)
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness, apart from liveness (/healthz): 503 while this replica should get no new requests:
+    shutting down, a local engine restarting, or a session store that does not answer."""
+    s = _server(request)
+    sessions = await asyncio.to_thread(s.sessions.health)
+    checks = {"accepting": not s.draining,
+              "engines": all(b.health().get("alive", True) for b in s.backends.values()),
+              "sessions": bool(sessions.get("ok"))}
+    ready = all(checks.values())
+    return JSONResponse({"ready": ready, "replica": s.config.replica, "checks": checks},
+                        status_code=200 if ready else 503)
 
 
 @router.get("/metrics")
@@ -336,7 +374,7 @@ async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
             raise generation_error(val, job.request_id)
 
 
-async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Result], dict]):
+async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Result], dict], server: _Server):
     done = False
     try:
         first = reply.first_chunk()
@@ -346,6 +384,11 @@ async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Res
             kind, val = await job.events.get()
             if kind == "text":
                 yield reply.chunk(val)
+            elif kind == "done" and val.finish_reason == "cancelled" and server.draining:
+                yield reply.error_chunk(generation_error(Draining("this replica shut down mid-stream; what was "
+                                                                  "sent is governed; retry on another"),
+                                                         job.request_id))
+                break
             elif kind == "done":
                 yield reply.final_chunk(val, governance(val))
                 if usage:

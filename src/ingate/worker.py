@@ -35,6 +35,10 @@ class QueueFull(Exception):
     """Every slot is taken: the caller should answer 429 with Retry-After."""
 
 
+class Draining(Exception):
+    """The replica is shutting down: the caller should retry on another (503 with Retry-After)."""
+
+
 @dataclass(eq=False)
 class Job:
     messages: list[dict[str, str]] | str
@@ -80,6 +84,26 @@ class Worker:
             self._jobs.put_nowait(job)
         except queue.Full:
             raise QueueFull from None
+
+    def drain(self, timeout: float) -> bool:
+        """Shutting down: cancel every queued and running job (each ends within a token, audited as
+        cancelled), then wait up to `timeout` seconds for the threads. True when they stopped."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                job = self._jobs.get_nowait()
+                if job is not None:
+                    job.cancel.set()
+                    self.end_session(job, [], 0.0)
+                    job._put(("error", Draining("this replica is shutting down; retry on another")))
+        for job in list(self.running):
+            job.cancel.set()
+        if timeout <= 0:
+            return not self.running
+        self.close()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     def close(self) -> None:
         """Stop the worker thread once the jobs queued before this are done."""

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from ingate.engines import ContextFull, EngineCrashed
 from ingate.loop import Result
 from ingate.upstream.client import UpstreamError
+from ingate.worker import Draining
 
 log = logging.getLogger("ingate.server")
 DONE = "data: [DONE]\n\n"
@@ -44,6 +45,8 @@ def generation_error(err: BaseException, request_id: str) -> ApiError:
         return ApiError(503, str(err), code="engine_crashed", type_="server_error", headers={"Retry-After": "1"})
     if isinstance(err, ContextFull):
         return ApiError(400, str(err), code="context_length_exceeded")
+    if isinstance(err, Draining):
+        return ApiError(503, str(err), code="shutting_down", type_="server_error", headers={"Retry-After": "1"})
     if isinstance(err, UpstreamError):  # what the upstream did, said plainly; its Retry-After passed on
         headers = {"Retry-After": f"{err.retry_after:g}"} if err.retry_after is not None else None
         return ApiError(err.status, str(err), code=err.code, type_=err.type_, headers=headers)
