@@ -71,6 +71,7 @@ bench: install-test
 	$(BIN)/python bench/upstream_entropy.py
 	$(BIN)/python bench/upstream.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/replicas.py
 
 # Does per-token entropy tell wrong answers from right ones? Capitals from the PyPI package countryinfo.
 eval-entropy: install-test

@@ -63,6 +63,7 @@ def test_a_session_is_admitted_until_its_violations_and_requests_in_flight_reach
     assert store.begin("alice", "r4", 2).verdict == ESCALATED
     assert store.begin("bob", "r5", 2).verdict == OK  # another session is untouched
     assert store.begin("carol", "r6", None).verdict == OK  # no escalation: never refused
+    assert store.get("alice").by_rule == {"pii": 3} and store.get("nobody") is None
 
 
 def test_an_end_counts_once_however_often_it_is_retried(store):
@@ -254,3 +255,35 @@ def test_a_policy_that_needs_the_store_refuses_while_it_is_down_and_serves_when_
     with sqlite3.connect(runtime.audit.path) as con:
         details = [d for (d,) in con.execute("SELECT detail FROM decisions WHERE rule_id='session'")]
     assert any("session store unavailable" in d and "on_store_error: refuse" in d for d in details)
+
+
+@pytest.mark.slow
+def test_a_session_entropy_budget_spent_on_one_replica_holds_on_the_other(tmp_path):
+    from test_server import Server, client
+
+    (tmp_path / "budget.yaml").write_text(
+        "version: 1\nname: budget\nrules:\n  - id: unsure\n    entropy: {session_budget: 2.0, baseline: 0.0}\n"
+        "    action: stop\n    message: \"(budget spent)\"\n")
+    prefix = f"ingate-test-{uuid.uuid4().hex[:8]}"
+    flags = ("--policy", str(tmp_path / "budget.yaml"), "--sessions", REDIS, "--sessions-prefix", prefix)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Server(tmp_path / "a", *flags), None
+    try:
+        b = Server(tmp_path / "b", *flags)
+
+        def ask(server):
+            return client(server).chat.completions.create(
+                model="any", messages=[{"role": "user", "content": "Tell me a story about a lighthouse."}],
+                temperature=0.8, seed=1, max_tokens=64, extra_headers={"X-Session-Id": "spender"})
+
+        first = ask(a)
+        spent = first.model_extra["governance"]["session"]["entropy_spent"]
+        assert spent >= 2.0 and first.usage.completion_tokens > 0  # the budget was spent on replica a
+        second = ask(b)
+        assert second.usage.completion_tokens == 0 and second.choices[0].finish_reason == "content_filter"
+        assert second.choices[0].message.content == "(budget spent)"
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()

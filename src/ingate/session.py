@@ -42,6 +42,7 @@ class SessionState:
     last_seen: float = 0.0
     entropy_spent: float = 0.0  # excess entropy (nats) of the session's responses, for session budgets
     in_flight: int = 0  # requests admitted and not ended (when read by `begin`: before this one)
+    by_rule: dict[str, int] = field(default_factory=dict)  # violations per rule id
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,14 @@ class Ticket:
 
 def violations_in(decisions: list[Decision]) -> int:
     return sum(d.action in VIOLATIONS for d in decisions)
+
+
+def by_rule(decisions: list[Decision]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in decisions:
+        if d.action in VIOLATIONS:
+            out[d.rule_id] = out.get(d.rule_id, 0) + 1
+    return out
 
 
 class SessionStore(Protocol):
@@ -118,6 +127,8 @@ class MemorySessionStore:
                     e.ended = dict.fromkeys(list(e.ended)[-512:])
                 e.state.violations += violations_in(decisions)
                 e.state.entropy_spent += entropy
+                for rule, n in by_rule(decisions).items():
+                    e.state.by_rule[rule] = e.state.by_rule.get(rule, 0) + n
             e.state.last_seen = now
             if len(self._s) > 100_000:  # bound memory: drop what has expired
                 self._s = {k: v for k, v in self._s.items() if now - v.state.last_seen <= self.ttl}
@@ -136,4 +147,4 @@ class MemorySessionStore:
     @staticmethod
     def _read(e: _Entry) -> SessionState:
         s = e.state
-        return SessionState(s.violations, s.last_seen, s.entropy_spent, len(e.in_flight))
+        return SessionState(s.violations, s.last_seen, s.entropy_spent, len(e.in_flight), dict(s.by_rule))

@@ -1,15 +1,17 @@
 """Sessions in Redis: one governance state for every replica that shares the Redis.
 
-Each session is a hash (`v` violations, `e` entropy spent) and a sorted set of the requests in
-flight (scored by when their reservation expires), under `<prefix>:s:<sha256 of the id>`: the
-session id a client sends is not written to Redis. `begin` and `end` are Lua scripts, so each is
-one atomic step however many replicas call it (ingate.session says what they decide). `end`
-counts a request once: a retry after a lost reply finds its marker and adds nothing. Keys expire
-`ttl` seconds after the session's last request, by Redis's own TTL.
+Each session is a hash (`v` violations, `e` entropy spent, `r:<rule id>` violations by rule) and
+a sorted set of the requests in flight (scored by when their reservation expires), under
+`<prefix>:s:<sha256 of the id>`: the session id a client sends is not written to Redis. `begin`
+and `end` are Lua scripts, so each is one atomic step however many replicas call it
+(ingate.session says what they decide). `end` counts a request once: a retry after a lost reply
+finds its marker and adds nothing. Keys expire `ttl` seconds after the session's last request,
+by Redis's own TTL.
 
 Every Redis failure (refused, timed out, a script error) is a `StoreError`. redis-py reconnects
 on the next call; the server retries an `end` with backoff (ingate.worker), so a Redis that comes
-back loses no violation it kept.
+back loses no violation it kept. The client is synchronous: the server calls it off its event
+loop (asyncio.to_thread), and the worker threads call it directly.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import time
 
 from ingate.gate.decision import Decision
-from ingate.session import RESERVATION_S, SessionState, StoreError, Ticket, admit, violations_in
+from ingate.session import RESERVATION_S, SessionState, StoreError, Ticket, admit, by_rule, violations_in
 
 # KEYS: hash, in-flight zset. ARGV: now, request id, reservation expiry, escalate_after (-1: none), ttl
 BEGIN = """
@@ -34,12 +36,14 @@ if esc < 0 or v + n < esc then
 end
 return {v, n, e}
 """
-# KEYS: hash, in-flight zset, the request's ended marker. ARGV: request id, violations, entropy, ttl
+# KEYS: hash, in-flight zset, the request's ended marker. ARGV: request id, violations, entropy, ttl,
+# then (rule id, violations) pairs
 END = """
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then
   redis.call('HINCRBY', KEYS[1], 'v', ARGV[2])
   redis.call('HINCRBYFLOAT', KEYS[1], 'e', ARGV[3])
+  for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[i], ARGV[i + 1]) end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {redis.call('HGET', KEYS[1], 'v') or '0', redis.call('HGET', KEYS[1], 'e') or '0', redis.call('ZCARD', KEYS[2])}
@@ -70,14 +74,16 @@ class RedisSessionStore:
         h, z = self._keys(session)
         try:
             with self.r.pipeline() as p:
-                p.hmget(h, "v", "e")
+                p.hgetall(h)
                 p.zcount(z, time.time(), "+inf")
-                (v, e), n = p.execute()
+                fields, n = p.execute()
         except self._errors as err:
             raise StoreError(f"session store {self._where()}: {type(err).__name__}: {err}") from None
-        if v is None and e is None and not n:
+        if not fields and not n:
             return None
-        return SessionState(int(v or 0), 0.0, float(e or 0.0), int(n))
+        f = {k.decode(): v.decode() for k, v in fields.items()}
+        rules = {k[2:]: int(v) for k, v in f.items() if k.startswith("r:")}
+        return SessionState(int(f.get("v", 0)), 0.0, float(f.get("e", 0.0)), int(n), rules)
 
     def begin(self, session: str, request_id: str, escalate_after: int | None) -> Ticket:
         now = time.time()
@@ -92,8 +98,9 @@ class RedisSessionStore:
     def end(self, session: str, request_id: str, decisions: list[Decision], entropy: float = 0.0) -> SessionState:
         h, z = self._keys(session)
         try:
+            pairs = [x for rule, k in by_rule(decisions).items() for x in (rule, k)]
             v, e, n = self._end(keys=[h, z, f"{h}:ended:{request_id}"],
-                                args=[request_id, violations_in(decisions), repr(float(entropy)), self.ttl])
+                                args=[request_id, violations_in(decisions), repr(float(entropy)), self.ttl, *pairs])
         except self._errors as err:
             raise StoreError(f"session store {self._where()}: {type(err).__name__}: {err}") from None
         return SessionState(int(v), time.time(), float(e), int(n))
