@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from ingate.audit import AuditError, AuditLog, load_key
+from ingate.audit import SCHEMA_VERSION, AuditError, AuditLog, load_key
 from ingate.gate.decision import Decision
 from ingate.loop import Result
 from ingate.policy import NONE_POLICY
@@ -128,7 +128,7 @@ def test_an_audit_of_the_earlier_version_is_migrated_and_its_plain_digests_are_m
     again = AuditLog(path)  # opening a migrated audit again changes nothing
     assert len(again.tail(10)) == 3
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_readers_need_no_key(tmp_path):
@@ -178,3 +178,21 @@ def test_the_report_drops_semantic_scores_unless_full():
                  semantic={"groups": 2, "rejected": 1, "max_score": {"explosives": 0.44}})
     assert "max_score" not in governance(NONE_POLICY, res, "minimal")["semantic"]
     assert governance(NONE_POLICY, res, "full")["semantic"]["max_score"] == {"explosives": 0.44}
+
+
+def test_a_version_1_audit_gains_the_replica_column_and_new_rows_name_their_replica(tmp_path, monkeypatch):
+    path = tmp_path / "v1.sqlite3"
+    with sqlite3.connect(path) as con:  # the version 1 schema, as written before replica ids
+        import ingate.audit as audit_mod
+
+        con.executescript(audit_mod.SCHEMA)
+        con.execute("INSERT INTO decisions (ts, request_id, policy, rule_id, action, token_index, byte_offset,"
+                    " matched_digest, digest_kind, matched_text, detail)"
+                    " VALUES (0, 'old', 'p', 'r', 'redact', 0, 0, '', 'none', NULL, 'd')")
+        con.execute("PRAGMA user_version = 1")
+    monkeypatch.setenv("INGATE_REPLICA", "replica-x")
+    log = AuditLog(path)
+    log.record("new", "p", [Decision("r", "redact", 0, 0, b"", "d")])
+    assert [(r["request_id"], r["replica"]) for r in log.tail(5)] == [("old", ""), ("new", "replica-x")]
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import socket
 import sqlite3
 import stat
 import threading
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from ingate.gate.decision import Decision
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every row names the replica that wrote it (rows of version 1 have '')
 DECISIONS = """
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,6 +71,11 @@ UNKEYED = "sha256-unkeyed"
 NOTHING = "none"  # the decision matched no text (a cancel, an error, a budget)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MIN_KEY_BYTES = 16
+
+
+def replica_id() -> str:
+    """What names this replica in the audit and /metrics: $INGATE_REPLICA, else the host name."""
+    return os.environ.get("INGATE_REPLICA") or socket.gethostname()
 
 
 def default_audit_path() -> Path:
@@ -166,6 +172,7 @@ class AuditLog:
             raise AuditError(f"cannot open audit log {str(self.path)!r}: {e}; pass --audit PATH to a "
                              "writable file") from None
         self.key = load_key(self.path, key_file) if write else None
+        self.replica = replica_id()
         self._lock = threading.Lock()
 
     def _migrate(self) -> None:
@@ -191,6 +198,9 @@ class AuditLog:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
+            for table in ("decisions", "requests"):
+                if "replica" not in [r[1] for r in db.execute(f"PRAGMA table_info({table})")]:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN replica TEXT NOT NULL DEFAULT ''")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -213,13 +223,14 @@ class AuditLog:
         for d in decisions:
             digest, kind = self.digest(d.matched)
             rows.append((now, request_id, policy, d.rule_id, d.action, d.token_index, d.byte_offset, digest, kind,
-                         d.matched.decode("utf-8", errors="replace") if store_text else None, d.detail))
+                         d.matched.decode("utf-8", errors="replace") if store_text else None, d.detail, self.replica))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
                     "INSERT INTO decisions (ts, request_id, policy, rule_id, action, token_index, byte_offset,"
-                    " matched_digest, digest_kind, matched_text, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                    " matched_digest, digest_kind, matched_text, detail, replica) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -230,11 +241,11 @@ class AuditLog:
         st = result.stats()
         row = (time.time(), request_id, session, policy, result.prompt_tokens, result.completion_tokens,
                result.finish_reason, len(result.decisions), result.rollbacks, round(result.elapsed_s * 1000, 2),
-               st["ttft_ms"], st["gate_us_p50"])
+               st["ttft_ms"], st["gate_us_p50"], self.replica)
         with self._lock:
             self._db.execute("INSERT INTO requests (ts, request_id, session, policy, prompt_tokens, completion_tokens,"
-                             " finish_reason, decisions, rollbacks, elapsed_ms, ttft_ms, gate_us_p50)"
-                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                             " finish_reason, decisions, rollbacks, elapsed_ms, ttft_ms, gate_us_p50, replica)"
+                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
 
     def find(self, text: str) -> list[dict]:
         """Decisions whose matched text was `text`, by its keyed digest: how an operator asks

@@ -14,11 +14,10 @@ key file "beside the database": give --audit-key-file, $INGATE_AUDIT_KEY or $ING
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 
-from ingate.audit import AuditError, AuditLog, load_key
+from ingate.audit import AuditError, AuditLog, load_key, replica_id
 from ingate.gate.decision import Decision
 
 PG_SCHEMA_VERSION = 1
@@ -64,10 +63,6 @@ CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts)
 
 def is_postgres(path: object) -> bool:
     return str(path).startswith(("postgresql://", "postgres://"))
-
-
-def replica_id() -> str:
-    return os.environ.get("INGATE_REPLICA") or socket.gethostname()
 
 
 class PgAuditLog(AuditLog):

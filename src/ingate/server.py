@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ingate import report
 from ingate.api.openai import DONE, ApiError, Reply, generation_error
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
-from ingate.audit_pg import replica_id
+from ingate.audit import replica_id
 from ingate.gate.decision import Action, Decision
 from ingate.loop import Result
 from ingate.metrics import Metrics
