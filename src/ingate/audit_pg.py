@@ -14,7 +14,6 @@ key file "beside the database": give --audit-key-file, $INGATE_AUDIT_KEY or $ING
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 from ingate.audit import AuditError, AuditLog, load_key, replica_id
@@ -87,7 +86,6 @@ class PgAuditLog(AuditLog):
             self._migrate()
         except Exception as e:  # psycopg's and the pool's errors: one line that says what to fix
             raise AuditError(f"cannot open the PostgreSQL audit {_safe(url)}: {type(e).__name__}: {e}") from None
-        self._lock = threading.Lock()  # unused by PostgreSQL: the pool serializes nothing
 
     def _migrate(self) -> None:
         with self._pool.connection() as con, con.transaction():

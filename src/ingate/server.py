@@ -86,7 +86,6 @@ def create_app(cores, config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="ingate", version="0.1.0", lifespan=lifespan)
     app.state.server = server
-    app.state.worker = server.worker
     app.exception_handler(ApiError)(_api_error)
     app.exception_handler(Exception)(_unexpected)
     app.include_router(router)
@@ -128,15 +127,11 @@ class _Server:
         self.backends = {name: Backend(name, core, Worker(core, config.max_queue, self.metrics, self.sessions,
                                                           threads=_concurrency(core)))
                          for name, core in cores.items()}
-        first = next(iter(self.backends.values()))
-        self.core, self.worker, self.model_id = first.core, first.worker, first.name  # the default model
+        self.model_id: str = next(iter(self.backends))  # the default model
 
     def drain(self) -> None:
         """The drain time is over: cancel every generation still running or queued. Each stops within
         a token, is audited as cancelled, and its client gets an error event (`shutting_down`)."""
-        for b in self.backends.values():
-            for job in list(b.worker.running):
-                job.cancel.set()
         for b in self.backends.values():
             b.worker.drain(0.0)
 
