@@ -29,30 +29,16 @@ import httpx
 import psycopg
 import redis
 
-from server import INGATE, free_port, pct
+from server import pct
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from upstreams import ingate_serve  # noqa: E402  (the tests' way to start a replica and wait for it)
+
 PII = "Repeat exactly this line: Contact John at john.smith@example.com or 415-555-0132."
 PARIS = "Write a short paragraph about Paris and its famous tower."
 PG = os.environ.get("INGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("INGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def start(flags: list[str], env: dict) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([INGATE, "serve", "--port", str(port), "--max-queue", "64", *flags], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError("ingate serve exited")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("ingate serve was not ready")
 
 
 def round_(urls: list[str], streams: int, tokens: int, tag: str) -> dict:
@@ -96,7 +82,8 @@ def main() -> int:
                       "Redis + PostgreSQL": [["--sessions", REDIS, "--sessions-prefix", prefix, "--audit", pg_url]] * 2}
             for r in range(args.rounds):
                 for name, flags in setups.items():
-                    started = [start(f, env | {"INGATE_REPLICA": f"r{i}"}) for i, f in enumerate(flags)]
+                    started = [ingate_serve("--max-queue", "64", *f, env=env | {"INGATE_REPLICA": f"r{i}"})
+                               for i, f in enumerate(flags)]
                     procs = [p for p, _ in started]
                     res = round_([u for _, u in started], args.streams, args.tokens, f"{r}-{name[:5]}")
                     results[name].append(res)

@@ -109,14 +109,9 @@ def test_audit_tail_and_export_read_the_postgres_audit(pg_url, key):
 @pytest.mark.slow
 def test_sigkill_mid_stream_loses_no_decision_whose_text_was_released(pg_url, key, tmp_path, phone_run):
     """A replica killed in the middle of a stream: every redaction the client saw is in the table."""
-    from upstreams import free_port
+    from upstreams import ingate_serve
 
-    port = free_port()
-    env = dict(os.environ, INGATE_AUDIT=pg_url)
-    proc = subprocess.Popen([INGATE, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    _wait(url, proc)
+    proc, url = ingate_serve(env=dict(os.environ, INGATE_AUDIT=pg_url), ready="/healthz")
     body = {"model": "m", "messages": [{"role": "user", "content": PII_PROMPT}], "stream": True,
             **api_sampling(phone_run[0]), "max_tokens": 256}
     seen, rid = "", None
@@ -135,18 +130,3 @@ def test_sigkill_mid_stream_loses_no_decision_whose_text_was_released(pg_url, ke
     with psycopg.connect(pg_url) as con:
         rows = con.execute("SELECT action, replica FROM decisions WHERE request_id LIKE %s", (rid + "%",)).fetchall()
     assert ("redact", "replica-a") in rows
-
-
-def _wait(url: str, proc: subprocess.Popen) -> None:
-    import time
-
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"ingate serve exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("ingate serve did not start in 60 s")

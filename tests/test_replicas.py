@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +18,13 @@ import pytest
 import redis as redis_py
 from fastapi.testclient import TestClient
 
-from conftest import INGATE, PARIS_PROMPT, PII_PROMPT, api_sampling
+from conftest import PARIS_PROMPT, PII_PROMPT, api_sampling
 from ingate.server import ServerConfig, create_app
 from ingate.session_redis import RedisSessionStore
 from test_audit_pg import PG
 from test_leaks import _Borrowed
 from test_sessions import REDIS
-from upstreams import free_port
+from upstreams import free_port, ingate_serve
 
 
 def test_readiness_is_not_liveness(runtime):
@@ -45,27 +44,10 @@ def test_readiness_is_not_liveness(runtime):
         assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
 
 
-def _serve(tmp, *flags, env=None):
-    port = free_port()
-    proc = subprocess.Popen([INGATE, "serve", "--port", str(port), *flags], env=env or os.environ,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"ingate serve exited: {proc.stderr.read()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("ingate serve was not ready in 60 s")
-
-
 @pytest.mark.slow
 def test_sigterm_drains_the_streams_in_flight_and_audits_each(tmp_path):
     audit = tmp_path / "audit.sqlite3"
-    proc, url = _serve(tmp_path, "--drain-seconds", "1", "--audit", str(audit))
+    proc, url = ingate_serve("--drain-seconds", "1", "--audit", str(audit))
     body = {"model": "m", "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
             "stream": True, "max_tokens": 1500, "temperature": 0.8, "seed": 1}
     events, t_term = [], None
@@ -104,7 +86,7 @@ def test_two_replicas_under_load_lose_nothing_and_mix_no_sessions(tmp_path, phon
     procs = []
     try:
         for name in ("a", "b"):
-            procs.append(_serve(tmp_path, *flags, env=env | {"INGATE_REPLICA": name}))
+            procs.append(ingate_serve(*flags, env=env | {"INGATE_REPLICA": name}))
 
         def one(i):
             pii = i % 2 == 0  # half the sessions are asked for the phone number (a redaction each)

@@ -154,19 +154,33 @@ rules:
 """
 
 
-@pytest.mark.slow
-def test_violations_on_one_replica_count_on_the_other(tmp_path, phone_run):
-    from test_server import Server, client
+@contextlib.contextmanager
+def two_replicas(tmp_path, policy_yaml: str):
+    """Two real `ingate serve` replicas with `policy_yaml`, sharing one Redis under a fresh prefix:
+    (a, b, prefix)."""
+    from test_server import Server
 
-    (tmp_path / "strict.yaml").write_text(STRICT)
+    (tmp_path / "policy.yaml").write_text(policy_yaml)
     prefix = f"ingate-test-{uuid.uuid4().hex[:8]}"
-    flags = ("--policy", str(tmp_path / "strict.yaml"), "--sessions", REDIS, "--sessions-prefix", prefix)
+    flags = ("--policy", str(tmp_path / "policy.yaml"), "--sessions", REDIS, "--sessions-prefix", prefix)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a, b = Server(tmp_path / "a", *flags), None
+    a = Server(tmp_path / "a", *flags)
     try:
         b = Server(tmp_path / "b", *flags)
+        try:
+            yield a, b, prefix
+        finally:
+            b.stop()
+    finally:
+        a.stop()
 
+
+@pytest.mark.slow
+def test_violations_on_one_replica_count_on_the_other(tmp_path, phone_run):
+    from test_server import client
+
+    with two_replicas(tmp_path, STRICT) as (a, b, _):
         def ask(server, sid):
             return client(server).chat.completions.create(
                 model="any", messages=[{"role": "user", "content": PII_PROMPT}], **api_sampling(phone_run[0]),
@@ -180,10 +194,6 @@ def test_violations_on_one_replica_count_on_the_other(tmp_path, phone_run):
             assert third.choices[0].message.content == "No more." and third.choices[0].finish_reason == "content_filter"
         assert "[PHONE]" in ask(a, "bob").choices[0].message.content
         assert a.decisions("refuse") == 1 and b.decisions("refuse") == 1  # each audits its own refusal
-    finally:
-        a.stop()
-        if b is not None:
-            b.stop()
 
 
 @pytest.mark.slow
@@ -193,34 +203,18 @@ def test_a_race_over_two_replicas_serves_at_most_the_limit(tmp_path, phone_run):
     violations, refused; the session never ends with more than 3 requests' violations."""
     import httpx
 
-    from test_server import Server
+    with two_replicas(tmp_path, STRICT.replace("escalate_after: 2", "escalate_after: 3")) as (a, b, prefix):
+        body = {"model": "any", "messages": [{"role": "user", "content": PII_PROMPT}], **api_sampling(phone_run[0])}
+        barrier = threading.Barrier(20)
 
-    pol = STRICT.replace("escalate_after: 2", "escalate_after: 3")
-    (tmp_path / "strict.yaml").write_text(pol)
-    prefix = f"ingate-test-{uuid.uuid4().hex[:8]}"
-    flags = ("--policy", str(tmp_path / "strict.yaml"), "--sessions", REDIS, "--sessions-prefix", prefix)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = Server(tmp_path / "a", *flags)
-    try:
-        b = Server(tmp_path / "b", *flags)
-        try:
-            body = {"model": "any", "messages": [{"role": "user", "content": PII_PROMPT}],
-                    **api_sampling(phone_run[0])}
-            barrier = threading.Barrier(20)
+        def one(i):
+            barrier.wait()
+            r = httpx.post((a if i % 2 else b).url + "/v1/chat/completions", json=body, timeout=300,
+                           headers={"X-Session-Id": "race"})
+            return r.status_code, r.json()
 
-            def one(i):
-                barrier.wait()
-                r = httpx.post((a if i % 2 else b).url + "/v1/chat/completions", json=body, timeout=300,
-                               headers={"X-Session-Id": "race"})
-                return r.status_code, r.json()
-
-            with ThreadPoolExecutor(20) as ex:
-                out = list(ex.map(one, range(20)))
-        finally:
-            b.stop()
-    finally:
-        a.stop()
+        with ThreadPoolExecutor(20) as ex:
+            out = list(ex.map(one, range(20)))
     served = [j for c, j in out if c == 200 and j["usage"]["completion_tokens"] > 0]
     refused = [j for c, j in out if c == 200 and j["usage"]["completion_tokens"] == 0]
     busy = [j for c, j in out if c == 429]
@@ -263,19 +257,11 @@ def test_a_policy_that_needs_the_store_refuses_while_it_is_down_and_serves_when_
 
 @pytest.mark.slow
 def test_a_session_entropy_budget_spent_on_one_replica_holds_on_the_other(tmp_path):
-    from test_server import Server, client
+    from test_server import client
 
-    (tmp_path / "budget.yaml").write_text(
-        "version: 1\nname: budget\nrules:\n  - id: unsure\n    entropy: {session_budget: 2.0, baseline: 0.0}\n"
-        "    action: stop\n    message: \"(budget spent)\"\n")
-    prefix = f"ingate-test-{uuid.uuid4().hex[:8]}"
-    flags = ("--policy", str(tmp_path / "budget.yaml"), "--sessions", REDIS, "--sessions-prefix", prefix)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a, b = Server(tmp_path / "a", *flags), None
-    try:
-        b = Server(tmp_path / "b", *flags)
-
+    budget = ("version: 1\nname: budget\nrules:\n  - id: unsure\n    entropy: {session_budget: 2.0, baseline: 0.0}\n"
+              "    action: stop\n    message: \"(budget spent)\"\n")
+    with two_replicas(tmp_path, budget) as (a, b, _):
         def ask(server):
             return client(server).chat.completions.create(
                 model="any", messages=[{"role": "user", "content": "Tell me a story about a lighthouse."}],
@@ -287,7 +273,3 @@ def test_a_session_entropy_budget_spent_on_one_replica_holds_on_the_other(tmp_pa
         second = ask(b)
         assert second.usage.completion_tokens == 0 and second.choices[0].finish_reason == "content_filter"
         assert second.choices[0].message.content == "(budget spent)"
-    finally:
-        a.stop()
-        if b is not None:
-            b.stop()

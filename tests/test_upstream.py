@@ -32,19 +32,12 @@ from ingate.upstream.client import UpstreamError, UpstreamProtocolError, Upstrea
 from ingate.upstream.config import upstream
 from ingate.upstream.core import UpstreamCore
 from ingate.upstream.vocab import load_vocab
+from test_modes import NO_EIFFEL
+from test_modes import PHONE_REDACT as PHONES
 from upstreams import FaultProxy, free_port, llama_server
 
 pytestmark = pytest.mark.slow
 
-NO_EIFFEL = policy("""
-version: 1
-name: no-eiffel
-max_rollbacks: 6
-rules:
-  - id: tower
-    forbid: {phrases: [Eiffel]}
-    action: prevent
-""")
 STOP_EIFFEL = policy("""
 version: 1
 name: stop-eiffel
@@ -52,14 +45,6 @@ rules:
   - id: tower
     forbid: {phrases: [Eiffel]}
     action: stop
-""")
-PHONES = policy("""
-version: 1
-name: phones
-rules:
-  - id: pii
-    forbid: {patterns: [phone]}
-    action: redact
 """)
 PHONES_ESCALATE = policy("""
 version: 1

@@ -69,6 +69,26 @@ def llama_server(log_dir: Path, cpus: set[int] | None = None, use_given: bool = 
         log.close()
 
 
+def ingate_serve(*flags: str, env: dict | None = None, ready: str = "/readyz") -> tuple[subprocess.Popen, str]:
+    """A real `ingate serve` on a free port with `flags`, once `ready` answers 200: (process, base URL)."""
+    from conftest import INGATE
+
+    port = free_port()
+    proc = subprocess.Popen([INGATE, "serve", "--port", str(port), *flags], env=env or os.environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ingate serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + ready, timeout=1).status_code == 200:
+                return proc, url
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"ingate serve was not ready in {START_TIMEOUT_S:g} s")
+
+
 def wait_ready(url: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
