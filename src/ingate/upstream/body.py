@@ -12,6 +12,10 @@ A continuation continues the admitted text, by the strongest means the upstream 
   otherwise                a fresh chat request with the admitted text as the assistant's message
                            and an instruction to go on from there (the weakest: the model may not).
 A raw completion request is continued by appending the admitted text to its prompt.
+
+A vLLM that runs ingate's logits processor (capability `ingate_mask`) is told the request's policy
+in `vllm_xargs`, with its digest (vLLM refuses a policy of that name that differs) and, on a
+continuation, the admitted text it follows: prevention then happens before sampling, inside vLLM.
 """
 
 from __future__ import annotations
@@ -20,14 +24,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingate.core import Request
-from ingate.upstream.config import COMPLETIONS, CONTINUE_FINAL_MESSAGE, LOGIT_BIAS, MAX_LOGIT_BIAS, UpstreamModel
+from ingate.upstream.config import (
+    COMPLETIONS,
+    CONTINUE_FINAL_MESSAGE,
+    INGATE_MASK,
+    LOGIT_BIAS,
+    MAX_LOGIT_BIAS,
+    UpstreamModel,
+)
 from ingate.upstream.vocab import Vocab
+from ingate.vllm.rows import XARG_DIGEST, XARG_POLICY, XARG_PREFIX, engine_policy
 
 CHAT, COMPLETION = "/chat/completions", "/completions"
 CONTINUE_INSTRUCTION = ("Continue your previous reply exactly where it stops, mid-sentence if need be. Do not "
                         "repeat any of it and do not comment on it.")
 RETRY_TEMPERATURE = 0.7  # a greedy continuation with no logit bias would write the withdrawn text again
 TOP_LOGPROBS = 20  # OpenAI's maximum for chat; the entropy estimate's k
+PREFIX_CHARS = 1024  # of the admitted text, sent to vLLM's ingate processor to prime its automata
 
 
 @dataclass
@@ -64,6 +77,12 @@ class Bodies:
         elif attempt:
             body["temperature"] = max(s.temperature, RETRY_TEMPERATURE)
         path = self._route(body, kept)
+        if self.spec.can(INGATE_MASK) and engine_policy(self.req.policy).rules:
+            pol = self.req.policy
+            xargs = {XARG_POLICY: pol.name, XARG_DIGEST: pol.digest}
+            if kept:
+                xargs[XARG_PREFIX] = kept[-PREFIX_CHARS:]
+            body["vllm_xargs"] = xargs
         if self.logprobs:
             if path == CHAT:
                 body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}

@@ -8,7 +8,7 @@
         base_url: https://api.fireworks.ai/inference/v1
         model: accounts/fireworks/models/llama-v3p1-70b-instruct
         api_key_env: FIREWORKS_API_KEY   # the key stays in the environment, never in this file
-        capabilities: [logit_bias, logprobs]   # overrides the preset
+        capabilities: [logit_bias, logprobs]   # overrides the preset; [+ingate_mask] adds to it
         tokenizer: /models/llama3.gguf   # optional: the upstream's vocabulary, for exact logit_bias
         timeout_s: 120               # the whole request, first byte to last
         idle_timeout_s: 30           # the longest silence inside a stream
@@ -104,7 +104,11 @@ def upstream(name: str, base_url: str, model: str | None = None, kind: str = "ge
                           "(the API root, e.g. https://api.openai.com/v1)")
     if kind not in KIND_CAPABILITIES:
         raise ModelsError(f"{where}: kind {kind!r} is not one of {', '.join(KIND_CAPABILITIES)}")
-    caps = KIND_CAPABILITIES[kind] if capabilities is None else frozenset(capabilities)
+    caps = KIND_CAPABILITIES[kind]
+    if capabilities is not None:  # a list replaces the kind's preset; "+name" entries add to it
+        plain = [c for c in capabilities if not c.startswith("+")]
+        caps = (frozenset(plain) if plain or not capabilities else caps) | {c[1:] for c in capabilities
+                                                                             if c.startswith("+")}
     if unknown := sorted(caps - CAPABILITIES):
         raise ModelsError(f"{where}: unknown capability {unknown[0]!r}; known: {', '.join(sorted(CAPABILITIES))}")
     if api_key_env is not None and not os.environ.get(api_key_env):
