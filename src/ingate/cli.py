@@ -26,6 +26,7 @@ class UserError(Exception):
         self.code = code
 
 
+VLLM_CONCURRENCY = 64  # --engine vllm: streams in flight to vLLM (it batches them)
 MODEL_HELP = "the engine: llama.cpp:PATH or a path to a GGUF model (default: embedded SmolLM2-135M)"
 
 
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", default=None, metavar="FILE",
                    help="a models file (YAML): each model name -> a local GGUF or an OpenAI-compatible upstream "
                         "(README \"Upstreams\")")
+    s.add_argument("--engine", choices=["llamacpp", "vllm"], default="llamacpp",
+                   help="llamacpp: ingate's own loop (default). vllm: vLLM with ingate's logits processor, started "
+                        "by ingate behind its API; --model is then a directory of Hugging Face weights (or "
+                        "'embedded'), and flags ingate does not know (--tensor-parallel-size N, ...) go to vLLM")
+    s.add_argument("--vllm-python", default=None, metavar="PYTHON",
+                   help="--engine vllm: a Python with vLLM and ingate (default: $INGATE_VLLM_PYTHON, or this one)")
     s.add_argument("--upstream", default=None, metavar="URL",
                    help="govern this OpenAI-compatible API instead of a local model (its root, e.g. "
                         "http://127.0.0.1:8080/v1)")
@@ -107,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upstream-kind", default="generic",
                    help="openai, fireworks, vllm, llama.cpp, ollama or generic: what the upstream can take "
                         "before sampling (default: generic, hold-back only)")
+    s.add_argument("--upstream-capabilities", default=None, metavar="LIST",
+                   help="comma-separated capabilities replacing the kind's preset; '+name' adds one to it "
+                        "(e.g. +ingate_mask: the vLLM upstream runs ingate's logits processor)")
     s.add_argument("--upstream-tokenizer", default=None, metavar="GGUF",
                    help="the upstream model's vocabulary ('embedded' or a GGUF path): exact logit_bias")
     s.add_argument("--host", default="127.0.0.1")
@@ -235,6 +245,11 @@ def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
     given = [f for f, v in (("--model", args.model), ("--models", args.models), ("--upstream", args.upstream)) if v]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)} each say which models to serve; give one of them", code=2)
+    if args.engine == "vllm":
+        if args.models or args.upstream:
+            raise UserError("--engine vllm serves one vLLM model; drop --models/--upstream, or list the vLLM "
+                            "server in a models file as an upstream (capabilities: [+ingate_mask])", code=2)
+        return _vllm_core(args, policies)
     if not args.models and not args.upstream:
         core = _core(args, policies)
         return {core.name: core}
@@ -243,7 +258,9 @@ def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
             specs = load_models(args.models)
         else:
             name = args.upstream_model or _first_upstream_model(args.upstream, args.upstream_key_env)
-            specs = [upstream(name, args.upstream, name, args.upstream_kind, args.upstream_key_env,
+            caps = [c.strip() for c in args.upstream_capabilities.split(",") if c.strip()] \
+                if args.upstream_capabilities is not None else None
+            specs = [upstream(name, args.upstream, name, args.upstream_kind, args.upstream_key_env, caps,
                               tokenizer=args.upstream_tokenizer)]
     except ModelsError as e:
         raise UserError(str(e), code=2) from None
@@ -266,6 +283,33 @@ def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
     except (AuditError, ModelsError) as e:
         raise UserError(str(e), code=2 if isinstance(e, ModelsError) else 1) from None
     return cores
+
+
+def _vllm_core(args: argparse.Namespace, policies: list[Policy]) -> dict:
+    """--engine vllm: start vLLM with the plugin (stopped at exit) and govern it as an upstream."""
+    import atexit
+    from pathlib import Path
+
+    from ingate.audit import AuditError, open_audit
+    from ingate.upstream.config import upstream
+    from ingate.upstream.core import UpstreamCore
+    from ingate.vllm.launch import LaunchError, VllmServer
+
+    name = "smollm2" if args.model in (None, "embedded") else Path(args.model).name
+    srv = VllmServer(args.model, name, policies, args.engine_args, python=args.vllm_python)
+    try:
+        srv.start()
+    except LaunchError as e:
+        raise UserError(str(e)) from None
+    atexit.register(srv.stop)
+    spec = upstream(name, srv.base_url, name, "vllm", capabilities=["+ingate_mask"],
+                    tokenizer="embedded" if args.model in (None, "embedded") else None,
+                    max_concurrency=VLLM_CONCURRENCY)
+    try:
+        return {name: UpstreamCore(spec, open_audit(args.audit, args.audit_key_file))}
+    except AuditError as e:
+        srv.stop()
+        raise UserError(str(e)) from None
 
 
 def _first_upstream_model(base_url: str, key_env: str | None) -> str:
@@ -549,7 +593,11 @@ def _since(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not (args.cmd == "serve" and args.engine == "vllm"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.engine_args = extra  # serve --engine vllm: what vLLM takes
     handler = {"generate": cmd_generate, "chat": cmd_chat, "check": cmd_check, "audit": cmd_audit,
                "serve": cmd_serve, "calibrate": cmd_calibrate, "doctor": cmd_doctor}[args.cmd]
     try:
