@@ -28,13 +28,7 @@ from upstreams import ingate_serve
 pytestmark = pytest.mark.vllm
 
 NAME = "smol"
-NO_EIFFEL = """version: 1
-name: no-eiffel
-rules:
-  - id: tower
-    forbid: {phrases: [Eiffel]}   # prevent reads past case, separators and look-alikes
-    action: prevent
-"""
+NO_EIFFEL = ROOT / "examples" / "no-eiffel.yaml"  # prevent reads past case, separators and look-alikes
 NO_LOUVRE = """version: 1
 name: no-louvre
 rules:
@@ -65,9 +59,8 @@ def env():
 @pytest.fixture(scope="module")
 def policy_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("policies")
-    (d / "no-eiffel.yaml").write_text(NO_EIFFEL)
     (d / "no-louvre.yaml").write_text(NO_LOUVRE)
-    return d / "no-eiffel.yaml", d / "no-louvre.yaml"
+    return NO_EIFFEL, d / "no-louvre.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +173,7 @@ def test_ingate_in_front_of_vllm(servers, policy_files, tmp_path):
             assert out == text(chat(plugin.base_url, PARIS_PROMPT, t, s, policy="no-eiffel"))
         # a front server whose policy vLLM did not load gets vLLM's refusal, said plainly
         other = tmp_path / "other.yaml"
-        other.write_text(NO_EIFFEL.replace("name: no-eiffel", "name: not-in-vllm"))
+        other.write_text(NO_EIFFEL.read_text().replace("name: no-eiffel", "name: not-in-vllm"))
         p2, url2 = ingate_serve("--upstream", plugin.base_url, "--upstream-model", NAME, "--upstream-kind", "vllm",
                                 "--upstream-capabilities", "+ingate_mask", "--policy", str(other),
                                 "--audit", str(tmp_path / "a2.sqlite3"))
