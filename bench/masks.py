@@ -36,6 +36,7 @@ from ingate.gate.gate import Gate, Verdict
 from ingate.gate.masks import TokenTable
 from ingate.patterns import BUILTIN_PATTERNS
 from ingate.policy import Policy, parse_policy
+from phrases import made_up_phrases
 
 RESULTS = Path(__file__).resolve().parent / "results" / "masks.json"
 SEED = 20240611
@@ -145,29 +146,6 @@ class Lane:
     default_limits: dict | None = None  # where llguidance with default limits failed, if it did
     probes: dict[str, dict] = field(default_factory=dict)  # group -> agreement on the probe texts
     states_visited: int = 0  # distinct ingate mask rows (detector, search state, view) after the walk
-
-
-def made_up_phrases(n: int, seed: int) -> list[str]:
-    """Seeded two-word invented names, so policy (c) is large but reproducible."""
-    rng = random.Random(seed)
-    onsets = ["b", "br", "d", "dr", "f", "g", "gr", "k", "kl", "l", "m", "n", "p", "r", "s", "st", "t",
-              "tr", "v", "z", "sh", "th"]
-    vowels = ["a", "e", "i", "o", "u", "ai", "ou", "ei"]
-    codas = ["", "", "n", "r", "l", "s", "k", "th", "m"]
-
-    def word() -> str:
-        w = "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas)
-                    for _ in range(rng.randint(2, 3)))
-        return w.capitalize()
-
-    out: list[str] = []
-    seen: set[str] = set()
-    while len(out) < n:
-        p = f"{word()} {word()}"
-        if p.lower() not in seen:
-            seen.add(p.lower())
-            out.append(p)
-    return out
 
 
 def passage(phrases: list[str]) -> str:
