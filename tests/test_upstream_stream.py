@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -187,3 +188,14 @@ def test_the_client_gets_the_same_governed_text_however_the_upstream_splits_its_
     assert cont[-2] == {"role": "assistant", "content": "Paris has the "} and cont[-1]["content"] == \
         CONTINUE_INSTRUCTION
     assert all(not d.matches(res.text.encode()) for d in compile_policy(GOVERN).detectors if d)
+
+
+def test_a_worker_with_more_threads_than_queue_slots_drains_at_once():
+    """An upstream's max_concurrency (worker threads) can exceed --max-queue: shutdown must still stop
+    every thread, not wait out the drain timeout for the ones whose stop mark found no room."""
+    from ingate.worker import Worker
+
+    w = Worker(core=None, max_queue=4, threads=64)  # no job is submitted: the core is never called
+    t0 = time.monotonic()
+    assert w.drain(10.0)
+    assert time.monotonic() - t0 < 5.0

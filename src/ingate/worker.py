@@ -61,6 +61,9 @@ class Job:
             self.cancel.set()
 
 
+CLOSE_WAIT_S = 5.0  # Worker.close: the longest wait for room in the queue for the threads' stop marks
+
+
 class Worker:
     def __init__(self, core, max_queue: int = 16, metrics: Metrics | None = None,
                  sessions: SessionStore | None = None, threads: int = 1):
@@ -106,10 +109,15 @@ class Worker:
         return not any(t.is_alive() for t in self._threads)
 
     def close(self) -> None:
-        """Stop the worker thread once the jobs queued before this are done."""
+        """Stop the worker threads once the jobs queued before this are done. There may be more
+        threads than the queue holds (an upstream's max_concurrency above --max-queue): idle
+        threads take their stop marks as they go in, so each put waits a little for room."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
         for _ in self._threads:
-            with contextlib.suppress(queue.Full):  # a full queue at shutdown: the daemon threads die with us
-                self._jobs.put_nowait(None)  # type: ignore[arg-type]
+            try:
+                self._jobs.put(None, timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[arg-type]
+            except queue.Full:  # busy threads and a full queue at shutdown: the daemon threads die with us
+                return
 
     def _run(self) -> None:
         while True:
