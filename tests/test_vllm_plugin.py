@@ -218,6 +218,7 @@ def test_ingate_serve_engine_vllm(env, policy_files, tmp_path):
     proc, url = ingate_serve("--engine", "vllm", "--model", model, "--vllm-python", python,
                              "--policy", str(policy_files[0]), "--audit", str(tmp_path / "audit.sqlite3"),
                              "--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager")
+    pattern = ["pgrep", "-f", "--", f"--served-model-name {Path(model).name} "]
     try:
         r = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
             "model": Path(model).name, "messages": [{"role": "user", "content": PARIS_PROMPT}],
@@ -225,11 +226,12 @@ def test_ingate_serve_engine_vllm(env, policy_files, tmp_path):
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"].strip()
         assert not _eiffel(r.json()["choices"][0]["message"]["content"])
+        assert subprocess.run(pattern, capture_output=True).returncode == 0, "the vLLM child is not found running"
     finally:
         proc.terminate()
         proc.wait(60)
-    left = subprocess.run(["pgrep", "-f", f"--served-model-name {Path(model).name} "], capture_output=True, text=True)
-    assert not left.stdout.strip(), "vLLM outlived the ingate that started it"
+    left = subprocess.run(pattern, capture_output=True, text=True)
+    assert left.returncode == 1, f"vLLM outlived the ingate that started it: {left.stdout}{left.stderr}"
 
 
 def test_vllm_finds_the_plugin_by_its_entry_point(env, tmp_path):

@@ -80,6 +80,18 @@ def _child_env(python: str, extra: dict[str, str], ingate: bool = True) -> dict[
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when ingate dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG),
+    so a vLLM holding a GPU's memory is never left behind; vLLM then stops its engine core."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() and atexit still stop it on a normal exit
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,7 +144,7 @@ class VllmServer:
         env = _child_env(self.python, {POLICIES_ENV: ",".join(self.policies)} if self.plugin else {}, self.plugin)
         self.log(f"ingate: starting vLLM on 127.0.0.1:{self.port} ({weights}); its log: {self.logfile.name}")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.logfile, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         t0, last = time.monotonic(), 0.0
         while True:
             if self.proc.poll() is not None:
