@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -229,9 +230,13 @@ def test_ingate_serve_engine_vllm(env, policy_files, tmp_path):
         assert subprocess.run(pattern, capture_output=True).returncode == 0, "the vLLM child is not found running"
     finally:
         proc.terminate()
-        proc.wait(60)
-    left = subprocess.run(pattern, capture_output=True, text=True)
+        proc.wait(90)
+    deadline = time.monotonic() + 30  # vLLM may still be finishing its own shutdown
+    while (left := subprocess.run(pattern, capture_output=True, text=True)).returncode == 0 \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert left.returncode == 1, f"vLLM outlived the ingate that started it: {left.stdout}{left.stderr}"
+    assert "stopping vLLM" in proc.stderr.read()
 
 
 def test_vllm_finds_the_plugin_by_its_entry_point(env, tmp_path):

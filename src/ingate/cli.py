@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="colour the output by each token's entropy (where the model was unsure)")
     c = sub.add_parser("chat", help="interactive governed chat")
     _gen_flags(c)
-    s = sub.add_parser("serve", help="serve the OpenAI-compatible governed API")
+    # no abbreviations: with --engine vllm, a flag ingate does not know must reach vLLM whole
+    s = sub.add_parser("serve", help="serve the OpenAI-compatible governed API", allow_abbrev=False)
     s.add_argument("--policy", action="append", default=None,
                    help="policy YAML, 'default' or 'none'; repeat to load several (the first is the default)")
     s.add_argument("--model", default=None, help=MODEL_HELP)
@@ -301,15 +302,17 @@ def _vllm_core(args: argparse.Namespace, policies: list[Policy]) -> dict:
         srv.start()
     except LaunchError as e:
         raise UserError(str(e)) from None
-    atexit.register(srv.stop)
+    atexit.register(srv.stop)  # an exit without the server's shutdown; on SIGTERM the core's close stops it
     spec = upstream(name, srv.base_url, name, "vllm", capabilities=["+ingate_mask"],
                     tokenizer="embedded" if args.model in (None, "embedded") else None,
                     max_concurrency=VLLM_CONCURRENCY)
     try:
-        return {name: UpstreamCore(spec, open_audit(args.audit, args.audit_key_file))}
+        core = UpstreamCore(spec, open_audit(args.audit, args.audit_key_file))
     except AuditError as e:
         srv.stop()
         raise UserError(str(e)) from None
+    core.on_close.append(srv.stop)  # the server's shutdown closes its cores: uvicorn then ends by the signal
+    return {name: core}
 
 
 def _first_upstream_model(base_url: str, key_env: str | None) -> str:

@@ -47,6 +47,7 @@ class UpstreamCore:
             raise ModelsError(f"model {spec.name!r}: cannot load the tokenizer {spec.tokenizer!r} ({e}); give a GGUF "
                               "file of the upstream's model, or no tokenizer") from None
         self.client = Client(spec, transport)
+        self.on_close: list[Callable[[], None]] = []  # what this core owns and stops with it (a vLLM it started)
 
     def info(self) -> dict:
         return {"upstream": self.spec.base_url, "upstream_model": self.spec.model, "kind": self.spec.kind,
@@ -57,6 +58,8 @@ class UpstreamCore:
 
     def close(self) -> None:
         self.client.close()
+        for stop in self.on_close:
+            stop()
 
     def run(self, req: Request, on_text: TextSink | None = None, cancelled: Callable[[], bool] | None = None,
             on_audited: DecisionSink | None = None) -> Result:

@@ -179,6 +179,7 @@ class VllmServer:
             return
         import signal
 
+        self.log(f"ingate: stopping vLLM (pid {p.pid})")
         try:
             os.killpg(p.pid, signal.SIGTERM)  # vLLM's engine core is its own process: the whole group
             p.wait(timeout=30)
