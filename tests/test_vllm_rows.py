@@ -182,6 +182,20 @@ def test_a_state_miss_is_computed_once_and_shared(runtime):
     assert ps.misses == before + 1  # the second row found the first's mask cached
 
 
+def test_the_combined_mask_cache_is_bounded(runtime):
+    """A long-running engine meets ever new combinations of several detectors' states: the combined
+    cache starts again past its bound, and the masks stay what they were."""
+    ps = PolicySet({"bans": BANS}, runtime.table)
+    ps.max_combined = 3
+    rows = [ps.row("bans", runtime.engine.tokenize(t)) for t in TEXTS]
+    want = []
+    for r in rows:
+        r.catch_up()
+        want.append(r.forbidden())
+    assert len(ps.by_name["bans"].ids) <= 3
+    assert all(np.array_equal(r.forbidden(), w) for r, w in zip(rows, want, strict=True))
+
+
 def test_the_front_server_names_the_policy_to_vllm():
     from ingate.core import Request
     from ingate.loop import GenerationParams

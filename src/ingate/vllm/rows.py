@@ -36,6 +36,10 @@ XARG_POLICY = "ingate_policy"  # vllm_xargs: the policy a request is governed by
 XARG_DIGEST = "ingate_policy_digest"  # vllm_xargs: the front server's digest of it (must match)
 XARG_PREFIX = "ingate_prefix"  # vllm_xargs: admitted text this continuation follows (primes the automata)
 MAX_PREFIX_BYTES = 4096
+# Combined masks (a policy's detectors together) kept per policy. Each detector's own rows stay cached
+# in its MaskCache, bounded by its automaton; the combinations of several detectors' states are not,
+# so past this many the combined cache starts again (rebuilding one is an OR of cached rows).
+MAX_COMBINED_MASKS = 4096
 
 
 class RequestError(ValueError):
@@ -81,6 +85,7 @@ class PolicySet:
             self.by_name[name] = _Compiled(pol, c)
         self._lock = threading.Lock()
         self.misses = 0  # search-state tuples computed (a cold mask)
+        self.max_combined = MAX_COMBINED_MASKS
 
     @classmethod
     def from_env(cls, token_bytes: list[bytes], vocab_size: int | None = None) -> PolicySet:
@@ -103,6 +108,8 @@ class PolicySet:
                 m |= masks.row(i, d, ss)
             ids = np.flatnonzero(m).astype(np.int64)
             with self._lock:
+                if len(c.ids) >= self.max_combined:
+                    c.ids.clear()
                 c.ids[states] = ids
                 self.misses += 1
         return ids
