@@ -104,7 +104,7 @@ test-vllm: install-test vllm-model
 	INGATE_VLLM_PYTHON=$(VLLM_VENV)/bin/python INGATE_VLLM_MODEL=$(VLLM_MODEL) $(BIN)/python -m pytest -q -m vllm tests/test_vllm_plugin.py
 
 bench-vllm: install-test vllm-model
-	INGATE_VLLM_PYTHON=$(VLLM_VENV)/bin/python INGATE_VLLM_MODEL=$(VLLM_MODEL) $(BIN)/python bench/vllm.py
+	INGATE_VLLM_PYTHON=$(VLLM_VENV)/bin/python INGATE_VLLM_MODEL=$(VLLM_MODEL) $(BIN)/python bench/vllm_plugin.py
 
 # Does per-token entropy tell wrong answers from right ones? Capitals from the PyPI package countryinfo.
 eval-entropy: install-test

@@ -1,4 +1,4 @@
-"""Seeded invented names, for ban lists that are large but reproducible (bench/masks.py, bench/vllm.py)."""
+"""Seeded invented names, for ban lists that are large but reproducible (bench/masks.py, bench/vllm_plugin.py)."""
 
 from __future__ import annotations
 

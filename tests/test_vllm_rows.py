@@ -148,6 +148,20 @@ def test_the_batch_follows_vllms_updates(runtime, pset):
     assert b.masks()[0].size == 0
 
 
+def test_a_bad_request_inside_the_engine_fails_closed_without_stopping_the_batch(runtime):
+    """Admission refuses bad arguments (validate_params, a 400). Should one reach the engine anyway
+    (the policy file edited between the two loads), its row may only end, and the others go on."""
+    eos = sorted(runtime.engine.eog_tokens())
+    ps = PolicySet({"bans": BANS}, runtime.table, eos=eos)
+    b = Batch(ps)
+    b.add(0, {"ingate_policy": "bans", "ingate_policy_digest": "stale"}, [])
+    b.add(1, {"ingate_policy": "bans"}, runtime.engine.tokenize("The Eif"))
+    rows, ids = b.masks()
+    refused = set(ids[rows == 0].tolist())
+    assert refused == set(range(runtime.table.size)) - set(eos) and eos
+    assert 0 < len(ids[rows == 1]) < 1000  # the healthy row keeps its own, small mask
+
+
 def test_bad_arguments_say_what_to_fix(pset):
     with pytest.raises(RequestError, match="unknown ingate policy 'nope'; loaded: bans, phones"):
         pset.check({"ingate_policy": "nope"})

@@ -63,7 +63,9 @@ class IngateLogitsProcessor(LogitsProcessor):
         if tokenizer is None:
             raise RuntimeError("ingate's logits processor needs the tokenizer: do not pass --skip-tokenizer-init")
         vocab = mc.get_vocab_size()
-        self.policies = PolicySet.from_env(token_bytes(tokenizer, vocab), vocab)
+        eos_cfg = getattr(mc.hf_config, "eos_token_id", None)  # int, list, or None
+        eos = [tokenizer.eos_token_id, *(eos_cfg if isinstance(eos_cfg, list) else [eos_cfg])]
+        self.policies = PolicySet.from_env(token_bytes(tokenizer, vocab), vocab, [t for t in eos if isinstance(t, int)])
         self.batch = Batch(self.policies)
         self.device = device
         log.info("ingate: %d policies (%s) compiled for a %d-token vocabulary in %.2f s", len(self.policies.by_name),

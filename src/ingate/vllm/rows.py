@@ -20,8 +20,10 @@ computed once per policy and vocabulary and then shared by every row.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,7 @@ from ingate.gate.compile import CompiledPolicy
 from ingate.gate.masks import TokenTable
 from ingate.policy import ForbidSpec, Policy, PolicyError, load_policy
 
+log = logging.getLogger("vllm.ingate")  # a child of the logger vLLM configures
 POLICIES_ENV = "INGATE_POLICIES"  # comma-separated policy files (or "default") loaded in the engine
 XARG_POLICY = "ingate_policy"  # vllm_xargs: the policy a request is governed by
 XARG_DIGEST = "ingate_policy_digest"  # vllm_xargs: the front server's digest of it (must match)
@@ -76,8 +79,12 @@ class _Compiled:
 class PolicySet:
     """The policies an engine process enforces, compiled once against its vocabulary."""
 
-    def __init__(self, policies: dict[str, Policy], table: TokenTable):
+    def __init__(self, policies: dict[str, Policy], table: TokenTable, eos: Sequence[int] = ()):
+        """`eos`: the tokens that end a sequence (a row that fails closed may only sample these)."""
         self.table = table
+        keep = np.zeros(table.size, dtype=bool)
+        keep[[t for t in eos if 0 <= t < table.size]] = True
+        self.all_but_eos = np.flatnonzero(~keep).astype(np.int64)
         self.by_name: dict[str, _Compiled] = {}
         for name, pol in policies.items():
             c = CompiledPolicy(engine_policy(pol))
@@ -88,8 +95,8 @@ class PolicySet:
         self.max_combined = MAX_COMBINED_MASKS
 
     @classmethod
-    def from_env(cls, token_bytes: list[bytes], vocab_size: int | None = None) -> PolicySet:
-        return cls(load_policies(os.environ.get(POLICIES_ENV)), TokenTable(token_bytes, size=vocab_size))
+    def from_env(cls, token_bytes: list[bytes], vocab_size: int | None = None, eos: Sequence[int] = ()) -> PolicySet:
+        return cls(load_policies(os.environ.get(POLICIES_ENV)), TokenTable(token_bytes, size=vocab_size), eos)
 
     def check(self, xargs: dict[str, Any] | None) -> str | None:
         """The policy a request's extra args name (None: ungoverned); RequestError when they are wrong."""
@@ -179,19 +186,39 @@ class Row:
         return self.owner.forbidden(self.c, self.states)
 
 
+class _EndOnly:
+    """A row that fails closed: every token is forbidden but end-of-text."""
+
+    def __init__(self, owner: PolicySet):
+        self.ids = owner.all_but_eos
+
+    def catch_up(self) -> None:
+        pass
+
+    def forbidden(self) -> np.ndarray:
+        return self.ids
+
+
 class Batch:
     """The rows of a persistent batch, by index, as vLLM's BatchUpdate moves them."""
 
     def __init__(self, policies: PolicySet):
         self.policies = policies
-        self.rows: dict[int, Row] = {}
+        self.rows: dict[int, Row | _EndOnly] = {}
 
     def remove(self, index: int) -> None:
         self.rows.pop(index, None)
 
     def add(self, index: int, xargs: dict[str, Any] | None, out: list[int]) -> None:
-        """A request joins at `index` (replacing whatever was there)."""
-        name = self.policies.check(xargs)
+        """A request joins at `index` (replacing whatever was there). Arguments the engine cannot
+        honour were refused at admission; should one get here anyway (a policy file edited between
+        the API server's load and the engine's), the row fails closed: only end-of-text may follow."""
+        try:
+            name = self.policies.check(xargs)
+        except RequestError as e:
+            log.error("ingate: a request reached the engine with %s; it may only end", e)
+            self.rows[index] = _EndOnly(self.policies)
+            return
         if name is None:
             self.rows.pop(index, None)
         else:

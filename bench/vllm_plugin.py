@@ -9,7 +9,8 @@ Two parts:
           throughput, time to first token and inter-token latency. Rounds interleave the
           configurations so the machine's noise hits all of them alike.
 
-Run:  make bench-vllm   (or INGATE_VLLM_PYTHON=... INGATE_VLLM_MODEL=... .venv/bin/python bench/vllm.py [--quick])
+Run:  make bench-vllm
+      (or INGATE_VLLM_PYTHON=... INGATE_VLLM_MODEL=... .venv/bin/python bench/vllm_plugin.py [--quick])
 Writes bench/results/vllm.json and bench/results/vllm.md.
 """
 
