@@ -31,15 +31,12 @@ import numpy as np
 
 from ingate.policy import load_policy, parse_policy
 from phrases import made_up_phrases  # bench/ is the script's directory
+from run import pct
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPTS = [p for p in (Path(__file__).resolve().parent / "prompts.txt").read_text().splitlines() if p.strip()]
 SEED = 20261201
 NAME = "smol"
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs, dtype=float), q)) if xs else float("nan")
 
 
 def phrases_policy(n: int, name: str) -> str:
