@@ -34,6 +34,7 @@ from ingate.engines.base import ContextFull, EngineCrashed, EngineError, exit_re
 from ingate.gate.decision import Action, Decision
 from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.policy import Policy
+from ingate.structure.spec import Structure
 
 START_TIMEOUT_S = 300.0
 TextSink = Callable[[str], None]
@@ -51,6 +52,7 @@ class Request:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     session: str | None = None
     session_entropy: float = 0.0
+    structure: Structure | None = None  # response_format or a tool call (ingate.structure)
 
 
 def isolated() -> bool:
@@ -70,7 +72,7 @@ def open_core(model: str | Path | None, audit: str | Path | None, policies: Sequ
 
     rt = Runtime.load(model, audit, use_audit=use_audit, audit_key_file=audit_key_file)
     for p in policies:
-        rt.prepare(p)
+        rt.warm(p)
     return LocalCore(rt)
 
 
@@ -90,7 +92,7 @@ class LocalCore:
             on_audited: DecisionSink | None = None) -> Result:
         return self.runtime.run(req.messages, req.policy, req.params, on_text=on_text, request_id=req.request_id,
                                 stop=req.stop, cancelled=cancelled, session=req.session,
-                                session_entropy=req.session_entropy, on_audited=on_audited)
+                                session_entropy=req.session_entropy, on_audited=on_audited, structure=req.structure)
 
     def info(self) -> dict:
         return self.runtime.engine.info() | {"process": None}
@@ -114,7 +116,7 @@ def _serve(conn: Connection) -> None:
                           audit_key_file=cfg["audit_key_file"])
         rt.engine.layout_reason = cfg["layout_reason"]  # type: ignore[attr-defined]  # the local engine's
         for p in cfg["policies"]:
-            rt.prepare(p)  # compile and warm now: no request pays for it
+            rt.warm(p)  # compile and warm now: no request pays for it
     except Exception as e:
         conn.send(("error", type(e).__name__, str(e)))
         return
@@ -145,7 +147,7 @@ def _run_one(conn: Connection, rt, req: Request) -> None:
     try:
         res = rt.run(req.messages, req.policy, req.params, request_id=req.request_id, stop=req.stop,
                      cancelled=cancelled, session=req.session, session_entropy=req.session_entropy,
-                     on_text=lambda t: conn.send(("text", t, engine.n_generated)),
+                     structure=req.structure, on_text=lambda t: conn.send(("text", t, engine.n_generated)),
                      on_audited=lambda ds: conn.send(("audited", ds)))
         conn.send(("done", res))
     except GenerationFailed as e:

@@ -33,6 +33,7 @@ from ingate.engines.base import FULL_LOGITS, ROLLBACK, Engine, EngineError
 from ingate.gate.decision import Action, Decision
 from ingate.gate.gate import Admission, Gate, Mode, Verdict
 from ingate.sampling import Sampler, SamplingParams
+from ingate.structure.matcher import TokenMatcher
 
 log = logging.getLogger("ingate.loop")
 
@@ -120,15 +121,18 @@ class Result:
 
 def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: Gate | None = None,
              on_text: TextSink | None = None, on_decisions: DecisionSink | None = None,
-             cancelled: Callable[[], bool] | None = None, request_id: str = "-") -> Result:
+             cancelled: Callable[[], bool] | None = None, request_id: str = "-",
+             structure: TokenMatcher | None = None) -> Result:
     """Generate up to max_tokens after `prompt`. Without a gate the loop is ungoverned (baseline).
 
     `cancelled` is polled once per token: a client that went away stops generation within one
     token, releases nothing more, and the cancellation is audited. `request_id` names the request
-    in the log lines of every path that fails closed.
+    in the log lines of every path that fails closed. `structure`: a response format or tool
+    call's matcher, whose mask is ANDed with the gate's at every draw and which rolls back with
+    the engine; the stream ends (stop) once the structure is complete.
     """
     if gate is None:
-        return _ungoverned(engine, prompt, params, on_text, cancelled)
+        return _ungoverned(engine, prompt, params, on_text, cancelled, structure)
     if gate.mode is not Mode.FULL:
         raise ValueError(f"ingate's own loop drives a {Mode.FULL} gate; a {gate.mode} gate has its driver in "
                          "ingate.drivers")
@@ -137,7 +141,7 @@ def generate(engine: Engine, prompt: list[int], params: GenerationParams, gate: 
         raise EngineError(f"engine {engine.name!r} lacks {', '.join(sorted(missing))}, which ingate's own loop "
                           "needs (masks before sampling, rollback of held text); drive it in a mode that does "
                           "without")
-    run = _Run(engine, gate, params, len(prompt), on_text, on_decisions, request_id)
+    run = _Run(engine, gate, params, len(prompt), on_text, on_decisions, request_id, structure)
     try:
         engine.start(prompt)
     except Exception as e:
@@ -185,9 +189,10 @@ class _Run:
     returns the finish reason once the stream ends (None: go on). One draw, one end path."""
 
     def __init__(self, engine: Engine, gate: Gate, params: GenerationParams, n_prompt: int,
-                 on_text: TextSink | None, on_decisions: DecisionSink | None, request_id: str = "-"):
+                 on_text: TextSink | None, on_decisions: DecisionSink | None, request_id: str = "-",
+                 structure: TokenMatcher | None = None):
         self.engine, self.gate, self.params, self.n_prompt = engine, gate, params, n_prompt
-        self.request_id = request_id
+        self.request_id, self.structure = request_id, structure
         eb = gate.entropy
         self.measure = params.entropy or eb is not None
         self.sampler = Sampler(params.sampling, measure=self.measure)
@@ -211,6 +216,13 @@ class _Run:
     def rolled_back(self, n: int) -> None:
         del self.recorded[len(self.gate.tokens):]
         self.engine.rollback(n)
+        if self.structure is not None:
+            self.structure.rollback(n)
+
+    def accept(self, token: int) -> None:
+        self.engine.accept(token)
+        if self.structure is not None:
+            self.structure.consume(token)
 
     def step(self, cancelled: Callable[[], bool] | None) -> str | None:
         gate = self.gate
@@ -219,6 +231,8 @@ class _Run:
         if cancelled is not None and cancelled():
             gate.halt("client", Action.CANCEL, "client went away; generation cancelled")
             return Finish.CANCELLED
+        if self.structure is not None and self.structure.done:  # nothing may follow a complete structure
+            return self.end(Finish.STOP)
         try:
             logits = self.engine.step()
         except Exception as e:
@@ -248,12 +262,12 @@ class _Run:
         if self.params.logprobs is not None:  # every admitted token (a stop may release it whole)
             self.recorded.append(logprobs.record(logits, token, self.params.logprobs))
         if adm.verdict is Verdict.END:
-            self.engine.accept(token)
+            self.accept(token)
             return self.end(Finish.STOP), None
         if adm.verdict is Verdict.STOP:
             gate.settle(final=True, can_rollback=False)  # the text before the match is judged too
             return Finish.CONTENT_FILTER, gate.release()
-        self.engine.accept(token)
+        self.accept(token)
         sem = gate.settle()  # semantic verdicts that are due
         if sem.verdict is Verdict.ROLLBACK:
             self.rolled_back(sem.rollback)
@@ -263,11 +277,15 @@ class _Run:
     def draw(self, logits: np.ndarray) -> tuple[int, Admission]:
         """The one draw: sample, and while the gate asks, sample again under its mask. A masked
         draw admission still refuses (the mask is a superset only where it cannot be exact) is
-        banned too. Every token banned: the stream fails closed, audited."""
+        banned too. Every token banned: the stream fails closed, audited. A structure's mask
+        applies to every draw: it is the output's shape, not a rule that may or may not bite."""
         gate, mask = self.gate, None
+        first = _join(gate.banned(), self.eos)
+        if self.structure is not None:
+            first = _with(self.structure.forbidden(), first)
         for _ in range(MAX_RESAMPLES + 1):
             s = time.perf_counter()
-            token = self.sampler.sample(logits, _join(gate.banned(), self.eos) if mask is None else mask, self.bound)
+            token = self.sampler.sample(logits, first if mask is None else mask, self.bound)
             self.sampling += time.perf_counter() - s
             if token < 0:
                 raise RuntimeError("every token is banned at this position")
@@ -280,6 +298,8 @@ class _Run:
                 mask = gate.mask()
                 if self.eos is not None:
                     mask[self.eos] = True
+                if self.structure is not None:
+                    mask |= self.structure.forbidden()
             else:
                 mask[token] = True
         raise RuntimeError(f"{MAX_RESAMPLES} masked draws in a row were refused")
@@ -345,14 +365,22 @@ def _eos_ban(engine: Engine, params: GenerationParams) -> np.ndarray | None:
     return np.fromiter((t for t in range(engine.vocab_size) if engine.is_eog(t)), dtype=np.int64)
 
 
+def _with(forbidden: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+    """A copy of the bool mask `forbidden` with the token ids `ids` forbidden too."""
+    out = forbidden.copy()
+    if ids is not None:
+        out[ids] = True
+    return out
+
+
 def _join(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     if a is None or b is None:
         return a if b is None else b
     return np.concatenate([a, b])
 
 
-def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
-                on_text: TextSink | None, cancelled: Callable[[], bool] | None = None) -> Result:
+def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams, on_text: TextSink | None,
+                cancelled: Callable[[], bool] | None = None, structure: TokenMatcher | None = None) -> Result:
     import codecs
 
     sampler = Sampler(params.sampling)
@@ -372,16 +400,24 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams,
         if cancelled is not None and cancelled():
             finish = Finish.CANCELLED
             break
+        if structure is not None and structure.done:
+            finish = Finish.STOP
+            break
         try:
             logits = engine.step()
         except Exception as e:  # released so far: exactly what the client saw
             raise GenerationFailed(partial_result(None, len(prompt), time.perf_counter() - t0, ttft,
                                                   "".join(parts), n), e) from e
-        token = sampler.sample(logits, eos)
+        token = sampler.sample(logits, eos if structure is None else _with(structure.forbidden(), eos))
+        if token < 0:  # only a structure can forbid every token (never, unless its grammar is wrong)
+            raise GenerationFailed(partial_result(None, len(prompt), time.perf_counter() - t0, ttft, "".join(parts),
+                                                  n), RuntimeError("the structure allows no token here"))
         if engine.is_eog(token):
             finish = Finish.STOP
             break
         engine.accept(token)
+        if structure is not None:
+            structure.consume(token)
         n += 1
         text = dec.decode(table[token])
         if text:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ingate.audit import AuditLog, open_audit
 from ingate.engines import Engine, EngineError, load_engine
@@ -21,6 +22,9 @@ from ingate.gate.masks import TokenTable
 from ingate.loop import GenerationFailed, GenerationParams, Result, generate, partial_result
 from ingate.policy import Policy
 from ingate.refusal import refuse, screen_input, session_budget
+from ingate.structure.matcher import TokenMatcher, tokenizer_for
+from ingate.structure.rules import inside_structure
+from ingate.structure.spec import Structure
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Runtime:
     engine: Engine
     table: TokenTable
     audit: AuditLog | None
+    _lltokenizer: Any = None  # llguidance's view of the vocabulary, built for the first structured request
 
     @classmethod
     def load(cls, model: str | Path | None = None, audit: str | Path | None = None,
@@ -60,17 +65,40 @@ class Runtime:
             compiled.prepare(self.table)
         return compiled
 
+    def warm(self, policy: Policy) -> None:
+        """At start: `policy` compiled and warmed as it governs prose and as it governs structured
+        output, and llguidance's view of the vocabulary built, so no request pays for them."""
+        self.prepare(policy)
+        self.prepare(inside_structure(policy))
+        self.lltokenizer()
+
+    def lltokenizer(self) -> Any:
+        """llguidance's view of this engine's vocabulary (built once)."""
+        if self._lltokenizer is None:
+            eng = self.engine
+            eos = sorted(t for t in range(eng.vocab_size) if eng.is_eog(t))
+            self._lltokenizer = tokenizer_for(self.table.token_bytes, eos,
+                                              lambda b: eng.tokenize(b.decode("utf-8", errors="replace")))
+        return self._lltokenizer
+
+    def matcher(self, structure: Structure) -> TokenMatcher:
+        """A fresh matcher of `structure` over this engine's vocabulary."""
+        return TokenMatcher(structure, self.lltokenizer(), self.engine.vocab_size)
+
     def run(self, messages: list[dict[str, str]] | str, policy: Policy, params: GenerationParams,
             on_text: Callable[[str], None] | None = None, request_id: str | None = None,
             stop: Sequence[str] = (), cancelled: Callable[[], bool] | None = None,
             session: str | None = None, session_entropy: float = 0.0,
-            on_audited: Callable[[list[Decision]], None] | None = None) -> Result:
+            on_audited: Callable[[list[Decision]], None] | None = None,
+            structure: Structure | None = None) -> Result:
         """One governed generation. `messages` is a chat, or a raw prompt string (completions).
 
         `session_entropy`: excess entropy the session spent in earlier responses (the server
         keeps it in the session store). A spent session budget or a prompt the input screen rejects
         refuses the request before generating, through ingate.refusal.refuse like escalation.
         `on_audited`: told of each batch of decisions once it is durable, before its text is released.
+        `structure`: a response format or tool call the output must follow; the policy governs
+        inside it, its redact rules as prevent (ingate.structure.rules).
         """
         rid = request_id or uuid.uuid4().hex
         t0 = time.perf_counter()
@@ -91,9 +119,11 @@ class Runtime:
             if refusal is not None:  # refused before the first token: no generation spent
                 return refuse(refusal, policy, rid, self.audit, session, len(prompt), time.perf_counter() - t_check,
                               on_text, on_audited)
-            gate = self.gate_for(policy, stop, params.logprobs is not None, params.entropy, session_entropy)
+            governing = inside_structure(policy) if structure is not None else policy
+            gate = self.gate_for(governing, stop, params.logprobs is not None, params.entropy, session_entropy)
             res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
-                           request_id=rid, cancelled=cancelled)
+                           request_id=rid, cancelled=cancelled,
+                           structure=self.matcher(structure) if structure is not None else None)
         except (GenerationFailed, EngineError) as e:  # the engine failed: the audit still gets the request
             if isinstance(e, GenerationFailed):
                 res, cause = e.result, e.cause

@@ -27,6 +27,7 @@ from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.session import SessionState, SessionStore, StoreError, violations_in
+from ingate.structure.spec import Structure
 
 END_RETRIES_S = (0.1, 0.3, 1.0, 3.0)  # waits after each failed `end`: about 4.4 s in all
 
@@ -53,6 +54,7 @@ class Job:
     session_entropy: float = 0.0  # what the session had spent when the request began
     reserved: bool = False  # the session store holds a place for it: `end` must free it, once
     session_state: SessionState | None = None  # the session after this request (for the report)
+    structure: Structure | None = None  # response_format or a tool call (ingate.structure)
 
     def _put(self, item: tuple) -> None:
         try:
@@ -130,7 +132,7 @@ class Worker:
             self.running.add(job)
             try:
                 req = Request(job.messages, job.policy, job.params, job.stop, job.request_id, job.session,
-                              job.session_entropy)
+                              job.session_entropy, job.structure)
                 res: Result = self.core.run(req, on_text=lambda t, j=job: j._put(("text", t)),
                                             cancelled=job.cancel.is_set)
                 self._account(job, res)  # before the client hears "done"
