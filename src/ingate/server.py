@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ingate import report
-from ingate.api.openai import DONE, ApiError, Reply, generation_error
+from ingate.api.openai import DONE, Answer, ApiError, Reply, generation_error, tool_answer
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
 from ingate.audit import replica_id
 from ingate.gate.decision import Action, Decision
@@ -151,7 +151,8 @@ class _Server:
             raise ApiError(503, "this replica is shutting down; retry on another", code="shutting_down",
                            type_="server_error", headers={"Retry-After": "1"})
         b = self.backend(req.model)
-        prompt = req.engine_input()
+        structure = req.structure()
+        prompt = req.engine_input(structure)
         policy = _choose_policy(request, req, self.config, grant.policies)
         params, stop = req.generation(self.config.default_max_tokens, self.config.max_tokens_cap)
         if params.logprobs is not None and isinstance(b.core, UpstreamCore) and not b.core.spec.can(LOGPROBS):
@@ -159,20 +160,25 @@ class _Server:
                                 "models file entry says what it can); ask without logprobs", "logprobs",
                            "logprobs_unsupported")
         session = request.headers.get("x-session-id") or req.user
-        job = Job(prompt, policy, params, stop, asyncio.get_running_loop(), asyncio.Queue(), session=session)
+        job = Job(prompt, policy, params, stop, asyncio.get_running_loop(), asyncio.Queue(), session=session,
+                  structure=structure)
         await self._start(b, job)
         reply = Reply.new(job.request_id, b.name, req.chat)
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
+        # a tool call is released whole: its text is held until the response ends, then answered
+        answer = functools.partial(tool_answer, structure, request_id=job.request_id) \
+            if structure is not None and structure.is_tools and req.chat else None
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(job, reply, usage, governance, self), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(_stream(job, reply, usage, governance, self, answer),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
         res = await _collect(request, job, parts)
         if res.finish_reason == "cancelled" and self.draining:  # nothing was sent: the client retries elsewhere
             raise ApiError(503, "this replica shut down during the request; retry on another", code="shutting_down",
                            type_="server_error", headers={"Retry-After": "1"})
-        return reply.body(res, "".join(parts), governance(res))
+        text = "".join(parts)
+        return reply.body(res, text, governance(res), answer(text, res.finish_reason) if answer else None)
 
     async def _start(self, b: Backend, job: Job) -> None:
         """Hand the job to the model's worker once its session admits it (ingate.session): an
@@ -369,20 +375,34 @@ async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
             raise generation_error(val, job.request_id)
 
 
-async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Result], dict], server: _Server):
+async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Result], dict], server: _Server,
+                  answer: Callable[[str, str], Answer] | None = None):
+    """The response as server-sent events. With `answer` (a tool structure) the text is held
+    until the end and sent as one message: the content, or whole tool calls."""
     done = False
+    held: list[str] = []
     try:
         first = reply.first_chunk()
         if first is not None:
             yield first
         while True:
             kind, val = await job.events.get()
-            if kind == "text":
+            if kind == "text" and answer is not None:
+                held.append(val)
+            elif kind == "text":
                 yield reply.chunk(val)
             elif kind == "done" and val.finish_reason == "cancelled" and server.draining:
                 yield reply.error_chunk(generation_error(Draining("this replica shut down mid-stream; what was "
                                                                   "sent is governed; retry on another"),
                                                          job.request_id))
+                break
+            elif kind == "done" and answer is not None:
+                ans = answer("".join(held), val.finish_reason)
+                if ans.content or ans.tool_calls:
+                    yield reply.chunk(ans.content, tool_calls=ans.tool_calls)
+                yield reply.final_chunk(val, governance(val), ans)
+                if usage:
+                    yield reply.usage_chunk(val)
                 break
             elif kind == "done":
                 yield reply.final_chunk(val, governance(val))

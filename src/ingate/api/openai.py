@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from ingate.engines import ContextFull, EngineCrashed
 from ingate.loop import Result
+from ingate.structure import TOOL_MARKER, Structure, parse_call
 from ingate.upstream.client import UpstreamError
 from ingate.worker import Draining
 
@@ -55,6 +56,29 @@ def generation_error(err: BaseException, request_id: str) -> ApiError:
                          "and audit have the details)", type_="server_error", code="internal_error")
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A chat response's message under a tool structure: its text, or one whole call, never half."""
+
+    content: str | None
+    tool_calls: list[dict] | None
+    finish_reason: str
+
+
+def tool_answer(structure: Structure, text: str, finish: str, request_id: str) -> Answer:
+    """What a response under `tools` says. A complete call (finish stop) becomes `tool_calls` with
+    finish_reason tool_calls; a call cut short (length, content_filter) is withheld whole; text the
+    model wrote instead of a call (tool_choice auto) is the content."""
+    call = parse_call(text) if finish == "stop" else None
+    if call is not None:
+        name, args = call
+        return Answer(None, [{"id": "call_" + request_id[:24], "type": "function",
+                              "function": {"name": name, "arguments": args}}], "tool_calls")
+    if structure.choice == "auto" and text and not TOOL_MARKER.startswith(text[:len(TOOL_MARKER)]):
+        return Answer(text, None, finish)
+    return Answer(None, None, finish)
+
+
 def usage(res: Result) -> dict:
     return {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
             "total_tokens": res.prompt_tokens + res.completion_tokens}
@@ -73,11 +97,15 @@ class Reply:
     def new(cls, request_id: str, model: str, chat: bool) -> Reply:
         return cls(("chatcmpl-" if chat else "cmpl-") + request_id[:24], int(time.time()), model, chat)
 
-    def body(self, res: Result, text: str, governance: dict) -> dict:
-        """The whole (non-streaming) response."""
-        choice: dict[str, Any] = {"index": 0, "finish_reason": res.finish_reason,
+    def body(self, res: Result, text: str, governance: dict, answer: Answer | None = None) -> dict:
+        """The whole (non-streaming) response. `answer`: the message under a tool structure."""
+        choice: dict[str, Any] = {"index": 0, "finish_reason": answer.finish_reason if answer else res.finish_reason,
                                   "logprobs": {"content": res.logprobs} if res.logprobs is not None else None}
-        if self.chat:
+        if self.chat and answer is not None:
+            choice["message"] = {"role": "assistant", "content": answer.content}
+            if answer.tool_calls:
+                choice["message"]["tool_calls"] = answer.tool_calls
+        elif self.chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
@@ -86,14 +114,16 @@ class Reply:
                 "governance": governance}
 
     def chunk(self, delta_text: str | None, finish: str | None = None, role: bool = False,
-              extra: dict | None = None, logprobs: list | None = None) -> str:
-        """One stream event carrying `delta_text` (chat: None carries no content)."""
+              extra: dict | None = None, logprobs: list | None = None, tool_calls: list[dict] | None = None) -> str:
+        """One stream event carrying `delta_text` (chat: None carries no content) or whole tool calls."""
         if self.chat:
             delta: dict[str, Any] = {}
             if role:
                 delta["role"] = "assistant"
             if delta_text is not None:
                 delta["content"] = delta_text
+            if tool_calls:
+                delta["tool_calls"] = [{"index": i} | c for i, c in enumerate(tool_calls)]
             choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish,
                                       "logprobs": {"content": logprobs} if logprobs is not None else None}
         else:
@@ -108,9 +138,10 @@ class Reply:
         """What a chat stream opens with (the assistant's role); a completion stream has none."""
         return self.chunk("", role=True) if self.chat else None
 
-    def final_chunk(self, res: Result, governance: dict) -> str:
+    def final_chunk(self, res: Result, governance: dict, answer: Answer | None = None) -> str:
         """The stream's end: the finish reason, the logprobs and the governance report."""
-        return self.chunk(None, finish=res.finish_reason, logprobs=res.logprobs, extra={"governance": governance})
+        return self.chunk(None, finish=answer.finish_reason if answer else res.finish_reason, logprobs=res.logprobs,
+                          extra={"governance": governance})
 
     def usage_chunk(self, res: Result) -> str:
         body = {"id": self.id, "object": self._chunk_object, "created": self.created, "model": self.model,

@@ -1,6 +1,9 @@
 """The OpenAI request bodies ingate accepts, and what a valid one asks of the governed loop.
 
 Types are strict, as the OpenAI API has them; every refusal is an `ApiError` naming the field.
+A top-level field ingate does not honour is a 400 that names it, unless it is one of `IGNORED`
+(no effect on the output) or carries its neutral value (`NEUTRAL`, e.g. presence_penalty 0):
+silently dropping a constraint the client asked for would hand it output it did not ask for.
 """
 
 from __future__ import annotations
@@ -14,7 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ingate.api.openai import ApiError
 from ingate.loop import GenerationParams
 from ingate.sampling import SamplingParams
+from ingate.structure import Structure, StructureError, from_response_format, from_tools
+from ingate.structure.spec import TOOL_MARKER
 
+# Accepted and ignored: they have no effect on what is generated (README "API")
+IGNORED = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
+# Accepted with the value that changes nothing; any other value is a 400
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0, 0.0, None), "presence_penalty": (0, 0.0, None), "logit_bias": ({}, None),
+    "modalities": (["text"], None), "echo": (False, None), "best_of": (1, None), "suffix": (None, ""),
+}
 
 class _Lenient(BaseModel):
     # Clients send fields we do not use: ignore them, do not fail. Types are strict, as the OpenAI
@@ -30,6 +42,7 @@ class ContentPart(_Lenient):
 class Message(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     tool_calls: list[Any] | None = None  # before content: its validator reads it
+    tool_call_id: str | None = None
     content: str | list[ContentPart] | None = Field(default=None, validate_default=True)
 
     @field_validator("content")
@@ -54,6 +67,8 @@ class StreamOptions(_Lenient):
 class GenerationRequest(_Lenient):
     """What /v1/chat/completions and /v1/completions have in common."""
 
+    model_config = ConfigDict(extra="allow", strict=True)  # extras are checked: `unsupported`
+
     chat: ClassVar[bool] = False
 
     model: str | None = None
@@ -68,8 +83,30 @@ class GenerationRequest(_Lenient):
     logprobs: bool | int | None = None
     user: str | None = None
     policy: str | None = None
+    response_format: dict[str, Any] | None = None
 
-    def engine_input(self) -> list[dict[str, str]] | str:
+    def unsupported(self) -> None:
+        """A 400 for the first field this request sets that ingate does not honour."""
+        for name, value in (self.model_extra or {}).items():
+            if name in IGNORED:
+                continue
+            if name in NEUTRAL:
+                if any(value == v and type(value) is type(v) for v in NEUTRAL[name]):
+                    continue
+                raise ApiError(400, f"{name} {json.dumps(value)[:40]} is not supported: ingate does not apply it, "
+                                    f"and ignoring it would change the output you asked for; omit {name}", name,
+                               "unsupported_parameter")
+            raise ApiError(400, f"{name} is not supported by ingate; remove it (README \"API\" lists the fields "
+                                "ingate honours and those it ignores)", name, "unsupported_parameter")
+
+    def structure(self) -> Structure | None:
+        """The structure the output must follow (response_format, or a tool call), compiled and checked."""
+        try:
+            return from_response_format(self.response_format)
+        except StructureError as e:
+            raise ApiError(400, str(e), e.param, "invalid_response_format") from None
+
+    def engine_input(self, structure: Structure | None = None) -> list[dict[str, str]] | str:
         """The chat (a list of messages) or the raw prompt the engine is given."""
         raise NotImplementedError
 
@@ -104,10 +141,33 @@ class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # accepted; a response carries at most one call
 
-    def engine_input(self) -> list[dict[str, str]]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in self.messages if m.role != "tool"]
+    def structure(self) -> Structure | None:
+        try:
+            tools = from_tools(self.tools, self.tool_choice)
+        except StructureError as e:
+            raise ApiError(400, str(e), e.param, "invalid_tools") from None
+        fmt = super().structure()
+        if tools is not None and fmt is not None:
+            raise ApiError(400, "response_format and a tool call cannot both constrain one response; send "
+                                'tool_choice "none" or drop response_format', "response_format")
+        return tools or fmt
+
+    def engine_input(self, structure: Structure | None = None) -> list[dict[str, str]]:
+        """The chat the engine renders: tool calls and results written as text the model reads,
+        and the tools described in a system message when a call may be made."""
+        chat = [{"role": "system" if m.role == "developer" else "user" if m.role == "tool" else m.role,
+                 "content": _as_text(m)} for m in self.messages]
+        if structure is not None and structure.is_tools:
+            note = structure.instruction()
+            if chat[0]["role"] == "system":
+                chat[0] = {"role": "system", "content": f"{chat[0]['content']}\n\n{note}"}
+            else:
+                chat.insert(0, {"role": "system", "content": note})
+        return chat
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -123,7 +183,7 @@ class ChatRequest(GenerationRequest):
 class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
 
-    def engine_input(self) -> str:
+    def engine_input(self, structure: Structure | None = None) -> str:
         prompt = self.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
@@ -138,6 +198,23 @@ class CompletionRequest(GenerationRequest):
             raise ApiError(400, "logprobs on /v1/completions is not supported; use /v1/chat/completions "
                                 "with logprobs: true", "logprobs")
         return None
+
+
+def _as_text(m: Message) -> str:
+    """A message as the model reads it: a tool result is labelled, an assistant's tool calls are
+    written in the form the model is asked to call in."""
+    if m.role == "tool":
+        return f"Result of tool call {m.tool_call_id}: {m.text()}" if m.tool_call_id else f"Tool result: {m.text()}"
+    calls = []
+    for c in m.tool_calls or []:
+        fn = c.get("function", {}) if isinstance(c, dict) else {}
+        try:
+            args = json.loads(fn.get("arguments") or "{}")
+        except (TypeError, ValueError):
+            raise ApiError(400, "messages: a tool call's function.arguments must be a JSON string", "messages") \
+                from None
+        calls.append(TOOL_MARKER + json.dumps({"name": fn.get("name", ""), "arguments": args}, ensure_ascii=False))
+    return "\n".join(filter(None, [m.text(), *calls]))
 
 
 _FIELD_NAMES = frozenset(name for m in (ChatRequest, CompletionRequest, Message, ContentPart, StreamOptions)
@@ -157,11 +234,13 @@ def parse(body: bytes, model: type[R]) -> R:
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:
-        return model.model_validate(data)
+        req = model.model_validate(data)
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply; an OpenAI request needs a few levels") from None
     except ValidationError as e:
         raise _field_error(e) from None
+    req.unsupported()
+    return req
 
 
 def _field_error(e: ValidationError) -> ApiError:
