@@ -9,6 +9,12 @@ An upstream that fails mid-stream ends it closed: nothing held is released.
 
 A stop (a stop rule, the client gone, `max_tokens` reached) closes the source's iterator at once:
 a source that streams from an upstream closes its connection there, so the upstream stops too.
+
+With a structure (response_format, a tool call), each delta is checked byte by byte before the
+gate sees it: the part the structure allows is fed, and at the first byte it does not the
+upstream is cancelled and asked to continue from there, up to `STRUCTURE_RETRIES` times; then the
+stream ends `content_filter`. A stream that ends before the structure is complete is continued
+the same way. Nothing that breaks the structure is ever released.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from ingate import logprobs
 from ingate.gate.decision import Action
 from ingate.gate.gate import Gate, Mode, Verdict
 from ingate.loop import DecisionSink, Emitter, Finish, GenerationFailed, Result, TextSink, end_stream, partial_result
+from ingate.structure.matcher import TextMatcher
+
+STRUCTURE_RETRIES = 2  # continuations after the upstream broke the structure, before the stream ends
 
 
 class Delta(NamedTuple):
@@ -29,7 +38,7 @@ class Delta(NamedTuple):
     (one token), the entropy estimated from them (NaN: unknown), its logprob and the alternatives
     (text bytes, logprob) the upstream listed."""
 
-    text: str
+    text: str | bytes  # bytes: a valid prefix of a delta, cut where it broke the structure
     entropy: float = math.nan
     logprob: float = math.nan
     top: tuple[tuple[bytes, float], ...] = ()
@@ -42,25 +51,42 @@ Source = Callable[[str, int], Iterator[str | Delta]]
 def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
                 on_decisions: DecisionSink | None = None, request_id: str = "-",
                 cancelled: Callable[[], bool] | None = None, max_tokens: int | None = None,
-                top_logprobs: int | None = None) -> Result:
+                top_logprobs: int | None = None, structure: TextMatcher | None = None) -> Result:
     """Drive `gate` over what `source` streams until it ends, a rule stops it, `cancelled()` turns
     true (checked between deltas) or `max_tokens` deltas are kept (finish `length`).
     `top_logprobs` (not None): the result carries OpenAI logprobs for the released tokens, with up
-    to that many alternatives each, filtered as on the local engine (ingate.logprobs)."""
+    to that many alternatives each, filtered as on the local engine (ingate.logprobs).
+    `structure`: what the text must follow (checked before the gate sees it)."""
     if gate.mode is not Mode.TEXT:
         raise ValueError(f"govern_text drives a {Mode.TEXT} gate, not {gate.mode}")
     emit = Emitter(gate, on_text, on_decisions)
     gate_us: list[float] = []
     recorded: list[logprobs.Recorded | None] = []  # per stream token, when top_logprobs is set
 
-    attempt, restart = 0, False
+    attempt, restart, broken = 0, False, 0
+    matched = 0  # bytes of gate.raw the structure has consumed
 
     def rolled_back(_: int) -> None:
         nonlocal restart
         restart = True
 
+    def broke(why: str) -> str | None:
+        """The upstream broke the structure: continue from the last valid byte, or end the stream."""
+        nonlocal broken
+        broken += 1
+        if broken > STRUCTURE_RETRIES:
+            gate.halt("structure", Action.STOP, f"the upstream's output {why} after {STRUCTURE_RETRIES} "
+                      "continuations; the stream ends")
+            return Finish.CONTENT_FILTER
+        gate.note("structure", Action.RESAMPLE, f"the upstream's output {why}; continued from the last valid byte")
+        rolled_back(0)
+        return None
+
     finish: str | None = None
     while finish is None:
+        if structure is not None and matched > len(gate.raw):  # the gate withdrew text: so does the structure
+            structure.rollback(matched - len(gate.raw))
+            matched = len(gate.raw)
         stream, restart = source(gate.raw.decode("utf-8", errors="replace"), attempt), False
         try:
             for piece in stream:
@@ -70,7 +96,17 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
                     break
                 delta = piece if isinstance(piece, Delta) else Delta(piece)
                 g, n = time.perf_counter(), gate.position
-                finish = _delta(gate, delta, rolled_back)
+                data, cut = _bytes(delta.text), None
+                if structure is not None:
+                    ok = structure.feed(data)
+                    matched += ok
+                    if ok < len(data):  # the valid part goes on to the gate; the rest never does
+                        data, cut = data[:ok], f"broke the {structure.structure.kind} structure at byte {matched}"
+                finish = _delta(gate, delta._replace(text=data) if cut else delta, rolled_back) if data else None
+                if finish is None and not restart and cut is not None:
+                    assert structure is not None
+                    # text after a complete structure is dropped (a trailing newline); else continue
+                    finish = end_stream(gate, rolled_back, Finish.STOP, request_id) if structure.done else broke(cut)
                 if finish is None and not restart and max_tokens is not None and gate.position >= max_tokens:
                     finish = end_stream(gate, rolled_back, Finish.LENGTH, request_id)
                 gate_us.append((time.perf_counter() - g) * 1e6)
@@ -80,7 +116,10 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
                     break
                 emit(gate.release())
             else:
-                finish = end_stream(gate, rolled_back, Finish.STOP, request_id)
+                if structure is not None and not structure.accepting:  # the upstream stopped short of it
+                    finish = broke(f"ended before the {structure.structure.kind} structure was complete")
+                if finish is None and not restart:
+                    finish = end_stream(gate, rolled_back, Finish.STOP, request_id)
         except Exception as e:  # the upstream died mid-stream: nothing held is released
             gate.fail("upstream", e)
             emit("")
@@ -114,8 +153,12 @@ def _record(gate: Gate, recorded: list[logprobs.Recorded | None], n: int, delta:
     del recorded[gate.position:]
     recorded.extend([None] * (gate.position - len(recorded)))
     if gate.position > n and not math.isnan(delta.logprob) and \
-            gate.raw[gate.tok_start[n]:gate.s.token_end(n)] == delta.text.encode():
+            gate.raw[gate.tok_start[n]:gate.s.token_end(n)] == _bytes(delta.text):
         recorded[n] = (delta.logprob, list(delta.top[:top]))
+
+
+def _bytes(text: str | bytes) -> bytes:
+    return text.encode() if isinstance(text, str) else text
 
 
 def _delta(gate: Gate, delta: Delta, rolled_back: Callable[[int], None]) -> str | None:

@@ -351,5 +351,10 @@ class Gate:
         self.out.stop(self.out.released)
         self._decide(rule_id, action, self.out.released, b"", detail)
 
+    def note(self, rule_id: str, action: str, detail: str) -> None:
+        """Record a decision a driver made at the end of the stream so far (a structure that an
+        upstream's text broke), to be audited with the gate's own."""
+        self._decide(rule_id, action, len(self.raw), b"", detail)
+
     def _decide(self, rule_id: str, action: str, offset: int, matched: bytes, detail: str) -> None:
         self.decisions.append(Decision(rule_id, action, self.s.token_at(offset), offset, matched, detail))

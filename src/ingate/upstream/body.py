@@ -1,9 +1,11 @@
 """The request ingate sends an upstream: the client's first, and each continuation after a withdrawal.
 
 What is pushed down is only what is exact: the client's own stop sequences (the upstream ends
-before them, as the gate would), and after a withdrawal a `logit_bias` of -100 against the tokens
-that would start the withdrawn text again (where the tokenizer is known). Hold-back stays the
-guarantee: an upstream that ignores either is still governed.
+before them, as the gate would); a structure's JSON Schema as `response_format` where the upstream
+takes one (`json_schema`; on the first request only, since a grammar sent with a continuation would
+start over); and after a withdrawal a `logit_bias` of -100 against the tokens that would start the
+withdrawn text again (where the tokenizer is known). Hold-back stays the guarantee: an upstream
+that ignores any of them is still governed, and its text is checked against the structure.
 
 A continuation continues the admitted text, by the strongest means the upstream declares:
   continue_final_message   vLLM: the admitted text as a partial assistant message, continued;
@@ -28,6 +30,7 @@ from ingate.upstream.config import (
     COMPLETIONS,
     CONTINUE_FINAL_MESSAGE,
     INGATE_MASK,
+    JSON_SCHEMA,
     LOGIT_BIAS,
     MAX_LOGIT_BIAS,
     UpstreamModel,
@@ -72,6 +75,9 @@ class Bodies:
                                 "temperature": s.temperature, "seed": (s.seed + attempt) % 2**31}
         if self.req.stop:
             body["stop"] = list(self.req.stop)
+        st = self.req.structure
+        if st is not None and st.pure_json and not attempt and self.spec.can(JSON_SCHEMA):
+            body["response_format"] = st.response_format(self.spec.kind)  # a continuation is checked, not constrained
         if attempt and self.banned:
             body["logit_bias"] = {str(t): -100 for t in sorted(self.banned)}
         elif attempt:

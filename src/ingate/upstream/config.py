@@ -33,7 +33,7 @@ LOGPROBS = "logprobs"  # top_logprobs per streamed token: entropy can be estimat
 CONTINUE_FINAL_MESSAGE = "continue_final_message"  # vLLM: continue a partial assistant message
 COMPLETIONS = "completions"  # a raw /v1/completions prompt (with `tokenizer`: the chat template is known)
 GRAMMAR = "grammar"  # llama.cpp GBNF
-JSON_SCHEMA = "json_schema"
+JSON_SCHEMA = "json_schema"  # response_format with a JSON Schema (llama.cpp: json_object + schema)
 STRUCTURED_OUTPUTS = "structured_outputs"  # vLLM guided decoding
 BAD_WORDS = "bad_words"  # vLLM
 INGATE_MASK = "ingate_mask"  # a vLLM running ingate's logits processor
@@ -46,7 +46,7 @@ KIND_CAPABILITIES: dict[str, frozenset[str]] = {
     "fireworks": frozenset({LOGIT_BIAS, LOGPROBS, COMPLETIONS, JSON_SCHEMA, GRAMMAR}),
     "vllm": frozenset({LOGIT_BIAS, LOGPROBS, CONTINUE_FINAL_MESSAGE, COMPLETIONS, STRUCTURED_OUTPUTS, BAD_WORDS,
                        JSON_SCHEMA}),
-    "llama.cpp": frozenset({LOGIT_BIAS, LOGPROBS, COMPLETIONS, GRAMMAR}),
+    "llama.cpp": frozenset({LOGIT_BIAS, LOGPROBS, COMPLETIONS, GRAMMAR, JSON_SCHEMA}),
     "ollama": frozenset({COMPLETIONS, JSON_SCHEMA}),
     "generic": frozenset(),  # only what every OpenAI-compatible server does: hold-back governs it all
 }

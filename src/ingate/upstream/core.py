@@ -23,6 +23,8 @@ from ingate.gate.decision import Action, Decision
 from ingate.gate.gate import Gate, Mode
 from ingate.loop import Finish, GenerationFailed, Result, partial_result
 from ingate.refusal import refuse, screen_input, session_budget
+from ingate.structure.matcher import TextMatcher
+from ingate.structure.rules import inside_structure
 from ingate.upstream.body import Bodies
 from ingate.upstream.client import Client, UpstreamRejected
 from ingate.upstream.config import LOGPROBS, ModelsError, UpstreamModel
@@ -73,6 +75,8 @@ class UpstreamCore:
 
         compiled = compile_policy(policy)
         refusal = session_budget(policy, req.session_entropy) or screen_input(compiled, req.messages)
+        if req.structure is not None:  # redaction inside JSON would break it: prevented instead
+            compiled = compile_policy(inside_structure(policy))
         if refusal is not None:  # refused before the upstream is asked: nothing spent there
             return refuse(refusal, policy, rid, self.audit, req.session, 0, time.perf_counter() - t0, on_text,
                           on_audited)
@@ -84,7 +88,8 @@ class UpstreamCore:
         measure = self.spec.can(LOGPROBS) and (gate.entropy is not None or req.params.entropy or top is not None)
         call = _Call(self, req, gate, Bodies(self.spec, req, self.vocab, measure))
         try:
-            res = govern_text(gate, call.source, on_text, on_decisions, rid, cancelled, req.params.max_tokens, top)
+            res = govern_text(gate, call.source, on_text, on_decisions, rid, cancelled, req.params.max_tokens, top,
+                              TextMatcher(req.structure) if req.structure is not None else None)
         except GenerationFailed as e:
             e.result.upstream = call.stats(e.result.finish_reason)
             self._record(req, e.result)
