@@ -213,6 +213,48 @@ def test_ingate_in_front_of_vllm(servers, policy_files, tmp_path):
         proc.wait(30)
 
 
+LANDMARK = {"type": "object", "properties": {"landmark": {"type": "string", "maxLength": 40},
+                                             "city": {"type": "string", "maxLength": 20}},
+            "required": ["landmark", "city"], "additionalProperties": False}
+LANDMARK_PROMPT = "What is the most famous landmark in Paris? Answer as JSON."
+
+
+def test_response_format_is_pushed_down_beside_the_mask(servers, policy_files, tmp_path):
+    """A schema through the front server reaches vLLM's structured outputs, in the same sampler as
+    ingate's mask: the JSON validates and the phrase is prevented inside it."""
+    import json
+
+    import jsonschema
+
+    plugin, plain = servers
+    rf = {"type": "json_schema", "json_schema": {"name": "landmark", "schema": LANDMARK}}
+
+    def structured(base: str, t: float, s: int) -> str:
+        r = httpx.post(f"{base}/chat/completions", timeout=300, json={
+            "model": NAME, "messages": [{"role": "user", "content": LANDMARK_PROMPT}], "max_tokens": MAX_TOKENS,
+            "temperature": t, "seed": s, "response_format": rf})
+        return text(r)
+
+    written = [(t, s) for t, s in SETTINGS if _eiffel(structured(plain.base_url, t, s))]
+    assert written, "vLLM never wrote 'Eiffel' into the JSON: this test would govern nothing"
+    proc, url = ingate_serve("--upstream", plugin.base_url, "--upstream-model", NAME, "--upstream-kind", "vllm",
+                             "--upstream-capabilities", "+ingate_mask", "--policy", str(policy_files[0]),
+                             "--audit", str(tmp_path / "audit.sqlite3"))
+    try:
+        for t, s in written[:3]:
+            r = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
+                "model": NAME, "messages": [{"role": "user", "content": LANDMARK_PROMPT}],
+                "max_tokens": MAX_TOKENS, "temperature": t, "seed": s, "response_format": rf})
+            assert r.status_code == 200, r.text
+            choice = r.json()["choices"][0]
+            assert not _eiffel(choice["message"]["content"])
+            if choice["finish_reason"] == "stop":
+                jsonschema.validate(json.loads(choice["message"]["content"]), LANDMARK)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def test_ingate_serve_engine_vllm(env, policy_files, tmp_path):
     """One command: ingate starts vLLM with the plugin behind its own API, and stops it on exit."""
     python, model = env
