@@ -221,7 +221,8 @@ LANDMARK_PROMPT = "What is the most famous landmark in Paris? Answer as JSON."
 
 def test_response_format_is_pushed_down_beside_the_mask(servers, policy_files, tmp_path):
     """A schema through the front server reaches vLLM's structured outputs, in the same sampler as
-    ingate's mask: the JSON validates and the phrase is prevented inside it."""
+    ingate's mask: the JSON validates and the phrase is prevented inside it (the model names the
+    Louvre in this JSON, not the tower)."""
     import json
 
     import jsonschema
@@ -235,10 +236,13 @@ def test_response_format_is_pushed_down_beside_the_mask(servers, policy_files, t
             "temperature": t, "seed": s, "response_format": rf})
         return text(r)
 
-    written = [(t, s) for t, s in SETTINGS if _eiffel(structured(plain.base_url, t, s))]
-    assert written, "vLLM never wrote 'Eiffel' into the JSON: this test would govern nothing"
+    def louvre(out: str) -> bool:
+        return "louvre" in re.sub(r"[^a-z]", "", out.lower())
+
+    written = [(t, s) for t, s in SETTINGS if louvre(structured(plain.base_url, t, s))]
+    assert written, "vLLM never wrote 'Louvre' into the JSON: this test would govern nothing"
     proc, url = ingate_serve("--upstream", plugin.base_url, "--upstream-model", NAME, "--upstream-kind", "vllm",
-                             "--upstream-capabilities", "+ingate_mask", "--policy", str(policy_files[0]),
+                             "--upstream-capabilities", "+ingate_mask", "--policy", str(policy_files[1]),
                              "--audit", str(tmp_path / "audit.sqlite3"))
     try:
         for t, s in written[:3]:
@@ -247,7 +251,7 @@ def test_response_format_is_pushed_down_beside_the_mask(servers, policy_files, t
                 "max_tokens": MAX_TOKENS, "temperature": t, "seed": s, "response_format": rf})
             assert r.status_code == 200, r.text
             choice = r.json()["choices"][0]
-            assert not _eiffel(choice["message"]["content"])
+            assert not louvre(choice["message"]["content"]), choice
             if choice["finish_reason"] == "stop":
                 jsonschema.validate(json.loads(choice["message"]["content"]), LANDMARK)
     finally:
