@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: serve test test-quick test-vllm bench-vllm vllm-env vllm-model lint bench eval-entropy install install-test clean
+.PHONY: serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model lint bench eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,11 @@ lint: install-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
+# Structured output's cost: schema alone, schema + default policy, neither (README "Structured output")
+bench-structured: install-test
+	$(BIN)/python bench/structured.py
+
 bench: install-test
-	$(PIP) install -c constraints.txt -e ".[semantic,bench]"
 	$(BIN)/python bench/layouts.py
 	$(BIN)/python bench/engine_process.py
 	$(BIN)/python bench/run.py
@@ -72,6 +75,7 @@ bench: install-test
 	$(BIN)/python bench/upstream.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/replicas.py
+	$(BIN)/python bench/structured.py
 
 # vLLM's CPU build, for the plugin's tests and bench (README "vLLM"). It lives in its own venv
 # (about 3.5 GB, built once per machine, about 5 minutes): it pins its own torch and transformers.
