@@ -107,6 +107,17 @@ def test_a_gate_that_never_fires_is_transparent_inside_a_structure(runtime, temp
         assert not gated.decisions
 
 
+@pytest.mark.parametrize("pol", [NONE_POLICY, QUIET], ids=["ungoverned", "governed"])
+def test_a_structure_completed_by_the_last_allowed_token_ends_stop(runtime, pol):
+    structure = from_response_format(fmt("flag", {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                                  "required": ["ok"], "additionalProperties": False}))
+    messages = user("Is water wet? Answer as JSON.")
+    free = runtime.run(messages, pol, gen_params(40), structure=structure)
+    assert free.finish_reason == "stop"
+    exact = runtime.run(messages, pol, gen_params(free.completion_tokens), structure=structure)
+    assert exact.text == free.text and exact.finish_reason == "stop"  # complete, so not `length`
+
+
 # ---- rules inside the structure ---------------------------------------------------------------------
 def _ungoverned_runs(runtime, messages, structure, produced, want: int = 3, max_tokens: int = 120) -> list:
     """Settings at which the ungoverned model, held to the same structure, writes what `produced`

@@ -226,13 +226,13 @@ class _Run:
 
     def step(self, cancelled: Callable[[], bool] | None) -> str | None:
         gate = self.gate
+        if self.structure is not None and self.structure.done:  # nothing may follow a complete structure
+            return self.end(Finish.STOP)
         if gate.position >= self.limit:
             return self.end(Finish.LENGTH)
         if cancelled is not None and cancelled():
             gate.halt("client", Action.CANCEL, "client went away; generation cancelled")
             return Finish.CANCELLED
-        if self.structure is not None and self.structure.done:  # nothing may follow a complete structure
-            return self.end(Finish.STOP)
         try:
             logits = self.engine.step()
         except Exception as e:
@@ -425,6 +425,8 @@ def _ungoverned(engine: Engine, prompt: list[int], params: GenerationParams, on_
             parts.append(text)
             if on_text:
                 on_text(text)
+    if structure is not None and structure.done:  # complete at the last token max_tokens allowed
+        finish = Finish.STOP
     tail = dec.decode(b"", final=True)
     if tail:
         parts.append(tail)

@@ -396,16 +396,11 @@ async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Res
                                                                   "sent is governed; retry on another"),
                                                          job.request_id))
                 break
-            elif kind == "done" and answer is not None:
-                ans = answer("".join(held), val.finish_reason)
-                if ans.content or ans.tool_calls:
+            elif kind == "done":
+                ans = answer("".join(held), val.finish_reason) if answer is not None else None
+                if ans is not None and (ans.content or ans.tool_calls):
                     yield reply.chunk(ans.content, tool_calls=ans.tool_calls)
                 yield reply.final_chunk(val, governance(val), ans)
-                if usage:
-                    yield reply.usage_chunk(val)
-                break
-            elif kind == "done":
-                yield reply.final_chunk(val, governance(val))
                 if usage:
                     yield reply.usage_chunk(val)
                 break

@@ -20,8 +20,8 @@ from ingate.sampling import SamplingParams
 from ingate.structure import Structure, StructureError, from_response_format, from_tools
 from ingate.structure.spec import TOOL_MARKER
 
-# Accepted and ignored: they have no effect on what is generated (README "API")
-IGNORED = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
+# Accepted and ignored: they have no effect on what is generated (README "Structured output")
+IGNORED = frozenset({"metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
 # Accepted with the value that changes nothing; any other value is a 400
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (0, 0.0, None), "presence_penalty": (0, 0.0, None), "logit_bias": ({}, None),
@@ -29,7 +29,8 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 
 class _Lenient(BaseModel):
-    # Clients send fields we do not use: ignore them, do not fail. Types are strict, as the OpenAI
+    # Inside a message, clients send fields we do not use (`name`): ignore them, do not fail; the
+    # request's own fields are checked (`GenerationRequest.unsupported`). Types are strict, as the OpenAI
     # API has them: "max_tokens": "10" or "stream": "yes" is a 400 naming the field, not a guess.
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -96,8 +97,8 @@ class GenerationRequest(_Lenient):
                 raise ApiError(400, f"{name} {json.dumps(value)[:40]} is not supported: ingate does not apply it, "
                                     f"and ignoring it would change the output you asked for; omit {name}", name,
                                "unsupported_parameter")
-            raise ApiError(400, f"{name} is not supported by ingate; remove it (README \"API\" lists the fields "
-                                "ingate honours and those it ignores)", name, "unsupported_parameter")
+            raise ApiError(400, f"{name} is not supported by ingate; remove it (README \"Structured output\" lists "
+                                "the fields ingate ignores)", name, "unsupported_parameter")
 
     def structure(self) -> Structure | None:
         """The structure the output must follow (response_format, or a tool call), compiled and checked."""
