@@ -246,6 +246,30 @@ def test_tools_give_a_whole_call_with_arguments_that_follow_the_schema(server, c
     jsonschema.validate(json.loads(call.function.arguments), params)
 
 
+def test_the_governance_report_covers_a_tool_calls_arguments(server, runtime):
+    """Over HTTP, at settings where the ungoverned model writes the address into the arguments:
+    the call carries none, and the report names the rule that acted (never the address)."""
+    from ingate.api.schema import ChatRequest
+
+    ask = [{"role": "user", "content": "E-mail john.smith@example.com to say the meeting moved to Friday."}]
+    structure = from_tools([SEND], "required")
+    messages = ChatRequest.model_validate({"messages": ask, "tools": [SEND]}).engine_input(structure)
+    runs = _ungoverned_runs(runtime, messages, structure, lambda t: bool(EMAIL.search(t)), want=2)
+    for p in runs:
+        r = client(server).chat.completions.create(
+            model="any", messages=ask, tools=[SEND], tool_choice="required", max_tokens=p.max_tokens,
+            temperature=p.sampling.temperature, seed=p.sampling.seed)
+        choice, report = r.choices[0], r.model_extra["governance"]
+        body = r.model_dump_json()
+        assert not EMAIL.search(body)
+        assert any(d["rule"] == "pii" for d in report["decisions"]), report
+        if choice.finish_reason == "tool_calls":
+            jsonschema.validate(json.loads(choice.message.tool_calls[0].function.arguments),
+                                SEND["function"]["parameters"])
+        else:  # the call was cut short: withheld whole
+            assert choice.message.tool_calls is None and choice.message.content is None
+
+
 def test_tool_choice_auto_answers_in_text_or_with_a_call(server):
     c = client(server)  # each answer is text or one whole call, never both, never half a call
     for q in ("What's the weather in Oslo? Use the tool.", "Say hello."):
