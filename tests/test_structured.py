@@ -297,6 +297,28 @@ def test_a_streamed_tool_call_arrives_whole_in_one_chunk(server):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+def test_under_tool_choice_auto_a_text_answer_streams_as_it_is_written(server):
+    """Held only while it could still be a call: once the text leaves the call marker it streams,
+    and it is the same answer as without streaming."""
+    c = client(server)
+    texts = 0
+    for q in ("Say hello to my friend Ana in two sentences.", "Write a short poem about the sea.",
+              "What is two plus two? Explain briefly."):
+        kw = dict(model="any", messages=[{"role": "user", "content": q}], tools=[WEATHER], max_tokens=60,
+                  temperature=0.0, seed=1)
+        whole = c.chat.completions.create(**kw).choices[0]
+        if whole.message.tool_calls:
+            continue
+        chunks = [ch for ch in c.chat.completions.create(stream=True, **kw) if ch.choices]
+        pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices[0].delta.content]
+        assert "".join(pieces) == whole.message.content
+        assert len(pieces) > 3, pieces  # streamed, not one chunk at the end
+        assert chunks[-1].choices[0].finish_reason == whole.finish_reason
+        texts += 1
+    if not texts:
+        pytest.fail("the model called the tool for every prompt: no text answer to stream, nothing tested")
+
+
 def test_completions_take_response_format_too(server):
     r = client(server).completions.create(model="any", prompt="A JSON object describing a cat:", max_tokens=100,
                                           temperature=0.0, extra_body={"response_format": {"type": "json_object"}})

@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ingate import report
-from ingate.api.openai import DONE, Answer, ApiError, Reply, generation_error, tool_answer
+from ingate.api.openai import DONE, Answer, ApiError, Reply, generation_error, may_be_call, tool_answer
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
 from ingate.audit import replica_id
 from ingate.gate.decision import Action, Decision
@@ -166,11 +166,12 @@ class _Server:
         reply = Reply.new(job.request_id, b.name, req.chat)
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
         # a tool call is released whole: its text is held until the response ends, then answered
-        answer = functools.partial(tool_answer, structure, request_id=job.request_id) \
-            if structure is not None and structure.is_tools and req.chat else None
+        tools = structure if structure is not None and structure.is_tools and req.chat else None
+        answer = functools.partial(tool_answer, tools, request_id=job.request_id) if tools else None
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(job, reply, usage, governance, self, answer),
+            may_call = functools.partial(may_be_call, tools) if tools else None
+            return StreamingResponse(_stream(job, reply, usage, governance, self, answer, may_call),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
         res = await _collect(request, job, parts)
@@ -376,9 +377,10 @@ async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
 
 
 async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Result], dict], server: _Server,
-                  answer: Callable[[str, str], Answer] | None = None):
+                  answer: Callable[[str, str], Answer] | None = None, may_call: Callable[[str], bool] | None = None):
     """The response as server-sent events. With `answer` (a tool structure) the text is held
-    until the end and sent as one message: the content, or whole tool calls."""
+    until the end and sent as one message: the content, or whole tool calls. Under tool_choice
+    auto, text that `may_call` says can no longer be a call is an answer: it streams from there."""
     done = False
     held: list[str] = []
     try:
@@ -389,6 +391,10 @@ async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Res
             kind, val = await job.events.get()
             if kind == "text" and answer is not None:
                 held.append(val)
+                if may_call is not None and not may_call("".join(held)):  # an answer in text: stream it
+                    yield reply.chunk("".join(held))
+                    held.clear()
+                    answer = None
             elif kind == "text":
                 yield reply.chunk(val)
             elif kind == "done" and val.finish_reason == "cancelled" and server.draining:

@@ -74,9 +74,15 @@ def tool_answer(structure: Structure, text: str, finish: str, request_id: str) -
         name, args = call
         return Answer(None, [{"id": "call_" + request_id[:24], "type": "function",
                               "function": {"name": name, "arguments": args}}], "tool_calls")
-    if structure.choice == "auto" and text and not TOOL_MARKER.startswith(text[:len(TOOL_MARKER)]):
+    if text and not may_be_call(structure, text):
         return Answer(text, None, finish)
     return Answer(None, None, finish)
+
+
+def may_be_call(structure: Structure, text: str) -> bool:
+    """Can output that starts with `text` still be a tool call? Always, unless tool_choice is
+    auto and the text has left the call marker: it is then an answer in text, and may stream."""
+    return structure.choice != "auto" or TOOL_MARKER.startswith(text[:len(TOOL_MARKER)])
 
 
 def usage(res: Result) -> dict:
