@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,8 @@ def run(*args: str, audit=None, input: str | None = None, timeout: float = 120):
     (["serve", "--api-key", "k::everything"], ["governance detail 'everything'", "minimal, full"]),
     (["generate", "hi", "--audit-key-file", "/nonexistent/key"], ["audit key file", "does not exist"]),
     (["serve", "--tensor-parallel-size", "2"], ["unrecognized arguments: --tensor-parallel-size 2"]),
+    (["generate", "hi", "--schema", "/nonexistent/schema.json"], ["--schema", "cannot read it"]),
+    (["generate", "hi", "--schema", str(Path(__file__))], ["--schema", "not JSON"]),
     (["serve", "--engine", "vllm", "--upstream", "http://127.0.0.1:9/v1"], ["--engine vllm serves one vLLM model"]),
     # the test environment has no vLLM (make test-vllm builds its own): the error says what to install
     (["serve", "--engine", "vllm", "--vllm-python", sys.executable, "--max-model-len", "512"],
@@ -89,6 +92,23 @@ def test_generate_json_shape_and_audit_tail(tmp_path, phone_run):
 
 
 @pytest.mark.slow
+def test_generate_with_a_schema_prints_json_that_follows_it(tmp_path):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+                                               "country": {"type": "string", "maxLength": 30}},
+              "required": ["city", "country"], "additionalProperties": False}
+    path = tmp_path / "place.json"
+    path.write_text(json.dumps(schema))
+    r = run("generate", "Name a city and its country, as JSON.", "--schema", str(path), "--temperature", "0",
+            "--max-tokens", "80", audit=tmp_path / "a.sqlite3")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out) == {"city", "country"}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "nonsense"}')
+    r = run("generate", "hi", "--schema", str(bad), audit=tmp_path / "a.sqlite3")
+    assert r.returncode == 2 and "--schema" in r.stderr and "cannot be" in r.stderr
+
+
 def test_generate_streams_text_and_chat_repl_answers(tmp_path):
     r = run("generate", "Say hello.", "--max-tokens", "16", "--policy", "none", audit=tmp_path / "a.sqlite3")
     assert r.returncode == 0 and r.stdout.strip()

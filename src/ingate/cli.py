@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 from ingate import report
 from ingate.core import Request
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     _gen_flags(g)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    g.add_argument("--schema", metavar="FILE", default=None,
+                   help="a JSON Schema file (or 'object' for any JSON object) the output must follow, as "
+                        "response_format does on the server; the policy governs inside it")
     g.add_argument("--show-entropy", action="store_true",
                    help="colour the output by each token's entropy (where the model was unsure)")
     c = sub.add_parser("chat", help="interactive governed chat")
@@ -334,15 +338,38 @@ def _messages(system: str | None, history: list[dict[str, str]], prompt: str) ->
     return msgs + history + [{"role": "user", "content": prompt}]
 
 
+def _schema(path: str | None):
+    """The structure `--schema` names: a JSON Schema file, or `object` (any JSON object)."""
+    from ingate.structure import StructureError, from_response_format
+
+    if path is None:
+        return None
+    if path == "object":
+        return from_response_format({"type": "json_object"})
+    try:
+        schema = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"--schema {path}: cannot read it ({e.strerror})", code=2) from None
+    except ValueError as e:
+        raise UserError(f"--schema {path}: not JSON ({e})", code=2) from None
+    try:
+        name = Path(path).stem[:64] or "schema"
+        return from_response_format({"type": "json_schema", "json_schema": {"name": name, "schema": schema}})
+    except StructureError as e:
+        raise UserError(f"--schema {path}: {e}", code=2) from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UserError("empty prompt: give the text to generate from", code=2)
     policy = _policy(args.policy)
     params = dataclasses.replace(_params(args), entropy=args.json or args.show_entropy)
+    structure = _schema(args.schema)
     core = _core(args, [policy])
     out = None if args.json or args.show_entropy else _stream_out
     try:
-        res = core.run(Request(_messages(args.system, [], args.prompt), policy, params), on_text=out)
+        res = core.run(Request(_messages(args.system, [], args.prompt), policy, params, structure=structure),
+                       on_text=out)
     except GenerationFailed as e:  # audited; what was released stays on stdout
         if out is not None:
             sys.stdout.write("\n")
