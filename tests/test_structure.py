@@ -113,6 +113,9 @@ def test_a_tool_call_is_answered_whole_or_not_at_all():
     text = tool_answer(auto, "It is sunny.", "stop", "r1")
     assert text.content == "It is sunny." and text.finish_reason == "stop"
     assert parse_call('{"name": "f"}') is None and parse_call("not json") is None
+    lookalike = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'  # under auto, no marker: an answer
+    assert tool_answer(auto, lookalike, "stop", "r1") == type(a)(lookalike, None, "stop")
+    assert tool_answer(from_tools([WEATHER], "required"), lookalike, "stop", "r1").finish_reason == "tool_calls"
 
 
 def test_assistant_tool_calls_and_tool_results_reach_the_model_as_text():

@@ -69,7 +69,8 @@ def tool_answer(structure: Structure, text: str, finish: str, request_id: str) -
     """What a response under `tools` says. A complete call (finish stop) becomes `tool_calls` with
     finish_reason tool_calls; a call cut short (length, content_filter) is withheld whole; text the
     model wrote instead of a call (tool_choice auto) is the content."""
-    call = parse_call(text) if finish == "stop" else None
+    is_call = structure.choice != "auto" or text.startswith(TOOL_MARKER)  # auto: JSON without the marker is text
+    call = parse_call(text) if finish == "stop" and is_call else None
     if call is not None:
         name, args = call
         return Answer(None, [{"id": "call_" + request_id[:24], "type": "function",
