@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ingate import report
-from ingate.api.openai import DONE, Answer, ApiError, Reply, generation_error, may_be_call, tool_answer
+from ingate.api.openai import DONE, ApiError, Reply, generation_error, may_be_call, tool_answer
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
 from ingate.audit import replica_id
 from ingate.gate.decision import Action, Decision
@@ -32,6 +32,7 @@ from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.refusal import DEFAULT_REFUSAL, Refusal, escalation, refuse
 from ingate.session import BUSY, ESCALATED, MemorySessionStore, SessionStore, StoreError
+from ingate.structure import Structure
 from ingate.upstream.config import LOGPROBS
 from ingate.upstream.core import UpstreamCore
 from ingate.worker import Draining, Job, QueueFull, Worker
@@ -167,11 +168,9 @@ class _Server:
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
         # a tool call is released whole: its text is held until the response ends, then answered
         tools = structure if structure is not None and structure.is_tools and req.chat else None
-        answer = functools.partial(tool_answer, tools, request_id=job.request_id) if tools else None
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            may_call = functools.partial(may_be_call, tools) if tools else None
-            return StreamingResponse(_stream(job, reply, usage, governance, self, answer, may_call),
+            return StreamingResponse(_stream(job, reply, usage, governance, self, tools),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
         res = await _collect(request, job, parts)
@@ -179,7 +178,8 @@ class _Server:
             raise ApiError(503, "this replica shut down during the request; retry on another", code="shutting_down",
                            type_="server_error", headers={"Retry-After": "1"})
         text = "".join(parts)
-        return reply.body(res, text, governance(res), answer(text, res.finish_reason) if answer else None)
+        return reply.body(res, text, governance(res),
+                          tool_answer(tools, text, res.finish_reason, job.request_id) if tools else None)
 
     async def _start(self, b: Backend, job: Job) -> None:
         """Hand the job to the model's worker once its session admits it (ingate.session): an
@@ -377,10 +377,10 @@ async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
 
 
 async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Result], dict], server: _Server,
-                  answer: Callable[[str, str], Answer] | None = None, may_call: Callable[[str], bool] | None = None):
-    """The response as server-sent events. With `answer` (a tool structure) the text is held
-    until the end and sent as one message: the content, or whole tool calls. Under tool_choice
-    auto, text that `may_call` says can no longer be a call is an answer: it streams from there."""
+                  tools: Structure | None = None):
+    """The response as server-sent events. Under `tools` the text is held until the end and sent
+    as one message: the content, or whole tool calls. Under tool_choice auto, text that can no
+    longer be a call is an answer: it streams from there."""
     done = False
     held: list[str] = []
     try:
@@ -389,12 +389,12 @@ async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Res
             yield first
         while True:
             kind, val = await job.events.get()
-            if kind == "text" and answer is not None:
+            if kind == "text" and tools is not None:
                 held.append(val)
-                if may_call is not None and not may_call("".join(held)):  # an answer in text: stream it
+                if not may_be_call(tools, "".join(held)):  # an answer in text: stream it
                     yield reply.chunk("".join(held))
                     held.clear()
-                    answer = None
+                    tools = None
             elif kind == "text":
                 yield reply.chunk(val)
             elif kind == "done" and val.finish_reason == "cancelled" and server.draining:
@@ -403,7 +403,7 @@ async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Res
                                                          job.request_id))
                 break
             elif kind == "done":
-                ans = answer("".join(held), val.finish_reason) if answer is not None else None
+                ans = tool_answer(tools, "".join(held), val.finish_reason, job.request_id) if tools else None
                 if ans is not None and (ans.content or ans.tool_calls):
                     yield reply.chunk(ans.content, tool_calls=ans.tool_calls)
                 yield reply.final_chunk(val, governance(val), ans)

@@ -50,15 +50,37 @@ def tokenizer_for(token_bytes: list[bytes], eos: list[int], tokenize: Callable[[
     return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Vocab()), n_vocab=len(token_bytes), eos_token=eos)
 
 
-class TokenMatcher:
+class _Matched:
+    """What both matchers share: llguidance's matcher of one structure, its end and its rollback."""
+
+    unit = "tokens"
+
+    def __init__(self, structure: Structure, tok: llguidance.LLTokenizer, grammar: str):
+        self.structure = structure
+        self.m = _matcher(tok, grammar)
+
+    def rollback(self, n: int) -> None:
+        if n and not self.m.rollback(n):
+            raise StructureViolation(f"the structure's matcher could not roll back {n} {self.unit}: "
+                                     f"{self.m.get_error()}")
+
+    @property
+    def done(self) -> bool:
+        """The structure is complete and nothing more may follow it."""
+        return self.m.is_stopped()
+
+    @property
+    def accepting(self) -> bool:
+        return self.m.is_accepting()
+
+
+class TokenMatcher(_Matched):
     """A structure over an engine's tokens. `forbidden()` is cached until the next consume/rollback."""
 
     def __init__(self, structure: Structure, tok: llguidance.LLTokenizer, vocab_size: int):
-        self.structure = structure
-        self.m = _matcher(tok, structure.grammar())
+        super().__init__(structure, tok, structure.grammar())
         self.n = vocab_size
         self._forbidden: np.ndarray | None = None
-        self.consumed = 0
 
     def forbidden(self) -> np.ndarray:
         """bool per token: True where the structure does not allow the token next."""
@@ -72,25 +94,11 @@ class TokenMatcher:
     def consume(self, token: int) -> None:
         if not self.m.consume_token(token):
             raise StructureViolation(f"token {token} breaks the structure: {self.m.get_error()}")
-        self.consumed += 1
         self._forbidden = None
 
     def rollback(self, n: int) -> None:
-        if n:
-            if not self.m.rollback(n):
-                raise StructureViolation(f"the structure's matcher could not roll back {n} tokens: "
-                                         f"{self.m.get_error()}")
-            self.consumed -= n
-            self._forbidden = None
-
-    @property
-    def done(self) -> bool:
-        """The structure is complete and nothing more may follow it."""
-        return self.m.is_stopped()
-
-    @property
-    def accepting(self) -> bool:
-        return self.m.is_accepting()
+        super().rollback(n)
+        self._forbidden = None
 
 
 class _Bytes:
@@ -110,13 +118,14 @@ def byte_tokenizer() -> llguidance.LLTokenizer:
     return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes()))
 
 
-class TextMatcher:
+class TextMatcher(_Matched):
     """A structure over text, one byte at a time: what an upstream wrote is checked before release.
     Lenient about whitespace between JSON tokens (an upstream formats as it likes)."""
 
+    unit = "bytes"
+
     def __init__(self, structure: Structure):
-        self.structure = structure
-        self.m = _matcher(byte_tokenizer(), structure.grammar(lenient=True))
+        super().__init__(structure, byte_tokenizer(), structure.grammar(lenient=True))
 
     def feed(self, data: bytes) -> int:
         """Consume the longest prefix of `data` the structure allows; how many bytes that was."""
@@ -124,15 +133,3 @@ class TextMatcher:
         if self.m.is_error():
             raise StructureViolation(f"the structure's matcher failed: {self.m.get_error()}")
         return ok
-
-    def rollback(self, n: int) -> None:
-        if n and not self.m.rollback(n):
-            raise StructureViolation(f"the structure's matcher could not roll back {n} bytes: {self.m.get_error()}")
-
-    @property
-    def done(self) -> bool:
-        return self.m.is_stopped()
-
-    @property
-    def accepting(self) -> bool:
-        return self.m.is_accepting()

@@ -98,12 +98,8 @@ def _grammar(s: Structure, lenient: bool) -> str:
     # lenient: what any JSON writer may emit (any whitespace, any \\u escape)
     opts: Any = {"whitespace_flexible": True, "json_allow_general_unicode_escapes": True} if lenient \
         else {"whitespace_flexible": False}
-    try:
-        if s.pure_json:
-            return llguidance.LLMatcher.grammar_from_json_schema(s.schema, overrides=opts)
-    except ValueError as e:
-        raise StructureError(f"the schema cannot be compiled: {e}", "tools" if s.is_tools else "response_format") \
-            from None
+    if s.pure_json:
+        return llguidance.LLMatcher.grammar_from_json_schema(s.schema, overrides=opts)
     # auto: free text that does not start with the marker, or the marker and one call
     call = {"x-guidance": opts, **s.schema}
     lark = (f'start: TEXT | "{TOOL_MARKER}" call\ncall: %json {json.dumps(call)}\n'
@@ -114,10 +110,7 @@ def _grammar(s: Structure, lenient: bool) -> str:
 def _validated(s: Structure, param: str) -> Structure:
     """`s` once llguidance accepts its grammar; a StructureError naming `param` otherwise."""
     try:
-        grammar = s.grammar()
-        bad, msgs = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-    except StructureError:
-        raise
+        bad, msgs = llguidance.LLMatcher.validate_grammar_with_warnings(s.grammar())
     except (ValueError, TypeError) as e:
         raise StructureError(f"{param}: the schema cannot be compiled: {e}", param) from None
     if bad:
