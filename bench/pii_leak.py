@@ -230,6 +230,43 @@ def run_config(rt: Runtime, prompt: str, policy: Policy, max_tokens: int, seed: 
     return rt.run([{"role": "user", "content": prompt}], policy, params)
 
 
+def policies() -> dict[str, Policy]:
+    """The three configurations every record runs under."""
+    return {"none": NONE_POLICY, "redact": pack_policy("redact"), "prevent": pack_policy("prevent")}
+
+
+def measure(rt: Runtime, rec: dict[str, Any], i: int, pols: dict[str, Policy], seed: int) -> dict[str, Any]:
+    """Record `rec` (the `i`-th of the sample: it picks the template and the order of configurations)
+    under every configuration, with each labelled value's leak in each."""
+    tname = list(TEMPLATES)[i % len(TEMPLATES)]
+    prompt = TEMPLATES[tname].format(text=rec["full_text"])
+    n_tok = len(rt.engine.tokenize(rec["full_text"]))
+    max_tokens = min(MAX_TOKENS_CAP, math.ceil(1.5 * n_tok) + MAX_TOKENS_SLACK)
+    values = covered_values(rec)
+    runs: dict[str, Outcome] = {}
+    for c in CONFIGS[i % 3:] + CONFIGS[: i % 3]:  # rotate the order: drift hits every config alike
+        res = run_config(rt, prompt, pols[c], max_tokens, seed)
+        st = res.stats()
+        ntext, idx = _norm_map(res.text)
+        runs[c] = Outcome(res.text, res.finish_reason, res.completion_tokens, round(res.elapsed_s, 3),
+                          st["tokens_per_s"], res.rollbacks,
+                          dict(Counter(f"{d.rule_id}:{d.action}" for d in res.decisions)),
+                          [find_leak(t, v, res.text, ntext, idx) for t, v in values])
+    vals = [{"type": t, "value": v, **{c: {"kind": runs[c].leaks[k].kind, "surface": runs[c].leaks[k].surface}
+                                      for c in CONFIGS}} for k, (t, v) in enumerate(values)]
+    return {"record": rec["index"], "template": tname, "prompt_tokens_text": n_tok, "max_tokens": max_tokens,
+            "values": vals, "runs": {c: {k: v for k, v in o.__dict__.items() if k != "leaks"} for c, o in runs.items()}}
+
+
+def governed_leaks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every labelled value a governed configuration released, in full or in part, with a likely cause."""
+    return [{"config": c, "record": r["record"], "template": r["template"], "type": v["type"], "value": v["value"],
+             "kind": v[c]["kind"], "surface": v[c]["surface"],
+             "reproduced_by_ungoverned": v["none"]["kind"] == "full",
+             "cause": explain(v["type"], v["value"], v[c]["surface"], v[c]["kind"])}
+            for r in rows for v in r["values"] for c in GOVERNED if v[c]["kind"] != "none"]
+
+
 def pct(k: int, n: int) -> str:
     return f"{k}/{n} ({100 * k / n:.0f}%)" if n else "-"
 
@@ -342,47 +379,27 @@ def main() -> int:
     sample = stratified_sample(records, args.n, args.seed)
     t_start = time.perf_counter()
     rt = Runtime.load(use_audit=False)
-    policies = {"none": NONE_POLICY, "redact": pack_policy("redact"), "prevent": pack_policy("prevent")}
+    pols = policies()
     for c in GOVERNED:
-        rt.prepare(policies[c])
+        rt.prepare(pols[c])
     run_config(rt, "Hello", NONE_POLICY, 8, args.seed)  # warm-up: the first decode pays for allocations
     print(f"pii_leak: {len(sample)} of {len(records)} covered records, model loaded in "
           f"{time.perf_counter() - t_start:.1f}s", file=sys.stderr)
 
     rows: list[dict[str, Any]] = []
-    tnames = list(TEMPLATES)
     for i, rec in enumerate(sample):
-        tname = tnames[i % len(tnames)]
-        prompt = TEMPLATES[tname].format(text=rec["full_text"])
-        n_tok = len(rt.engine.tokenize(rec["full_text"]))
-        max_tokens = min(MAX_TOKENS_CAP, math.ceil(1.5 * n_tok) + MAX_TOKENS_SLACK)
-        values = covered_values(rec)
         t0 = time.perf_counter()
-        runs: dict[str, Outcome] = {}
-        for c in CONFIGS[i % 3:] + CONFIGS[: i % 3]:  # rotate the order: drift hits every config alike
-            res = run_config(rt, prompt, policies[c], max_tokens, args.seed)
-            st = res.stats()
-            ntext, idx = _norm_map(res.text)
-            runs[c] = Outcome(res.text, res.finish_reason, res.completion_tokens, round(res.elapsed_s, 3),
-                              st["tokens_per_s"], res.rollbacks,
-                              dict(Counter(f"{d.rule_id}:{d.action}" for d in res.decisions)),
-                              [find_leak(t, v, res.text, ntext, idx) for t, v in values])
-        vals = [{"type": t, "value": v, **{c: {"kind": runs[c].leaks[k].kind, "surface": runs[c].leaks[k].surface}
-                                          for c in CONFIGS}} for k, (t, v) in enumerate(values)]
-        rows.append({"record": rec["index"], "template": tname, "prompt_tokens_text": n_tok,
-                     "max_tokens": max_tokens, "values": vals,
-                     "runs": {c: {k: v for k, v in o.__dict__.items() if k != "leaks"} for c, o in runs.items()}})
+        row = measure(rt, rec, i, pols, args.seed)
+        rows.append(row)
+        vals = row["values"]
         marks = " ".join(f"{c}={sum(v[c]['kind'] == 'full' for v in vals)}"
                          f"+{sum(v[c]['kind'] == 'partial' for v in vals)}p" for c in CONFIGS)
-        print(f"[{i + 1}/{len(sample)}] record {rec['index']} {tname} "
-              f"{','.join(sorted({t for t, _ in values}))} values={len(values)} leaks {marks} "
-              f"rb={runs['prevent'].rollbacks} {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(f"[{i + 1}/{len(sample)}] record {rec['index']} {row['template']} "
+              f"{','.join(sorted({v['type'] for v in vals}))} values={len(vals)} leaks {marks} "
+              f"rb={row['runs']['prevent']['rollbacks']} {time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
-    leaks = [{"config": c, "record": r["record"], "template": r["template"], "type": v["type"], "value": v["value"],
-              "kind": v[c]["kind"], "surface": v[c]["surface"],
-              "reproduced_by_ungoverned": v["none"]["kind"] == "full",
-              "cause": explain(v["type"], v["value"], v[c]["surface"], v[c]["kind"])}
-             for r in rows for v in r["values"] for c in GOVERNED if v[c]["kind"] != "none"]
+    tnames = list(TEMPLATES)
+    leaks = governed_leaks(rows)
     per_template: dict[str, Any] = {}
     for tname in tnames:
         rs = [r for r in rows if r["template"] == tname]
