@@ -106,11 +106,33 @@ def coverage_curve(signal: list[float], right: list[bool]) -> list[tuple[float, 
     return out
 
 
-def ask(rt: Runtime, country: str, policy, sp: SamplingParams, max_tokens: int) -> tuple[Result, Gate]:
-    prompt = rt.engine.chat_prompt([{"role": "user", "content": QUESTION.format(country=country)}])
+def ask_question(rt: Runtime, question: str, policy, sp: SamplingParams, max_tokens: int) -> tuple[Result, Gate]:
+    """One chat question through the gate under `policy`, with per-token entropy recorded."""
+    prompt = rt.engine.chat_prompt([{"role": "user", "content": question}])
     gate = Gate(compile_policy(policy), rt.table)
     return generate(rt.engine, prompt, GenerationParams(max_tokens=max_tokens, sampling=sp, entropy=True),
                     gate), gate
+
+
+def ask(rt: Runtime, country: str, policy, sp: SamplingParams, max_tokens: int) -> tuple[Result, Gate]:
+    return ask_question(rt, QUESTION.format(country=country), policy, sp, max_tokens)
+
+
+def entropy_signals(res: Result, gate: Gate, table: list[bytes]) -> dict[str, float]:
+    """Mean, max, first-answer-token and total entropy of one answer (nats; 0.0 when none was recorded)."""
+    ent = [h for h in res.entropy or [] if h == h]
+    fa = first_answer_token(res, table, gate.tokens)
+    return {"mean": float(np.mean(ent)) if ent else 0.0, "max": float(np.max(ent)) if ent else 0.0,
+            "first": float(res.entropy[fa]) if res.entropy else 0.0, "total": float(np.sum(ent))}
+
+
+def signal_stats(rows: list[dict], signals: tuple[str, ...] = ("mean", "max", "first")) -> dict[str, dict]:
+    """Per signal: AUROC for telling wrong answers (the positive class) from right ones, and the
+    accuracy-against-coverage curve. Needs right and wrong answers both."""
+    right = [r["right"] for r in rows]
+    # a right answer is the "admissible" class: AUROC that a wrong answer carries more entropy
+    return {s: {"auroc": round(auroc(np.asarray([r[s] for r in rows]), np.asarray(right)), 4),
+                "curve": coverage_curve([r[s] for r in rows], right)} for s in signals}
 
 
 def budget_policy(budget: float):
@@ -140,20 +162,15 @@ def main() -> int:
     rows = []
     for i, (country, cap) in enumerate(qa):
         res, gate = ask(rt, country, NONE_POLICY, greedy, args.max_tokens)
-        ent = [h for h in res.entropy or [] if h == h]
-        fa = first_answer_token(res, rt.table.token_bytes, gate.tokens)
         rows.append({"country": country, "capital": cap, "answer": res.text.strip(),
                      "right": is_right(res.text, cap, country),
-                     "mean": float(np.mean(ent)) if ent else 0.0, "max": float(np.max(ent)) if ent else 0.0,
-                     "first": float(res.entropy[fa]) if res.entropy else 0.0, "total": float(np.sum(ent))})
+                     **entropy_signals(res, gate, rt.table.token_bytes)})
         if (i + 1) % 25 == 0:
             acc = np.mean([r["right"] for r in rows])
             print(f"  ungoverned greedy [{i + 1}/{len(qa)}] accuracy so far {acc:.3f}", file=sys.stderr)
     right = [r["right"] for r in rows]
     acc0 = float(np.mean(right))
-    # a right answer is the "admissible" class: AUROC that a wrong answer carries more entropy
-    signals = {s: {"auroc": round(auroc(np.asarray([r[s] for r in rows]), np.asarray(right)), 4),
-                   "curve": coverage_curve([r[s] for r in rows], right)} for s in ("mean", "max", "first")}
+    signals = signal_stats(rows)
 
     # the rule itself: budgets at quantiles of the ungoverned answers' total entropy
     totals = [r["total"] for r in rows]

@@ -112,6 +112,27 @@ def write_labelled(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
+def spread(xs: list, n: int | None) -> list:
+    """At most n items of xs, evenly spaced in order (all of them when n is None)."""
+    if n is None or n >= len(xs):
+        return xs
+    step = len(xs) / n
+    return [xs[int(k * step)] for k in range(n)]
+
+
+def subset_csv(src: Path, dst: Path, by: str, limit: int) -> Path:
+    """At most `limit` rows of each value of column `by`, evenly spaced, in the file's order."""
+    with src.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    keep = {id(r) for v in sorted({r[by] for r in rows}) for r in spread([r for r in rows if r[by] == v], limit)}
+    with dst.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(r for r in rows if id(r) in keep)
+    return dst
+
+
 # ---- one calibration --------------------------------------------------------------------------
 
 def run(policy_path: Path, labelled: Path) -> tuple[Calibration, dict[str, Any]]:
@@ -158,7 +179,9 @@ def summarize(cal: Calibration, texts: list[str], n_examples: int, secs: float) 
 
 # ---- experiments -------------------------------------------------------------------------------
 
-def toxigen(tmp: Path) -> tuple[list[dict[str, Any]], list[Calibration]]:
+def toxigen(tmp: Path, limit: int | None = None) -> tuple[list[dict[str, Any]], list[Calibration]]:
+    """Both splits; `limit` keeps at most that many examples and that many test texts of each label
+    (evenly spaced in file order), for a quicker, smaller run."""
     groups = toxigen_groups(need(DATA / "toxigen_demonstrations"))
     if len(groups) != 13:
         sys.exit(f"semantic_dev: expected 13 ToxiGen groups, found {len(groups)}: {', '.join(groups)}")
@@ -166,9 +189,14 @@ def toxigen(tmp: Path) -> tuple[list[dict[str, Any]], list[Calibration]]:
     results, cals = [], []
     for name, train, test in (("toxigen_a_to_b", a, b), ("toxigen_b_to_a", b, a)):
         examples = [s for g in train for s in groups[g]["hate"]]
-        pol = write_rule(tmp, name, "hate", "hate", examples)
         seen = set(examples)
+        examples = spread(examples, limit)
+        pol = write_rule(tmp, name, "hate", "hate", examples)
         rows = [(s, kind) for g in test for kind in ("hate", "neutral") for s in groups[g][kind] if s not in seen]
+        if limit is not None:
+            keep = {i for kind in ("hate", "neutral")
+                    for i in spread([i for i, r in enumerate(rows) if r[1] == kind], limit)}
+            rows = [r for i, r in enumerate(rows) if i in keep]
         lab = write_labelled(tmp / f"{name}.csv", rows)
         cal, res = run(pol, lab)
         res.update({"split": name, "example_groups": train, "test_groups": test})
@@ -178,10 +206,14 @@ def toxigen(tmp: Path) -> tuple[list[dict[str, Any]], list[Calibration]]:
     return results, cals
 
 
-def xstest(tmp: Path) -> tuple[dict[str, Any], Calibration]:
+def xstest(tmp: Path, limit: int | None = None) -> tuple[dict[str, Any], Calibration]:
+    """`limit` keeps at most that many SimpleSafetyTests examples and that many XSTest prompts of each
+    label (evenly spaced in file order), for a quicker, smaller run."""
     with need(DATA / "simplesafetytests" / "sst_test_cases.csv").open(newline="", encoding="utf-8") as f:
-        sst = [r["prompts_final"] for r in csv.DictReader(f)]
+        sst = spread([r["prompts_final"] for r in csv.DictReader(f)], limit)
     xs_path = need(DATA / "xstest" / "xstest_prompts.csv")
+    if limit is not None:
+        xs_path = subset_csv(xs_path, tmp / "xstest_subset.csv", "label", limit)
     pol = write_rule(tmp, "xstest", "harmful-requests", "harmful requests", sst)
     cal, res = run(pol, xs_path)  # columns prompt, label safe/unsafe: read_labelled reads it as it is
     with xs_path.open(newline="", encoding="utf-8") as f:
