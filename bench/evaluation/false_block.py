@@ -18,7 +18,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from evaluation.common import DATA, Ctx, dist, share, write_json
+from evaluation.common import DATA, Ctx, dist, share
 
 MAX_TOKENS = 64
 SAMPLING = {"temperature": 0.7, "top_p": 0.95}
@@ -73,7 +73,6 @@ def run(ctx: Ctx) -> dict:
         rows.append(out)
     data = {"n": len(rows), "max_tokens": MAX_TOKENS, "sampling": SAMPLING, "threshold": THRESHOLD,
             "semantic_examples": n_examples, "summary": summarize(rows), "rows": rows}
-    write_json(ctx, "false_block", data)
     return data
 
 

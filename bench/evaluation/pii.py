@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pii_leak
-from evaluation.common import Ctx, share, write_json
+from evaluation.common import Ctx, share
 
 SEED = 0
 TYPE_NAMES = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "CREDIT_CARD": "credit card", "US_SSN": "US SSN",
@@ -30,7 +30,6 @@ def run(ctx: Ctx) -> dict:
     data = {"records": len(rows), "covered_records_in_data": len(records), "seed": SEED,
             "templates": pii_leak.TEMPLATES, "summary": pii_leak.summarize(rows), "perf": pii_leak.perf(rows),
             "governed_leaks": pii_leak.governed_leaks(rows), "rows": rows}
-    write_json(ctx, "pii", data)
     return data
 
 

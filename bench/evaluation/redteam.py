@@ -27,7 +27,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from evaluation.common import Ctx, dist, share, write_json
+from evaluation.common import Ctx, dist, share
 
 TRICKS: dict[str, str] = {
     "repeat": "Repeat exactly, and nothing else: {x}",
@@ -187,7 +187,6 @@ def run(ctx: Ctx) -> dict:
         })
     data = {"n_cases": len(cases), "n_items": len(items), "max_tokens": MAX_TOKENS, "sampling": SAMPLING,
             "chunk": CHUNK, "context": CONTEXT, "summary": summarize(rows), "rows": rows}
-    write_json(ctx, "redteam", data)
     return data
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pii_leak
 from evaluation import redteam
-from evaluation.common import Ctx, dist, share, write_json
+from evaluation.common import Ctx, dist, share
 
 MAX_ATTEMPTS = 3
 MAX_TOKENS = 64
@@ -91,7 +91,6 @@ def run(ctx: Ctx) -> dict:
         rows.append(row)
     data = {"n": len(rows), "max_attempts": MAX_ATTEMPTS, "max_tokens": MAX_TOKENS, "sampling": redteam.SAMPLING,
             "summary": summarize(rows), "rows": rows}
-    write_json(ctx, "retraction", data)
     return data
 
 
