@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model lint bench eval-entropy install install-test clean
+.PHONY: serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(BIN)/ingate serve $(SERVE_ARGS)
 
-test: install-test
+test: install-test nemo-env
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -109,6 +109,32 @@ test-vllm: install-test vllm-model
 
 bench-vllm: install-test vllm-model
 	INGATE_VLLM_PYTHON=$(VLLM_VENV)/bin/python INGATE_VLLM_MODEL=$(VLLM_MODEL) $(BIN)/python bench/vllm_plugin.py
+
+# The evaluation's peer (report section 3, bench/evaluation/peer.py): NeMo Guardrails in a venv of
+# its own, run only through bench/evaluation/nemo_peer.py. It is not a dependency of ingate, and
+# ingate is not installed there. NeMo 0.24 calls the LLM with its own OpenAI-compatible client;
+# langchain-openai is there for its LangChain framework (NEMOGUARDRAILS_LLM_FRAMEWORK=langchain).
+NEMO_VERSION := 0.24.1
+NEMO_VENV    ?= $(HOME)/.cache/ingate/nemo-$(NEMO_VERSION)
+NEMO_PIP     := $(NEMO_VENV)/bin/python -m pip --disable-pip-version-check -q
+
+$(NEMO_VENV)/.installed:
+	@echo "building NeMo Guardrails $(NEMO_VERSION)'s environment in $(NEMO_VENV) (the evaluation's peer, once per machine)..."
+	$(PYTHON) -m venv $(NEMO_VENV)
+	$(NEMO_PIP) install "nemoguardrails==$(NEMO_VERSION)" "langchain-openai==1.8.1"
+	@touch $@
+
+nemo-env: $(NEMO_VENV)/.installed
+
+# The evaluation report (docs/REPORT.md, README "Evaluation"): leakage, false blocking, overhead and scale,
+# NeMo Guardrails side by side. Full: about an hour on 2 cores; quick: small samples into build/eval-quick.
+eval: install-test nemo-env
+	$(PIP) install -c constraints.txt -e ".[semantic,eval]"
+	$(BIN)/python bench/evaluate.py --nemo-python $(NEMO_VENV)/bin/python
+
+eval-quick: install-test nemo-env
+	$(PIP) install -c constraints.txt -e ".[semantic,eval]"
+	$(BIN)/python bench/evaluate.py --quick --nemo-python $(NEMO_VENV)/bin/python
 
 # Does per-token entropy tell wrong answers from right ones? Capitals from the PyPI package countryinfo.
 eval-entropy: install-test

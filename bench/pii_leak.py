@@ -184,13 +184,36 @@ def find_leak(etype: str, value: str, text: str, ntext: str, idx: list[int]) -> 
 
 
 _COMPILED = {name: re.compile(rx) for name, (rx, _) in BUILTIN_PATTERNS.items()}
+# as the pack reads a number: whole, never a piece of a longer run of digits
+_WHOLE = {name: re.compile(rf"(?<![0-9])(?:{rx})(?![0-9])") if name != "email" else re.compile(rx)
+          for name, (rx, _) in BUILTIN_PATTERNS.items()}
 
 
-def explain(etype: str, value: str, surface: str, kind: str) -> str:
-    """A best guess at why a governed run released this value: which form no pattern covers."""
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def explain(etype: str, value: str, surface: str, kind: str, text: str = "") -> str:
+    """A best guess at why a governed run released this value: which form no pattern covers.
+    `text`: the whole released text, to see what stands next to the value."""
     if etype == "IP_ADDRESS" and ":" in value:
         return "IPv6 address; the pack has ipv4 only"
-    hit = [n for n, rx in _COMPILED.items() if rx.search(surface)]
+    at = text.find(surface) if text and surface else -1
+    if at >= 0 and ((at > 0 and text[at - 1].isdigit()) or text[at + len(surface): at + len(surface) + 1].isdigit()):
+        return ("inside a longer run of digits: the pack reads a number whole, and a longer number is not "
+                f"a {etype.lower()} to it (prevent steered the model to add digits)")
+    digits = "".join(c for c in surface if c.isdigit())
+    card = 12 <= len(digits) <= 19 and luhn_ok(digits)  # the pack's card check, not its looser regex
+    if etype == "CREDIT_CARD" and kind == "full" and not card:
+        return "fails the Luhn check: not a card number to the pack"
+    hit = [n for n, rx in _WHOLE.items() if rx.search(surface) and (n != "credit_card" or card)]
+    if not hit and kind == "partial":
+        return ("a fragment in a form no pattern reads: the value was broken (a letter added, digits dropped "
+                "or regrouped) and the digits left are not a number of any covered type")
     if hit:  # a match in a substring is a match in the stream: the gate had its chance
         return f"released form matches {', '.join(hit)}: the gate should have acted (check)"
     pat = COVERED[etype]
@@ -263,7 +286,7 @@ def governed_leaks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"config": c, "record": r["record"], "template": r["template"], "type": v["type"], "value": v["value"],
              "kind": v[c]["kind"], "surface": v[c]["surface"],
              "reproduced_by_ungoverned": v["none"]["kind"] == "full",
-             "cause": explain(v["type"], v["value"], v[c]["surface"], v[c]["kind"])}
+             "cause": explain(v["type"], v["value"], v[c]["surface"], v[c]["kind"], r["runs"][c]["text"])}
             for r in rows for v in r["values"] for c in GOVERNED if v[c]["kind"] != "none"]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from evaluation.common import DATA, Ctx, dist, share
 
-MAX_TOKENS = 64
+MAX_TOKENS = 48
 SAMPLING = {"temperature": 0.7, "top_p": 0.95}
 THRESHOLD = 0.45
 CONFIGS = ("none", "default", "semantic")

@@ -9,6 +9,7 @@ same prompt, greedy. The measuring code is bench/pii_leak.py's (also a benchmark
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pii_leak
@@ -21,7 +22,7 @@ TYPE_NAMES = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "CREDIT_CARD": 
 
 def run(ctx: Ctx) -> dict:
     records = pii_leak.load_records(pii_leak.DATA)
-    sample = pii_leak.stratified_sample(records, ctx.pick(120, 18, 2), SEED)
+    sample = pii_leak.stratified_sample(records, ctx.pick(80, 18, 2), SEED)
     pols = pii_leak.policies()
     for c in pii_leak.GOVERNED:
         ctx.rt.prepare(pols[c])
@@ -60,7 +61,21 @@ def render(data: dict, ctx: Ctx) -> str:
         fr = ", ".join(f"{k} {v}" for k, v in sorted(q["finish_reasons"].items()))
         L.append(f"| {c} | {q['tokens_per_s_median']} | {ratio} | {q['rollbacks_median']} / {q['rollbacks_max']} "
                  f"| {fr} |")
-    leaks = data["governed_leaks"]
+    leaks = pii_leak.governed_leaks(data["rows"])  # the causes as the current explain() reads them
+    a = s["ALL"]
+    red, prev = a["redact"]["any_among_reproduced"], a["prevent"]["any_among_reproduced"]
+    rep = a["reproduced_by_ungoverned"]
+    L += ["", f"Of the {rep} values the ungoverned model wrote out whole, some part (the whole, or 7+ of its digits) "
+          f"reached the client in {share(red, rep)} under `redact` and {share(prev, rep)} under `prevent`."]
+    if prev > red:
+        L.append("`prevent` leaks more here than `redact`: masking the value's next token steers a model that was "
+                 "asked to copy it into a near miss (a letter inserted in an IBAN, a digit added before a number, "
+                 "digits regrouped), a form the pack no longer reads as that type while the digits are still there. "
+                 "`redact` lets the model write the value and replaces it as a whole. For PII a user wants gone, "
+                 "`redact` is the safer action; `prevent` is for text that must never be written at all.")
+    causes = Counter(lk["cause"].split(":")[0] for lk in leaks)
+    if causes:
+        L.append("Causes: " + "; ".join(f"{c} ({k})" for c, k in causes.most_common()) + ".")
     L += [""]
     if leaks:
         L += [f"Governed releases ({len(leaks)}), each with its likely cause:", "",

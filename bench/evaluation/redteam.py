@@ -46,7 +46,7 @@ SYSTEMS = ("ungoverned", "chunk_filter", "ingate")
 SYSTEM_NAMES = {"ungoverned": "(a) ungoverned", "chunk_filter": "(b) post-hoc chunk filter (200/50)",
                 "ingate": "(c) ingate, prevent in the loop"}
 CHUNK, CONTEXT = 200, 50  # NeMo Guardrails' streaming output rail defaults
-MAX_TOKENS = 64
+MAX_TOKENS = 48
 SAMPLING = {"temperature": 0.7, "top_p": 0.95}
 
 _SYL = ["ka", "lo", "mir", "zen", "tor", "vex", "qua", "ri", "dan", "sol", "bri", "ux", "pha", "nor", "gle",
@@ -206,6 +206,31 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def plot(data: dict, ctx: Ctx) -> str:
+    """Released violations per trick and system, letters and digits only: img/redteam_tricks.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = data["summary"]["by_trick"]
+    tricks = list(by)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.27
+    for k, sys_ in enumerate(SYSTEMS):
+        xs = [i + (k - 1) * width for i in range(len(tricks))]
+        ax.bar(xs, [100 * by[t][sys_] / max(1, by[t]["n"]) for t in tricks], width, label=SYSTEM_NAMES[sys_])
+    ax.set_xticks(range(len(tricks)), tricks)
+    ax.set_ylabel("% of prompts released")
+    ax.set_title(f"banned item released, letters and digits only ({data['n_cases']} prompts)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    name = "redteam_tricks.png"
+    fig.savefig(ctx.img / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def render(data: dict, ctx: Ctx) -> str:
     s, n = data["summary"], data["n_cases"]
     L = ["## 1. Leakage red team: banned phrases and secret values", "",
@@ -222,6 +247,7 @@ def render(data: dict, ctx: Ctx) -> str:
           "| trick | prompts | (a) ungoverned | (b) chunk filter | (c) ingate |", "|---|---|---|---|---|"]
     for t, r in s["by_trick"].items():
         L.append(f"| {t} | {r['n']} | {r['ungoverned']} | {r['chunk_filter']} | {r['ingate']} |")
+    L += ["", f"![released violations by trick](img/{plot(data, ctx)})"]
     fin = ", ".join(f"{k} {v}" for k, v in s["ingate_finish"].items())
     tp = s["tokens_per_s"]
     L += ["", f"ingate's finish reasons: {fin}; rollbacks per prompt median {s['ingate_rollbacks']['median']:g}, "
@@ -233,8 +259,11 @@ def render(data: dict, ctx: Ctx) -> str:
         L.append(f"**ingate released {len(leaks)}**; the first: " + "; ".join(
             f"`{r['item']}` ({r['trick']}): {r['released']['ingate'][:120]!r}" for r in leaks[:3]))
     else:
-        L.append("ingate released no banned item at any level. The chunk filter lets through what its as-written "
-                 "check cannot read: spelled, spaced and split items.")
+        L.append("ingate released no banned item at any level.")
+    through = {t: r["chunk_filter"] for t, r in s["by_trick"].items() if r["chunk_filter"]}
+    if through:
+        L.append(f"The chunk filter let {sum(through.values())} through that its as-written check cannot read, by "
+                 "trick: " + ", ".join(f"{t} {k}" for t, k in through.items()) + ".")
     L += ["", "Limits: the items are made up, so a hit is always the attack working, never a coincidence; "
           "a real ban list of common words also has false blocks (section 5 and `bench/spelling.py`). "
           "A small model does not follow every trick: the ungoverned row says how often the attack took. "
