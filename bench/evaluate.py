@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -130,8 +131,7 @@ def main() -> int:
         ctx.nemo_python = args.nemo_python
     for d in (ctx.results, ctx.img):
         d.mkdir(parents=True, exist_ok=True)
-    ctx.tmp = ctx.results / "tmp"
-    ctx.tmp.mkdir(exist_ok=True)
+    ctx.tmp = Path(tempfile.mkdtemp(prefix="ingate-eval-"))  # scratch policies and logs, not results
     only = parse_only(args.only)
     t0 = time.time()
     where = ctx.results.relative_to(HERE.parent) if ctx.results.is_relative_to(HERE.parent) else ctx.results
