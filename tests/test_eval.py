@@ -94,6 +94,15 @@ def test_a_smoke_run_writes_every_section_from_real_runs(tmp_path: Path) -> None
     assert "Rendering failed" not in report
     assert list((tmp_path / "img").glob("*.png")), "no plot written"
     red = json.loads((tmp_path / "eval_redteam.json").read_text())
-    assert red["n_cases"] > 0 and all(not r["violation"]["ingate"]["alnum_only"] for r in red["rows"])
+    assert red["n_cases"] > 0 and all(set(r["released"]) == set(redteam.SYSTEMS) for r in red["rows"])
+    # how many of a few prompts leak ungoverned depends on the CPU's last bits; that ingate releases
+    # none is the invariant (tested at scale, where the ungoverned model does leak, in test_spelling)
+    assert not any(r["violation"]["ingate"]["alnum_only"] for r in red["rows"])
     pii = json.loads((tmp_path / "eval_pii.json").read_text())
     assert pii["summary"]["ALL"]["values"] > 0
+    peer = json.loads((tmp_path / "eval_peer.json").read_text())
+    for row in peer["rows"]:  # NeMo really ran: one LLM call per prompt, on the same seed, no error
+        for name in ("nemo_sf", "nemo_nosf"):
+            run = row["systems"][name]
+            assert run["error"] is None and len(run["llm_requests"]) == 1, run
+            assert run["llm_requests"][0]["params"]["seed"] == row["seed"]
