@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -91,3 +93,30 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.s = time.perf_counter() - self.t0
+
+
+@contextmanager
+def ingate_server(flags: list[str], log: IO[bytes], env: dict[str, str] | None = None
+                  ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`ingate serve FLAGS` on a free port, its output in `log`, until the block ends: (base URL,
+    process). A server that exits before it is ready raises with the tail of its log."""
+    from server import INGATE, free_port, wait_ready
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([INGATE, "serve", "--port", str(port), *flags], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_ready(url, proc)
+        except RuntimeError as e:
+            log.flush()
+            raise RuntimeError(f"{e}; its log: {Path(log.name).read_text(errors='replace')[-2000:]}") from None
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

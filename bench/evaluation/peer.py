@@ -39,7 +39,7 @@ import httpx
 
 import pii_leak
 from evaluation import redteam
-from evaluation.common import DATA, Ctx, dist, ms, share
+from evaluation.common import DATA, Ctx, dist, ingate_server, ms, share
 
 SYSTEMS = ("upstream", "nemo_sf", "nemo_nosf", "ingate_upstream", "ingate_embedded")
 SYSTEM_NAMES = {"upstream": "(i) upstream, ungoverned", "nemo_sf": "(ii) NeMo, stream_first=true",
@@ -186,25 +186,6 @@ class NemoWorker:
 
 
 @contextlib.contextmanager
-def ingate_server(flags: list[str], log: IO[bytes]) -> Iterator[str]:
-    """`ingate serve FLAGS` on a free port, until the block ends: its base URL (…/v1)."""
-    from server import INGATE, free_port, wait_ready
-
-    port = free_port()
-    proc = subprocess.Popen([INGATE, "serve", "--port", str(port), *flags], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
 def systems(ctx: Ctx, items: list[str]) -> Iterator[dict[str, Any]]:
     """Every system started, each a callable Prompt -> raw result; all stopped after."""
     from upstreams import llama_server
@@ -220,8 +201,8 @@ def systems(ctx: Ctx, items: list[str]) -> Iterator[dict[str, Any]]:
         policy = ["--policy", str(tmp / "policy.yaml"), *audit]
         governed = stack.enter_context(ingate_server(
             ["--upstream", upstream, "--upstream-model", MODEL, "--upstream-kind", "llama.cpp",
-             "--upstream-tokenizer", "embedded", *policy], logs["ingate_upstream"]))
-        embedded = stack.enter_context(ingate_server(policy, logs["ingate_embedded"]))
+             "--upstream-tokenizer", "embedded", *policy], logs["ingate_upstream"]))[0] + "/v1"
+        embedded = stack.enter_context(ingate_server(policy, logs["ingate_embedded"]))[0] + "/v1"
         nemo = {sf: NemoWorker(ctx, upstream, tmp / "rules.json", sf, logs["nemo_sf" if sf else "nemo_nosf"])
                 for sf in (True, False)}
         for w in nemo.values():

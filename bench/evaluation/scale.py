@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from evaluation.common import BENCH, Ctx, dist, pct
+from evaluation.common import BENCH, Ctx, dist, ingate_server, pct
 
 HEADING = "## 7. Scale: gate cost per token"
 MIN_PER_RULE = 500  # splitting a refused ban list stops here (the error is raised)
@@ -303,33 +301,15 @@ def length_sweep(ctx: Ctx, s: dict[str, Any], policy: Any, n_phrases: int) -> di
 def server(ctx: Ctx, policy_text: str) -> Iterator[tuple[str, float, int]]:
     """`ingate serve` on loopback with `policy_text` (the default) and `none` loaded: its url, the
     perf_counter time it was started at, and its process id."""
-    from server import free_port, wait_ready
-
     tmp = Path(tempfile.mkdtemp(prefix="ingate-scale-", dir=ctx.tmp))
     (tmp / "policy.yaml").write_text(policy_text)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    exe = str(Path(sys.executable).with_name("ingate"))
-    log = (tmp / "serve.log").open("wb")
+    flags = ["--policy", str(tmp / "policy.yaml"), "--policy", "none", "--max-queue", "64"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--policy", str(tmp / "policy.yaml"),
-                             "--policy", "none", "--max-queue", "64"],
-                            env=dict(os.environ, INGATE_AUDIT=str(tmp / "audit.sqlite3")),
-                            stdout=log, stderr=subprocess.STDOUT)
     try:
-        try:
-            wait_ready(url, proc)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}; its log: {(tmp / 'serve.log').read_text()[-2000:]}") from None
-        yield url, t0, proc.pid
+        with (tmp / "serve.log").open("wb") as log, \
+                ingate_server(flags, log, env=dict(os.environ, INGATE_AUDIT=str(tmp / "audit.sqlite3"))) as (url, proc):
+            yield url, t0, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         shutil.rmtree(tmp, ignore_errors=True)  # its policy, log and audit: a failure quoted the log already
 
 
