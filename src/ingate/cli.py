@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="highest share of admissible texts the suggested threshold may block (default 0.05)")
     cal.add_argument("--png", default=None, help="where to write the ROC curve (default: calibrate-RULE.png)")
     cal.add_argument("--json", action="store_true", help="print one JSON object")
+    cal.add_argument("--drop-overlap", action="store_true",
+                     help="for a rule with a trained head: leave out labelled texts that repeat its training data "
+                          "(by default such a file is refused: it is not held out)")
     return ap
 
 
@@ -459,6 +462,36 @@ def _semantic_rule(policy: Policy, wanted: str | None) -> SemanticRuleSpec:
     raise UserError(f"--rule {wanted!r}{other} in {policy.source}; semantic rules: {ids}", code=2)
 
 
+def _held_out(spec: SemanticRuleSpec, data: list[tuple[str, bool]], args: argparse.Namespace
+              ) -> list[tuple[str, bool]]:
+    """A head is measured only on texts it was not trained on: a file that repeats its training data
+    (the same text, or a near duplicate) is refused, or with --drop-overlap thinned to what is new."""
+    head = spec.semantic.head
+    if head is None:
+        return data
+    from ingate.labelled import NEAR_DUPLICATE, overlap
+
+    hits = overlap([r[0] for r in head.rows], [t for t, _ in data])
+    if not hits:
+        return data
+    if not args.drop_overlap:
+        ex = "; ".join(f"row {h.held_out + 1} {'repeats' if h.similarity == 1.0 else 'nearly repeats'} training "
+                       f"text {h.train + 1} ({data[h.held_out][0][:60]!r})" for h in hits[:3])
+        raise UserError(f"{args.labelled}: {len(hits)} of its {len(data)} texts overlap the training data of rule "
+                        f"{spec.id} ({head.train}; exact after folding case and punctuation, or word n-gram cosine "
+                        f">= {NEAR_DUPLICATE}), so it is not held out: {ex}. Measure on texts the head never saw, "
+                        "or pass --drop-overlap to leave those out", code=2)
+    drop = {h.held_out for h in hits}
+    kept = [d for i, d in enumerate(data) if i not in drop]
+    print(f"ingate calibrate: left out {len(drop)} of {len(data)} texts that overlap the head's training data",
+          file=sys.stderr)
+    n_ok = sum(a for _, a in kept)
+    if n_ok in (0, len(kept)):
+        raise UserError(f"{args.labelled}: after leaving out the overlap, {len(kept)} texts of one class remain; "
+                        "AUROC needs both", code=2)
+    return kept
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -487,6 +520,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         rule = compile_semantic(policy.source, spec)
     except PolicyError as e:
         raise UserError(str(e)) from None  # the encoder cannot load here: an install problem, not bad input
+    data = _held_out(spec, data, args)
     cal = calibrate(rule, data, args.max_false_block)
     try:
         plot_roc(cal.suggestion, png, roc_title(cal.rule, cal.mode, cal.encoder, cal.suggestion.auroc, cal.n))

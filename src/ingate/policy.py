@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from ingate.policy_schema import ACTIONS, Forbid, PolicyModel, Rule
+from ingate.policy_schema import Head as HeadModel
 
 ForbidAction = Literal["prevent", "redact", "stop"]
 SemanticAction = Literal["resample", "stop"]
@@ -53,10 +54,20 @@ class ConceptSpec:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """A classifier trained on labelled texts at compile time (`semantic.head`)."""
+
+    train: str  # the file, as resolved
+    rows: tuple[tuple[str, bool, str | None, str | None], ...]  # (text, admissible, source, prompt)
+    model: Literal["logistic", "mlp"]
+    features: Literal["encoder", "engine"]
+
+
+@dataclass(frozen=True)
 class SemanticSpec:
-    mode: Literal["deny", "allow_only"]
+    mode: Literal["deny", "allow_only"]  # a head rule is deny: blocked when P(inadmissible) >= threshold
     concepts: tuple[ConceptSpec, ...]
-    threshold: float | None  # None: the encoder's uncalibrated default
+    threshold: float | None  # None: the encoder's uncalibrated default, or for a head threshold: auto
     encoder: str
     window: int
     max_group_tokens: int
@@ -65,6 +76,8 @@ class SemanticSpec:
     fallback: str
     refusal: str | None
     apply_to: tuple[str, ...]
+    head: HeadSpec | None = None
+    max_false_block: float = 0.05  # threshold: auto keeps cross-validated false blocks within this
 
 
 @dataclass(frozen=True)
@@ -218,7 +231,7 @@ def _read_lines_file(base: Path, name: str, where: str, what: str = "phrase") ->
 def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> SemanticRuleSpec:
     sem = rule.semantic
     assert sem is not None
-    mode: Literal["deny", "allow_only"] = "deny" if sem.deny else "allow_only"
+    mode: Literal["deny", "allow_only"] = "deny" if sem.deny or sem.head else "allow_only"
     concepts: list[ConceptSpec] = []
     for j, c in enumerate(sem.deny or sem.allow_only):
         examples = list(c.examples)
@@ -228,13 +241,32 @@ def _semantic_spec(rule: Rule, i: int, source: str, data: Any, base: Path, diges
             digest.update("\n".join(extra).encode("utf-8"))
             examples += extra
         concepts.append(ConceptSpec(c.concept, tuple(examples)))
-    spec = SemanticSpec(mode=mode, concepts=tuple(concepts), threshold=sem.threshold, encoder=sem.encoder,
+    head = None
+    if sem.head is not None:
+        head = _head_spec(sem.head, _where(source, data, ("rules", i, "semantic", "head", "train")), base, digest)
+    threshold = sem.threshold if isinstance(sem.threshold, float) else None
+    spec = SemanticSpec(mode=mode, concepts=tuple(concepts), threshold=threshold, encoder=sem.encoder,
                         window=sem.window, max_group_tokens=sem.max_group_tokens,
                         min_group_tokens=sem.min_group_tokens,
                         max_retries=2 if rule.max_retries is None else rule.max_retries,
                         fallback=rule.fallback or "stop", refusal=rule.refusal,
-                        apply_to=tuple(rule.apply_to or ("output",)))
+                        apply_to=tuple(rule.apply_to or ("output",)), head=head,
+                        max_false_block=0.05 if sem.max_false_block is None else sem.max_false_block)
     return SemanticRuleSpec(rule.id, cast(SemanticAction, rule.action), spec)
+
+
+def _head_spec(h: HeadModel, where: str, base: Path, digest: Any) -> HeadSpec:
+    from ingate.labelled import CalibrationError, read_rows
+
+    path = (base / h.train) if not Path(h.train).is_absolute() else Path(h.train)
+    try:
+        rows = read_rows(path)
+    except CalibrationError as e:
+        raise PolicyError([f"{where}: {e}"]) from None
+    for r in rows:
+        digest.update(f"{int(r.admissible)}\0{r.source or ''}\0{r.prompt or ''}\0{r.text}\0".encode())
+    return HeadSpec(str(path), tuple((r.text, r.admissible, r.source, r.prompt) for r in rows), h.model,
+                    h.features)
 
 
 def _forbid_spec(rule: Rule, i: int, source: str, data: Any, base: Path, digest: Any) -> ForbidSpec:

@@ -85,10 +85,18 @@ class Concept(_Strict):
         return self
 
 
+class Head(_Strict):
+    train: str = Field(min_length=1)  # CSV or JSONL of labelled texts, relative to the policy file
+    model: Literal["logistic", "mlp"] = "logistic"
+    features: Literal["encoder", "engine"] = "encoder"
+
+
 class Semantic(_Strict):
     deny: list[Concept] = Field(default_factory=list)
     allow_only: list[Concept] = Field(default_factory=list)
-    threshold: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False)
+    head: Head | None = None
+    threshold: float | Literal["auto"] | None = None
+    max_false_block: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
     encoder: str = encoders.DEFAULT  # validated against the registry, ingate.encoders (no torch import)
     window: int = Field(default=2, ge=0, le=16)  # earlier groups the score also sees
     max_group_tokens: int = Field(default=32, ge=4, le=512)
@@ -102,13 +110,41 @@ class Semantic(_Strict):
             raise ValueError(f"unknown encoder {v!r}; use one of: {', '.join(known)}")
         return v
 
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, float) and v != v:
+            raise ValueError("threshold must be a finite number (or auto)")
+        if isinstance(v, float) and not -1.0 <= v <= 1.0:
+            raise ValueError(f"threshold {v} is not greater than or equal to -1 and less than or equal to 1: a "
+                             "similarity or a probability (or auto)")
+        return v
+
     @model_validator(mode="after")
     def _one_mode(self) -> Semantic:
+        if self.head is not None:
+            return self._head_rule()
+        if self.threshold == "auto" or self.max_false_block is not None:
+            raise ValueError("threshold: auto and max_false_block choose a trained head's threshold; add "
+                             "head: {train: FILE} or set a number (`ingate calibrate` measures one)")
         if self.deny and self.allow_only:
             raise ValueError("deny and allow_only in one rule have no defined meaning; "
                              "write them as two rules (one deny, one allow_only)")
         if not self.deny and not self.allow_only:
             raise ValueError("names no concept; give deny: [...] or allow_only: [...]")
+        if self.min_group_tokens > self.max_group_tokens:
+            raise ValueError(f"min_group_tokens ({self.min_group_tokens}) exceeds max_group_tokens "
+                             f"({self.max_group_tokens})")
+        return self
+
+    def _head_rule(self) -> Semantic:
+        if self.deny or self.allow_only:
+            raise ValueError("a rule with a head judges by its classifier alone; put the similarity concepts "
+                             "(deny/allow_only) in a second semantic rule of the same policy")
+        if isinstance(self.threshold, float) and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"a head's threshold is a probability in [0, 1] (got {self.threshold}), or auto")
+        if self.max_false_block is not None and self.threshold != "auto" and self.threshold is not None:
+            raise ValueError("max_false_block only applies to threshold: auto; remove it or the number")
         if self.min_group_tokens > self.max_group_tokens:
             raise ValueError(f"min_group_tokens ({self.min_group_tokens}) exceeds max_group_tokens "
                              f"({self.max_group_tokens})")

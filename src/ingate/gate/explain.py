@@ -5,10 +5,14 @@ so a surprising match can be traced to its mode. The CLI only prints these lines
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ingate.gate.compile import CompiledPolicy
 from ingate.gate.detector import CheckedDetector, Match, PatternDetector, PhraseDetector, compile_phrase_detector
 from ingate.policy import EntropyRuleSpec, ForbidSpec, RuleSpec, SemanticRuleSpec
+
+if TYPE_CHECKING:
+    from ingate.semantic.concepts import SemanticRule
 
 # the folds that can be turned off, strongest first, with what they are called in a policy
 _MODES = (("separators", "separators ignored"), ("confusables", "confusables folded"),
@@ -48,6 +52,9 @@ def _rule_line(r: RuleSpec) -> str:
     match r:
         case EntropyRuleSpec():
             return _entropy_line(r)
+        case SemanticRuleSpec(semantic=sem) if sem.head is not None:
+            what = [f"semantic head ({sem.head.model}, features {sem.head.features}) trained on "
+                    f"{len(sem.head.rows)} labelled texts from {sem.head.train}"]
         case SemanticRuleSpec(semantic=sem):
             what = [f"semantic {sem.mode} " + ", ".join(f"{c.name} ({len(c.examples)} examples)"
                                                         for c in sem.concepts)]
@@ -76,6 +83,41 @@ def _entropy_line(r: EntropyRuleSpec) -> str:
             + (f"; {r.action} at the next sentence end when a budget is spent" if r.action else ""))
 
 
+def head_report(sr: SemanticRule, indent: str = "    ", label: str = "") -> list[str]:
+    """A trained head: its size, how it was trained, its metrics and the threshold it runs at."""
+    h, m, spec = sr.head, sr.head_metrics, sr.spec
+    assert h is not None and m is not None
+    chose = (f"threshold {m.threshold:g} chosen on the out-of-fold scores (threshold: auto, max_false_block "
+             f"{spec.max_false_block:g})" if spec.threshold is None else f"threshold {m.threshold:g} (set)")
+    feats = "the generating model's hidden states" if sr.fallback is not None else sr.encoder.name
+    out = [f"{indent}{label or sr.rule_id + '/semantic head'}: {h.model} on {feats} ({sr.encoder.dim} dims), "
+           f"{h.size:,} parameters ({h.nbytes / 1024:.0f} KiB), "
+           + ("loaded from the cache" if h.cache_hit else f"trained in {sr.embed_s:.1f} s (cached for the next start)"),
+           f"{indent}  trained on {m.n} texts ({m.n_inadmissible} inadmissible) from {m.groups} sources; "
+           f"in-sample AUROC {m.train_auroc:.3f}",
+           f"{indent}  {m.folds}-fold cross-validation grouped by source: AUROC {m.cv_auroc:.3f}; at {m.threshold:g}: "
+           f"blocks {m.cv_block_rate:.1%} of inadmissible texts, false-blocks {m.cv_false_block_rate:.1%}, "
+           f"F1 {m.cv_f1:.3f}",
+           f"{indent}  {chose}"]
+    if not m.met:
+        out.append(f"{indent}  warning: no threshold keeps cross-validated false blocks within "
+                   f"{spec.max_false_block:.1%}; this one blocks the fewest; add admissible examples like those "
+                   "it confuses")
+    if label:
+        return out
+    out.append(f"{indent}  groups of {spec.min_group_tokens}-{spec.max_group_tokens} tokens, window {spec.window}, "
+               f"{spec.max_retries} retries then {spec.fallback}, applies to {', '.join(spec.apply_to)}")
+    if sr.fallback_note:
+        out.append(f"{indent}  note: {sr.fallback_note}")
+    if sr.fallback is not None:
+        out.append(f"{indent}  features: the last hidden layer of {sr.encoder.version.split(':')[0]}, mean-pooled "
+                   "over the group; in ingate's own loop on that model they are the states the engine computes "
+                   "anyway (no encoder runs). Elsewhere (a remote upstream, vLLM, another model, a prompt) the "
+                   "encoder twin below judges:")
+        out += head_report(sr.fallback, indent + "  ", f"encoder twin ({sr.fallback.encoder.name})")
+    return out
+
+
 def policy_report(compiled: CompiledPolicy) -> list[str]:
     """The policy, each rule, and what each compiled into (automata sizes, folds, encoders)."""
     policy = compiled.policy
@@ -88,6 +130,9 @@ def policy_report(compiled: CompiledPolicy) -> list[str]:
         out.append(f"    {d.rule_id}/{d.kind}: {len(d.dfa.trans)} DFA states{extra}")
     for sr in compiled.semantic:
         spec = sr.spec
+        if sr.head is not None:
+            out += head_report(sr)
+            continue
         thr = (f"threshold {sr.threshold:g}" if sr.calibrated else
                f"threshold {sr.threshold:g} (no threshold set: the uncalibrated default; "
                "run `ingate calibrate` to measure one)")
@@ -107,7 +152,8 @@ def text_report(compiled: CompiledPolicy, text: str) -> list[str]:
         v = screen(compiled.semantic, text)
         for sc in (v.scores if v is not None else ()):
             verdict = "INADMISSIBLE" if sc.inadmissible else "admissible"
-            out.append(f"  semantic: rule {sc.rule_id} scored {sc.score:.3f} (concept {sc.concept!r}): {verdict}")
+            what = "as P(inadmissible) by its head" if sc.concept == "head" else f"(concept {sc.concept!r})"
+            out.append(f"  semantic: rule {sc.rule_id} scored {sc.score:.3f} {what}: {verdict}")
     data = text.encode("utf-8")
     for d in compiled.detectors:
         out += [describe(d, text, m) for m in d.matches(data)]
