@@ -204,6 +204,9 @@ class _Run:
         self.recorded: list[logprobs.Recorded] = []  # one per admitted token, when logprobs are asked for
         self.emit = Emitter(gate, on_text, on_decisions)
         self.sampling = 0.0  # sampling time inside the current step: not gate work
+        # a head on the model's own hidden states: the engine keeps them (logits unchanged)
+        enable = getattr(engine, "enable_hidden", None) if gate.wants_hidden else None
+        self.feature_id: str | None = enable() if enable is not None else None
 
     def failed(self, e: BaseException) -> GenerationFailed:
         """The engine died: audited, logged, nothing more released."""
@@ -235,6 +238,8 @@ class _Run:
             return Finish.CANCELLED
         try:
             logits = self.engine.step()
+            if self.feature_id is not None:
+                gate.observe_hidden(self.feature_id, self.engine.hidden())  # type: ignore[attr-defined]
         except Exception as e:
             raise self.failed(e) from e
         g, self.sampling = time.perf_counter(), 0.0

@@ -92,9 +92,12 @@ class _Model:
         self.batch = lc.llama_batch_init(N_BATCH, 0, 1)
         self.n = 0  # tokens in the KV cache
 
-    def decode(self, tokens: list[int]) -> None:
-        """Append tokens to the KV cache; logits of the last are then available."""
+    def decode(self, tokens: list[int], outputs_from: int | None = None) -> None:
+        """Append tokens to the KV cache; logits of the last are then available (with
+        `outputs_from`, the outputs of every token from that index on, in one batch)."""
         lc, b = self.lc, self.batch
+        if outputs_from is not None and len(tokens) > N_BATCH:
+            raise EngineError(f"{len(tokens)} tokens with outputs do not fit one batch of {N_BATCH}")
         for i in range(0, len(tokens), N_BATCH):
             chunk = tokens[i:i + N_BATCH]
             b.n_tokens = len(chunk)
@@ -103,7 +106,7 @@ class _Model:
                 b.pos[j] = self.n + j
                 b.n_seq_id[j] = 1
                 b.seq_id[j][0] = 0
-                b.logits[j] = False
+                b.logits[j] = outputs_from is not None and j >= outputs_from
             b.logits[len(chunk) - 1] = True
             rc = lc.llama_decode(self.ctx, b)
             if rc != 0:
@@ -189,6 +192,10 @@ class LlamaCppEngine:
         self._ids: list[int] = []  # tokens in the main KV cache
         self.n_prompt = 0
         self._prompt_logits: np.ndarray | None = None  # the distribution after the prompt
+        self._prompt_hidden: np.ndarray | None = None  # and the hidden state it came from
+        self._hidden_on = False
+        self._feature_id: str | None = None
+        self.n_embd = int(lc.llama_model_n_embd(self._main.model))
         self._pending: list[int] = []
         self._token_bytes: list[bytes] | None = None
         self._eog = {t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self._vocab, t)}
@@ -262,6 +269,7 @@ class LlamaCppEngine:
         self._truncate(0)
         self.n_prompt = len(prompt)
         self._prompt_logits = None
+        self._prompt_hidden = None
         if self._prompt is not None and len(prompt) > 1:
             # split: the batch through plain weights, its KV handed to the decode context, and
             # the last prompt token decoded there, so every logit comes from the decode path.
@@ -274,6 +282,51 @@ class LlamaCppEngine:
             self._pending = [prompt[-1]]
         else:
             self._pending = list(prompt)
+
+    # ---- hidden states (features for trained heads) -----------------------------------------
+    def enable_hidden(self) -> str:
+        """Have every decode also keep the model's last hidden layer (llama.cpp embeddings, no
+        pooling). The logits are unchanged, bit for bit, and so is the decode time (measured).
+        Returns the feature id: the model file and the feature kind, which a head trained on these
+        states must carry."""
+        if not self._hidden_on:
+            self._lc.llama_set_embeddings(self._main.ctx, True)
+            self._hidden_on = True
+        return self.feature_id
+
+    @property
+    def feature_id(self) -> str:
+        if self._feature_id is None:
+            self._feature_id = engine_feature_id(self.path)
+        return self._feature_id
+
+    def hidden(self) -> np.ndarray | None:
+        """The last hidden state at the current position: the one the logits of `step()` came from."""
+        if not self._hidden_on:
+            return None
+        if self._main.n == self.n_prompt and self._prompt_hidden is not None and not self._pending:
+            return self._prompt_hidden
+        ptr = self._lc.llama_get_embeddings_ith(self._main.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy() if ptr else None
+
+    def hidden_states(self, tokens: list[int], first: int) -> np.ndarray:
+        """The hidden states that predict tokens[first:], (len(tokens) - first, n_embd), from one fresh
+        evaluation of `tokens` (the engine's state is reset; call start() before generating again)."""
+        if not 0 < first < len(tokens) or len(tokens) > self.n_ctx:
+            raise EngineError(f"hidden_states: {len(tokens)} tokens (first {first}) do not fit the context")
+        self.enable_hidden()
+        self._truncate(0)
+        self._pending, self._prompt_logits, self._prompt_hidden, self.n_prompt = [], None, None, 0
+        self._main.decode(tokens, outputs_from=first - 1)
+        self._ids = list(tokens)
+        out = np.empty((len(tokens) - first, self.n_embd), dtype=np.float32)
+        for i in range(first - 1, len(tokens) - 1):
+            ptr = self._lc.llama_get_embeddings_ith(self._main.ctx, i)
+            if not ptr:
+                raise EngineError(f"llama.cpp kept no hidden state for position {i}")
+            out[i - first + 1] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
+        self._truncate(0)
+        return out
 
     def step(self) -> np.ndarray:
         if self._pending:
@@ -292,6 +345,8 @@ class LlamaCppEngine:
                 # token alone would take other kernels than the prompt's batch (AMX tiles against
                 # VNNI) and change the logits' low bits, so the state would not be the fresh one
                 self._prompt_logits = np.array(self._main.logits(self.vocab_size), copy=True)
+                self._prompt_hidden = None
+                self._prompt_hidden = self.hidden()
         if self._main.n == self.n_prompt and self._prompt_logits is not None:
             return self._prompt_logits  # at the prompt's end, first time or rolled back to it
         return self._main.logits(self.vocab_size)
@@ -346,6 +401,25 @@ class LlamaCppEngine:
     def _truncate(self, n_keep: int) -> None:
         self._main.truncate(n_keep)
         del self._ids[n_keep:]
+
+
+_FEATURE_IDS: dict[tuple[str, int, float], str] = {}
+
+
+def engine_feature_id(path: Path) -> str:
+    """What a head trained on this model's hidden states must match: the file's name and a digest
+    of its content (cached per path, size and modification time), and the kind of feature."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime)
+    if key not in _FEATURE_IDS:
+        import hashlib
+
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        _FEATURE_IDS[key] = f"{path.name}:{h.hexdigest()[:16]}:last-layer-in-context"
+    return _FEATURE_IDS[key]
 
 
 @contextlib.contextmanager

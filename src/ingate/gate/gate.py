@@ -112,6 +112,16 @@ class Gate:
     semantic_stats = property(lambda self: self.groups.stats.to_dict() if self.semantic is not None else None)
 
     # ---- before sampling ----------------------------------------------------------------------
+    @property
+    def wants_hidden(self) -> bool:
+        """Does a head read the generating model's hidden states (`features: engine`)?"""
+        return self.semantic is not None and self.semantic.groups.wants_hidden
+
+    def observe_hidden(self, feature_id: str, vec: np.ndarray | None) -> None:
+        """The engine's hidden state at the current position, before its token is drawn."""
+        if self.semantic is not None:
+            self.semantic.groups.observe(self.position, feature_id, vec)
+
     def banned(self) -> np.ndarray | None:
         """Tokens banned at this position by earlier rollbacks (None when there are none)."""
         b = self.bans.get(self.position)

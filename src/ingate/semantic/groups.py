@@ -21,6 +21,7 @@ import numpy as np
 
 from ingate.semantic import scorer
 from ingate.semantic.concepts import SemanticRule
+from ingate.semantic.engine_features import pool
 from ingate.semantic.scorer import Judgement
 from ingate.sentences import end_after
 
@@ -78,6 +79,23 @@ class Groups:
         self.steer: tuple[int, np.ndarray] | None = None  # (position, tokens to penalize there)
         self.admitted: list[tuple[int, int]] = []  # byte spans of admitted groups, in order
         self.stats = GroupStats()
+        # the generating model's hidden state that predicted each token (when a head reads them):
+        # hidden[i] is known before token i is drawn, so a closing group's states are all there
+        self.wants_hidden = any(r.fallback is not None for r in self.rules)
+        self.hidden: list[np.ndarray] = []
+        self.hidden_id: str | None = None
+
+    def observe(self, position: int, feature_id: str, vec: np.ndarray | None) -> None:
+        """The hidden state the engine computed at `position` (the one predicting the next token)."""
+        del self.hidden[position:]
+        if vec is not None and len(self.hidden) == position:
+            self.hidden.append(vec)
+            self.hidden_id = feature_id
+
+    def _engine_vector(self, start_tok: int, end_tok: int) -> tuple[str, np.ndarray] | None:
+        if self.hidden_id is None or len(self.hidden) < end_tok:
+            return None
+        return self.hidden_id, pool(np.stack(self.hidden[start_tok:end_tok]))
 
     # ---- building groups --------------------------------------------------------------------
     def after_token(self, raw: bytearray, tok_start: list[int], data: bytes) -> None:
@@ -95,7 +113,8 @@ class Groups:
         future = None
         if text.strip():
             window = [f for _, f in self.recent[-self.window:]] if self.window else []
-            future = scorer.submit(self.rules, text, n_tok - self.open_tok, window)
+            future = scorer.submit(self.rules, text, n_tok - self.open_tok, window,
+                                   self._engine_vector(self.open_tok, n_tok))
             self.recent.append((start, future))
             del self.recent[:-max(self.window, 1)]
         self.pending.append(Group(self.open_tok, n_tok, start, end, future, n_tok + self.lag,
@@ -162,6 +181,7 @@ class Groups:
             elif g.future is not None:
                 g.future.cancel()
         self.pending = keep
+        del self.hidden[k:]
         if self.approved_tok > k:  # a pattern rollback may reach below approved, unreleased text
             self.approved_tok, self.approved = k, tok_start[k]
             self.admitted = [(a, min(b, self.approved)) for a, b in self.admitted if a < self.approved]

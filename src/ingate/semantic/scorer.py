@@ -38,7 +38,8 @@ def judge(rules: Sequence[SemanticRule], views: Sequence[str]) -> Judgement:
     t = time.perf_counter()
     vectors: dict[str, np.ndarray] = {}
     scores: list[Score] = []
-    for r in rules:
+    for rule in rules:
+        r = rule.judged_by(None)  # a text alone: an engine head's encoder twin judges it
         v = vectors.get(r.encoder.name)
         if v is None:
             v = vectors[r.encoder.name] = r.encoder.encode(views)
@@ -47,8 +48,12 @@ def judge(rules: Sequence[SemanticRule], views: Sequence[str]) -> Judgement:
 
 
 def judge_group(rules: Sequence[SemanticRule], text: str, weight: int,
-                window: Sequence[Future[Judgement]]) -> Judgement:
+                window: Sequence[Future[Judgement]], engine: tuple[str, np.ndarray] | None = None) -> Judgement:
     """A group alone, and pooled with the groups before it: two views, one encoder pass.
+
+    `engine`: (feature id, vector), the generating model's own hidden states pooled over the group;
+    a head trained on that model's states uses it and runs no encoder at all. Without it (or for
+    another model) such a rule is judged by its encoder twin.
 
     The window view is the token-weighted mean of the group's embedding and its predecessors'
     (already computed: the worker runs jobs in order), so content split across sentences is seen
@@ -58,9 +63,12 @@ def judge_group(rules: Sequence[SemanticRule], text: str, weight: int,
     t = time.perf_counter()
     prev = [f.result() for f in window]
     own: dict[str, np.ndarray] = {}
+    if engine is not None:
+        own[engine[0]] = engine[1]
     scores: list[Score] = []
-    for r in rules:
-        name = r.encoder.name
+    for rule in rules:
+        r = rule.judged_by(engine[0] if engine is not None else None)
+        name = r.encoder.version if r.fallback is not None else r.encoder.name
         v = own.get(name)
         if v is None:
             v = own[name] = r.encoder.encode([text])[0]
@@ -74,11 +82,12 @@ def judge_group(rules: Sequence[SemanticRule], text: str, weight: int,
 
 
 def submit(rules: Sequence[SemanticRule], text: str, weight: int,
-           window: Sequence[Future[Judgement]] = ()) -> Future[Judgement]:
+           window: Sequence[Future[Judgement]] = (), engine: tuple[str, np.ndarray] | None = None
+           ) -> Future[Judgement]:
     global _EXECUTOR
     if _EXECUTOR is None:
         _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingate-score")
-    return _EXECUTOR.submit(judge_group, tuple(rules), text, weight, tuple(window))
+    return _EXECUTOR.submit(judge_group, tuple(rules), text, weight, tuple(window), engine)
 
 
 def prompt_views(text: str, limit: int = 32) -> list[str]:
