@@ -50,6 +50,7 @@ class GroupStats:
     score_ms: list[float] = field(default_factory=list)  # encoder time per group
     hold_ms: list[float] = field(default_factory=list)  # group closed -> verdict applied
     group_tokens: list[int] = field(default_factory=list)  # length of each judged group
+    engine_groups: int = 0  # groups sent with the engine's own hidden states (no encoder needed for them)
     max_score: dict[str, float] = field(default_factory=dict)  # per rule, over admitted groups
 
     def to_dict(self) -> dict:
@@ -57,7 +58,7 @@ class GroupStats:
             return round(float(np.percentile(xs, q)), 1) if xs else None
 
         return {"groups": self.scored, "rejected": self.rejected, "retried": self.retried,
-                "retry_admitted": self.retry_admitted,
+                "retry_admitted": self.retry_admitted, "engine_groups": self.engine_groups,
                 "score_ms_p50": pct(self.score_ms, 50), "score_ms_p99": pct(self.score_ms, 99),
                 "hold_ms_p50": pct(self.hold_ms, 50), "hold_ms_p99": pct(self.hold_ms, 99),
                 "max_score": {k: round(v, 3) for k, v in self.max_score.items()}}
@@ -113,8 +114,9 @@ class Groups:
         future = None
         if text.strip():
             window = [f for _, f in self.recent[-self.window:]] if self.window else []
-            future = scorer.submit(self.rules, text, n_tok - self.open_tok, window,
-                                   self._engine_vector(self.open_tok, n_tok))
+            engine = self._engine_vector(self.open_tok, n_tok)
+            self.stats.engine_groups += engine is not None
+            future = scorer.submit(self.rules, text, n_tok - self.open_tok, window, engine)
             self.recent.append((start, future))
             del self.recent[:-max(self.window, 1)]
         self.pending.append(Group(self.open_tok, n_tok, start, end, future, n_tok + self.lag,
