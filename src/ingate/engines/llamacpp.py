@@ -194,6 +194,7 @@ class LlamaCppEngine:
         self._prompt_logits: np.ndarray | None = None  # the distribution after the prompt
         self._prompt_hidden: np.ndarray | None = None  # and the hidden state it came from
         self._hidden_on = False
+        self._hidden_valid = False  # the main context holds the state of its last decoded token
         self._feature_id: str | None = None
         self.n_embd = int(lc.llama_model_n_embd(self._main.model))
         self._pending: list[int] = []
@@ -301,13 +302,33 @@ class LlamaCppEngine:
         return self._feature_id
 
     def hidden(self) -> np.ndarray | None:
-        """The last hidden state at the current position: the one the logits of `step()` came from."""
+        """The last hidden state at the current position: the one the logits of `step()` came from
+        (None after a prompt batch: see `_decode_main`)."""
         if not self._hidden_on:
             return None
-        if self._main.n == self.n_prompt and self._prompt_hidden is not None and not self._pending:
+        if self._main.n == self.n_prompt and not self._pending:
             return self._prompt_hidden
+        return self._last_state()
+
+    def _last_state(self) -> np.ndarray | None:
+        if not (self._hidden_on and self._hidden_valid):
+            return None
         ptr = self._lc.llama_get_embeddings_ith(self._main.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy() if ptr else None
+
+    def _decode_main(self, tokens: list[int]) -> None:
+        """Decode on the main context. With hidden states on, llama.cpp would compute an output (the
+        logits too) for every token of a batch; a prompt batch runs with them off, so it costs what it
+        costs ungoverned and gives the same logits; its last state is then unknown (None)."""
+        batch = self._hidden_on and len(tokens) > 1
+        if batch:
+            self._lc.llama_set_embeddings(self._main.ctx, False)
+        try:
+            self._main.decode(tokens)
+        finally:
+            if batch:
+                self._lc.llama_set_embeddings(self._main.ctx, True)
+        self._hidden_valid = self._hidden_on and not batch
 
     def hidden_states(self, tokens: list[int], first: int) -> np.ndarray:
         """The hidden states that predict tokens[first:], (len(tokens) - first, n_embd), from one fresh
@@ -317,7 +338,8 @@ class LlamaCppEngine:
         self.enable_hidden()
         self._truncate(0)
         self._pending, self._prompt_logits, self._prompt_hidden, self.n_prompt = [], None, None, 0
-        self._main.decode(tokens, outputs_from=first - 1)
+        with quiet_stderr():  # llama.cpp notes that it computes every output, which is what this wants
+            self._main.decode(tokens, outputs_from=first - 1)
         self._ids = list(tokens)
         out = np.empty((len(tokens) - first, self.n_embd), dtype=np.float32)
         for i in range(first - 1, len(tokens) - 1):
@@ -333,7 +355,7 @@ class LlamaCppEngine:
             if self._main.n + len(self._pending) > self.n_ctx:
                 raise ContextFull(f"context of {self.n_ctx} tokens is full; lower max_tokens or the prompt")
             t0 = time.perf_counter()
-            self._main.decode(self._pending)
+            self._decode_main(self._pending)
             if self.tuner is not None and len(self._pending) == 1:
                 n = self.tuner.record(time.perf_counter() - t0)
                 if n is not None:
@@ -345,8 +367,7 @@ class LlamaCppEngine:
                 # token alone would take other kernels than the prompt's batch (AMX tiles against
                 # VNNI) and change the logits' low bits, so the state would not be the fresh one
                 self._prompt_logits = np.array(self._main.logits(self.vocab_size), copy=True)
-                self._prompt_hidden = None
-                self._prompt_hidden = self.hidden()
+                self._prompt_hidden = self._last_state()
         if self._main.n == self.n_prompt and self._prompt_logits is not None:
             return self._prompt_logits  # at the prompt's end, first time or rolled back to it
         return self._main.logits(self.vocab_size)

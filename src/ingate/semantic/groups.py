@@ -83,20 +83,22 @@ class Groups:
         # the generating model's hidden state that predicted each token (when a head reads them):
         # hidden[i] is known before token i is drawn, so a closing group's states are all there
         self.wants_hidden = any(r.fallback is not None for r in self.rules)
-        self.hidden: list[np.ndarray] = []
+        self.hidden: list[np.ndarray | None] = []
         self.hidden_id: str | None = None
 
     def observe(self, position: int, feature_id: str, vec: np.ndarray | None) -> None:
-        """The hidden state the engine computed at `position` (the one predicting the next token)."""
+        """The hidden state the engine computed at `position` (the one predicting the next token);
+        None where the engine has none (the prompt's end, evaluated as a batch)."""
         del self.hidden[position:]
-        if vec is not None and len(self.hidden) == position:
+        if len(self.hidden) == position:
             self.hidden.append(vec)
             self.hidden_id = feature_id
 
     def _engine_vector(self, start_tok: int, end_tok: int) -> tuple[str, np.ndarray] | None:
         if self.hidden_id is None or len(self.hidden) < end_tok:
             return None
-        return self.hidden_id, pool(np.stack(self.hidden[start_tok:end_tok]))
+        states = [h for h in self.hidden[start_tok:end_tok] if h is not None]
+        return (self.hidden_id, pool(np.stack(states))) if states else None
 
     # ---- building groups --------------------------------------------------------------------
     def after_token(self, raw: bytearray, tok_start: list[int], data: bytes) -> None:
