@@ -11,6 +11,16 @@ a. ToxiGen demonstrations. A deny rule `hate` whose examples are the hateful sen
 b. XSTest. A deny rule `harmful-requests` whose examples are the 100 SimpleSafetyTests prompts,
    evaluated on all 450 XSTest prompts (safe = admissible).
 
+c. Responses (the shipped pack's split, examples/harmful-compliance/{train,test}.jsonl: answers to
+   harmful and look-alike prompts labelled by construction; the test split shares no source prompt
+   with training). Similarity (deny examples: the inadmissible training responses) against trained
+   heads (logistic and MLP on MiniLM, logistic on the generating model's hidden states), and a head
+   trained on prompt-level labels (SimpleSafetyTests + XSTest prompts), all judged on the test split.
+
+Beside each similarity rule, heads trained on the same side of the same split (both labels of the
+example groups for ToxiGen; SimpleSafetyTests plus the XSTest prompt types of one half for XSTest,
+judged on the other half) are measured on the same test texts.
+
 Each rule is written as a policy (and examples file) into a temporary directory and goes through
 the calibrate code path: load_policy, compile_semantic, read_labelled, calibrate, the ROC plot.
 Figures are AUROC, and F1 / false-block rate / block rate at the threshold suggested under a
@@ -20,6 +30,8 @@ same texts it is measured on.
     .venv/bin/python bench/semantic_dev.py
 
 Writes bench/results/semantic_dev.json, semantic_dev_toxigen.png and semantic_dev_xstest.png.
+A head's threshold is chosen the way `threshold: auto` chooses it (on its own training data's
+cross-validated scores), then measured on the test texts: those figures are held out.
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ ROOT = HERE.parent
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = HERE / "results"
 MAX_FALSE_BLOCK = 0.05
+ENGINE_SUBSET = (600, 300)  # training and test responses for the engine-feature comparison
 GROUP_ALIASES = {"bisexual": "lgbtq"}  # ToxiGen's LGBTQ+ group, kept in two files
 
 
@@ -177,6 +190,51 @@ def summarize(cal: Calibration, texts: list[str], n_examples: int, secs: float) 
     }
 
 
+# ---- heads -------------------------------------------------------------------------------------
+
+def write_head(tmp: Path, name: str, rows: list[dict[str, Any]], model: str = "logistic",
+               features: str = "encoder") -> Path:
+    """A policy with one head rule (threshold: auto, max_false_block 5%) and its training file."""
+    train = tmp / f"{name}.jsonl"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    pol = tmp / f"{name}.yaml"
+    pol.write_text(f"version: 1\nname: {name}\nrules:\n  - id: head\n    semantic:\n      head: {{train: {train.name}, "
+                   f"model: {model}, features: {features}}}\n      threshold: auto\n      max_false_block: "
+                   f"{MAX_FALSE_BLOCK}\n    action: resample\n", encoding="utf-8")
+    return pol
+
+
+def run_head(policy_path: Path, test: list[tuple[str, bool, str | None]]) -> dict[str, Any]:
+    """Train (or load) the head, then judge held-out texts at the threshold it chose itself."""
+    from ingate.calibrate import auroc, suggest
+
+    policy = load_policy(policy_path)
+    t = time.perf_counter()
+    rule = compile_semantic(policy.source, policy.semantic_rules[0])
+    train_s = time.perf_counter() - t
+    texts = [x for x, _, _ in test]
+    adm = np.array([a for _, a, _ in test], dtype=bool)
+    t = time.perf_counter()
+    enc = rule.encoder
+    vec = enc.encode_pairs([p for _, _, p in test], texts) if hasattr(enc, "encode_pairs") else enc.encode(texts)
+    feat_ms = (time.perf_counter() - t) * 1000 / len(texts)
+    scores = rule.scores(vec)[0]
+    at = at_threshold(scores, adm, rule.threshold, "deny")
+    oracle = suggest(scores, adm, "deny", MAX_FALSE_BLOCK).best
+    m = rule.head_metrics
+    return {"features": enc.name, "model": rule.spec.head.model, "train_n": m.n, "cv_auroc": round(m.cv_auroc, 4),
+            "threshold": round(rule.threshold, 4), "n": len(texts), "n_inadmissible": int((~adm).sum()),
+            "auroc": round(auroc(scores, adm, "deny"), 4), "f1": round(at.f1, 4),
+            "false_block_rate": round(at.false_block_rate, 4), "block_rate": round(at.block_rate, 4),
+            "block_rate_at_5pct_on_test": round(oracle.block_rate, 4), "parameters": rule.head.size,
+            "features_ms_per_text": round(feat_ms, 2), "train_s": round(train_s, 1)}
+
+
+def head_row(name: str, r: dict[str, Any]) -> str:
+    return (f"| {name} | {r['n']} ({r['n_inadmissible']}/{r['n'] - r['n_inadmissible']}) | {r['auroc']:.3f} | "
+            f"{r['threshold']:.4f} (auto) | {r['f1']:.3f} | {r['false_block_rate']:.1%} | {r['block_rate']:.1%} |")
+
+
 # ---- experiments -------------------------------------------------------------------------------
 
 def toxigen(tmp: Path, limit: int | None = None) -> tuple[list[dict[str, Any]], list[Calibration]]:
@@ -200,6 +258,9 @@ def toxigen(tmp: Path, limit: int | None = None) -> tuple[list[dict[str, Any]], 
         lab = write_labelled(tmp / f"{name}.csv", rows)
         cal, res = run(pol, lab)
         res.update({"split": name, "example_groups": train, "test_groups": test})
+        head_rows = [{"text": x, "admissible": kind == "neutral", "source": g} for g in train
+                     for kind in ("hate", "neutral") for x in spread(groups[g][kind], limit)]
+        res["head"] = run_head(write_head(tmp, f"{name}_head", head_rows), [(x, k == "neutral", None) for x, k in rows])
         results.append(res)
         cals.append(cal)
         print(f"{name}: AUROC {res['auroc']:.3f}", file=sys.stderr, flush=True)
@@ -226,8 +287,64 @@ def xstest(tmp: Path, limit: int | None = None) -> tuple[dict[str, Any], Calibra
         by_type[t] = {"label": "safe" if cal.admissible[idx][0] else "unsafe", "n": int(idx.sum()),
                       "blocked": round(float((s >= thr).mean()), 4), "median_score": round(float(np.median(s)), 4)}
     res["by_type_at_threshold"] = by_type
+    with xs_path.open(newline="", encoding="utf-8") as f:
+        xrows = list(csv.DictReader(f))
+    a, b = halves(sorted({r["type"] for r in xrows}))
+    head_rows = [{"text": x, "admissible": False, "source": f"sst:{i}"} for i, x in enumerate(sst)] + \
+        [{"text": r["prompt"], "admissible": r["label"] == "safe", "source": f"xstest:{r['id']}"}
+         for r in xrows if r["type"] in a]
+    test = [(r["prompt"], r["label"] == "safe", None) for r in xrows if r["type"] in b]
+    hb = np.array([r["type"] in b for r in xrows])
+    sim_b = {"auroc": round(auroc_of(cal.scores[hb], cal.admissible[hb]), 4), "n": int(hb.sum())}
+    res["half"] = {"train_types": a, "test_types": b, "similarity": sim_b,
+                   "head": run_head(write_head(tmp, "xstest_head", head_rows), test)}
     print(f"xstest: AUROC {res['auroc']:.3f}", file=sys.stderr, flush=True)
     return res, cal
+
+
+def auroc_of(scores: np.ndarray, admissible: np.ndarray) -> float:
+    from ingate.calibrate import auroc
+
+    return auroc(scores, admissible, "deny")
+
+
+def responses(tmp: Path, limit: int | None = None, engine: bool = True) -> dict[str, Any]:
+    """The pack's split: similarity against heads, and a head trained on prompts, on held-out responses."""
+    root = need(ROOT / "examples" / "harmful-compliance")
+    train = [json.loads(x) for x in (root / "train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    test_rows = [json.loads(x) for x in (root / "test.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    if limit is not None:
+        train = spread(train, limit * 4)
+        test_rows = spread(test_rows, limit * 2)
+    test = [(r["text"], bool(r["admissible"]), r.get("prompt")) for r in test_rows]
+    pol = write_rule(tmp, "responses_sim", "harmful-compliance", "harmful compliance",
+                     [r["text"] for r in train if not r["admissible"]])
+    lab = write_labelled(tmp / "responses_test.csv", [(x, "safe" if a else "unsafe") for x, a, _ in test])
+    _, sim = run(pol, lab)
+    out: dict[str, Any] = {"train_n": len(train), "similarity": sim}
+    keep = ("text", "admissible", "source", "prompt")
+    rows = [{k: r.get(k) for k in keep} for r in train]
+    out["logistic_encoder"] = run_head(write_head(tmp, "responses_logistic", rows), test)
+    out["mlp_encoder"] = run_head(write_head(tmp, "responses_mlp", rows, "mlp"), test)
+    if engine:
+        # the engine's features cost ~0.5 s a text on 2 cores (the 135M model over prompt + response,
+        # every output computed): both feature sources side by side on one evenly spread subset
+        sub_rows, sub_test = spread(rows, ENGINE_SUBSET[0]), spread(test, ENGINE_SUBSET[1])
+        out["subset"] = {"train_n": len(sub_rows), "test_n": len(sub_test)}
+        out["subset_mlp_encoder"] = run_head(write_head(tmp, "subset_mlp", sub_rows, "mlp"), sub_test)
+        out["subset_mlp_engine"] = run_head(write_head(tmp, "subset_mlp_engine", sub_rows, "mlp", "engine"), sub_test)
+        out["subset_logistic_engine"] = run_head(write_head(tmp, "subset_engine", sub_rows, features="engine"),
+                                                 sub_test)
+    with need(DATA / "simplesafetytests" / "sst_test_cases.csv").open(newline="", encoding="utf-8") as f:
+        prompts = [{"text": r["prompts_final"], "admissible": False, "source": f"sst:{r['id']}"}
+                   for r in csv.DictReader(f)]
+    with need(DATA / "xstest" / "xstest_prompts.csv").open(newline="", encoding="utf-8") as f:
+        prompts += [{"text": r["prompt"], "admissible": r["label"] == "safe", "source": f"xstest:{r['id']}"}
+                    for r in csv.DictReader(f)]
+    out["prompt_trained"] = run_head(write_head(tmp, "responses_prompt_head", prompts), test)
+    print("responses: " + ", ".join(f"{k} AUROC {v['auroc']:.3f}" for k, v in out.items() if isinstance(v, dict)
+                                    and "auroc" in v), file=sys.stderr, flush=True)
+    return out
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -251,13 +368,15 @@ def row(name: str, r: dict[str, Any]) -> str:
 
 def main() -> int:
     need(DATA)
-    os.environ.setdefault("INGATE_CACHE_DIR", "off")  # embed the examples here; write nothing outside bench/
+    # the embedding cache ($INGATE_CACHE_DIR) is used: the engine's features of the pack's training
+    # responses take minutes to compute, once per machine
     RESULTS.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ingate-semantic-dev-") as d:
         tmp = Path(d)
         tox, tox_cals = toxigen(tmp)
         xs, xs_cal = xstest(tmp)
+        resp = responses(tmp, engine="--no-engine" not in sys.argv)
     mean = {k: round(float(np.mean([r[k] for r in tox])), 4)
             for k in ("auroc", "f1", "false_block_rate", "block_rate", "threshold")}
     plot(tox_cals, [roc_title(c.rule, c.mode, c.encoder, c.suggestion.auroc, c.n) + f"\n{r['split']}"
@@ -269,6 +388,7 @@ def main() -> int:
         "max_false_block": MAX_FALSE_BLOCK,
         "toxigen": {"splits": tox, "mean": mean},
         "xstest": xs,
+        "responses": resp,
         "seconds": round(time.perf_counter() - t0, 1),
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
                     "encoder_threads": os.environ.get("INGATE_ENCODER_THREADS", "1")},
@@ -284,6 +404,25 @@ def main() -> int:
     print(f"| ToxiGen mean of both | | {mean['auroc']:.3f} | {mean['threshold']:.4f} | {mean['f1']:.3f} | "
           f"{mean['false_block_rate']:.1%} | {mean['block_rate']:.1%} |")
     print(row("XSTest (examples: SimpleSafetyTests)", xs))
+    print("\nHeads beside similarity, on the same test texts (a head's threshold is chosen on its own training "
+          "data's cross-validated scores, so its figures are held out):\n")
+    print("| experiment | n (inadmissible/admissible) | AUROC | threshold | F1 | false-block | block rate |")
+    print("|---|---|---|---|---|---|---|")
+    for r in tox:
+        print(head_row(f"ToxiGen {r['split'].removeprefix('toxigen_').replace('_', ' ')}: logistic head", r["head"]))
+    h = xs["half"]
+    print(f"| XSTest types {', '.join(h['test_types'])}: similarity | {h['similarity']['n']} | "
+          f"{h['similarity']['auroc']:.3f} | | | | |")
+    print(head_row("XSTest, same half: logistic head (SST + the other types)", h["head"]))
+    print(f"| Responses (held-out split): similarity to the inadmissible training responses | "
+          f"{resp['similarity']['n']} | {resp['similarity']['auroc']:.3f} | | | | |")
+    for k, label in (("logistic_encoder", "logistic head, MiniLM"), ("mlp_encoder", "MLP head, MiniLM"),
+                     ("prompt_trained", "logistic head trained on prompt labels (SST + XSTest)"),
+                     ("subset_mlp_encoder", "subset: MLP head, MiniLM"),
+                     ("subset_mlp_engine", "subset: MLP head, the model's hidden states"),
+                     ("subset_logistic_engine", "subset: logistic head, the model's hidden states")):
+        if k in resp:
+            print(head_row(f"Responses: {label}", resp[k]) + f" features {resp[k]['features_ms_per_text']} ms/text")
     print(f"\nwrote {RESULTS / 'semantic_dev.json'}, semantic_dev_toxigen.png, semantic_dev_xstest.png "
           f"in {out['seconds']} s")
     return 0

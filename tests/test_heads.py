@@ -50,8 +50,8 @@ def test_head_on_random_labels_is_at_chance_out_of_fold():
     adm = rng.random(300) < 0.5
     h = H.train("logistic", x, adm, [str(i) for i in range(300)], "test")
     m = h.metrics(*h.choose_threshold(0.05))
-    assert h.train_auroc > 0.75
     assert 0.35 < m.cv_auroc < 0.65
+    assert h.train_auroc > m.cv_auroc + 0.05  # what the head learned of the noise shows in-sample only
 
 
 def test_auto_threshold_keeps_out_of_fold_false_blocks_within_the_bound():

@@ -90,7 +90,8 @@ def head_report(sr: SemanticRule, indent: str = "    ", label: str = "") -> list
     chose = (f"threshold {m.threshold:g} chosen on the out-of-fold scores (threshold: auto, max_false_block "
              f"{spec.max_false_block:g})" if spec.threshold is None else f"threshold {m.threshold:g} (set)")
     feats = "the generating model's hidden states" if sr.fallback is not None else sr.encoder.name
-    out = [f"{indent}{label or sr.rule_id + '/semantic head'}: {h.model} on {feats} ({sr.encoder.dim} dims), "
+    model = h.model + (f" (l2 {h.l2:g}, chosen by cross-validation)" if h.l2 is not None else "")
+    out = [f"{indent}{label or sr.rule_id + '/semantic head'}: {model} on {feats} ({sr.encoder.dim} dims), "
            f"{h.size:,} parameters ({h.nbytes / 1024:.0f} KiB), "
            + ("loaded from the cache" if h.cache_hit else f"trained in {sr.embed_s:.1f} s (cached for the next start)"),
            f"{indent}  trained on {m.n} texts ({m.n_inadmissible} inadmissible) from {m.groups} sources; "

@@ -39,7 +39,7 @@ from ingate.semantic.cache import cache_dir, cached_embeddings
 FORMAT = 1  # bump when the training or the stored layout changes: old cache entries are ignored
 SEED = 20261203
 FOLDS = 5
-L2 = 1.0  # logistic: penalty on the weights (not the bias), in units of the summed class-balanced loss
+L2_GRID = (1.0, 10.0, 100.0, 1000.0)  # logistic: penalties tried by grouped cross-validation (the best AUROC wins)
 MLP_HIDDEN = 64
 MLP_EPOCHS = 300
 MLP_LR = 0.01
@@ -61,7 +61,7 @@ def _class_weights(y: np.ndarray) -> np.ndarray:
     return np.where(y > 0.5, n / (2.0 * max(pos, 1.0)), n / (2.0 * max(n - pos, 1.0)))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, iters: int = 50) -> dict[str, np.ndarray]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> dict[str, np.ndarray]:
     """Weights minimizing the class-balanced log loss + l2/2 |w|^2 (Newton steps, damped by a line search)."""
     n, d = x.shape
     xb = np.hstack([x, np.ones((n, 1))])
@@ -169,6 +169,7 @@ class Head:
     folds: int
     train_auroc: float
     train_s: float
+    l2: float | None = None  # the logistic penalty cross-validation chose
     cache_hit: bool = False
 
     @property
@@ -204,19 +205,8 @@ def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
 
 
-def train(model: str, x: np.ndarray, admissible: np.ndarray, groups: Sequence[str], features: str,
-          progress: IO[str] | None = None) -> Head:
-    """Grouped k-fold out-of-fold probabilities, then the head fitted on every row."""
-    if model not in FITTERS:
-        raise HeadError(f"unknown head model {model!r}; use one of {', '.join(FITTERS)}")
-    t0 = time.perf_counter()
-    x = np.asarray(x, dtype=np.float64)
-    y = (~np.asarray(admissible, dtype=bool)).astype(np.float64)  # 1 = inadmissible
-    n_groups = len(set(groups))
-    k = min(FOLDS, n_groups)
-    if k < 2:
-        raise HeadError("a head needs texts from at least 2 sources to cross-validate its threshold")
-    fold = fold_of(groups, k)
+def _out_of_fold(model: str, x: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, opt: float | None
+                 ) -> np.ndarray:
     oof = np.empty(len(y))
     for f in range(k):
         tr, te = fold != f, fold == f
@@ -224,23 +214,53 @@ def train(model: str, x: np.ndarray, admissible: np.ndarray, groups: Sequence[st
             raise HeadError(f"fold {f + 1} of {k} has one class only in its training part; add texts of both "
                             "labels from more sources")
         mean, scale = _standardize(x[tr])
-        params = FITTERS[model]((x[tr] - mean) / scale, y[tr])
+        params = _fit(model, (x[tr] - mean) / scale, y[tr], opt)
         oof[te] = predict(model, params, (x[te] - mean) / scale)
-        if progress is not None:
-            print(f"ingate: training head ({model}): fold {f + 1}/{k}", file=progress, flush=True)
-    mean, scale = _standardize(x)
-    params = FITTERS[model]((x - mean) / scale, y)
-    fitted = predict(model, params, (x - mean) / scale)
+    return oof
+
+
+def _fit(model: str, x: np.ndarray, y: np.ndarray, opt: float | None) -> dict[str, np.ndarray]:
+    return fit_logistic(x, y, opt) if model == "logistic" and opt is not None else FITTERS[model](x, y)
+
+
+def train(model: str, x: np.ndarray, admissible: np.ndarray, groups: Sequence[str], features: str,
+          progress: IO[str] | None = None) -> Head:
+    """Grouped k-fold out-of-fold probabilities (a logistic head's penalty chosen among L2_GRID by
+    their AUROC), then the head fitted on every row."""
+    if model not in FITTERS:
+        raise HeadError(f"unknown head model {model!r}; use one of {', '.join(FITTERS)}")
+    t0 = time.perf_counter()
+    x = np.asarray(x, dtype=np.float64)
+    y = (~np.asarray(admissible, dtype=bool)).astype(np.float64)  # 1 = inadmissible
     labels = np.asarray(admissible, dtype=bool)
+    n_groups = len(set(groups))
+    k = min(FOLDS, n_groups)
+    if k < 2:
+        raise HeadError("a head needs texts from at least 2 sources to cross-validate its threshold")
+    fold = fold_of(groups, k)
+    best: tuple[float, float | None, np.ndarray] | None = None
+    for opt in (L2_GRID if model == "logistic" else (None,)):
+        oof = _out_of_fold(model, x, y, fold, k, opt)
+        auc = auroc(oof, labels, "deny")
+        if progress is not None:
+            print(f"ingate: training head ({model}{f', l2 {opt:g}' if opt is not None else ''}): {k}-fold "
+                  f"AUROC {auc:.3f}", file=progress, flush=True)
+        if best is None or auc > best[0]:
+            best = (auc, opt, oof)
+    assert best is not None
+    _, opt, oof = best
+    mean, scale = _standardize(x)
+    params = _fit(model, (x - mean) / scale, y, opt)
+    fitted = predict(model, params, (x - mean) / scale)
     return Head(model=model, features=features, mean=mean, scale=scale, params=params, oof=oof, labels=labels,
                 groups=n_groups, folds=k, train_auroc=auroc(fitted, labels, "deny"),
-                train_s=time.perf_counter() - t0)
+                train_s=time.perf_counter() - t0, l2=opt)
 
 
 # ---- the on-disk cache ----------------------------------------------------------------------------
 
 def head_key(model: str, features: str, version: str, rows: Sequence[tuple[str, bool, str]]) -> str:
-    h = hashlib.sha256(f"head{FORMAT}\0{model}\0{features}\0{version}\0{SEED}\0{FOLDS}\0{L2}\0"
+    h = hashlib.sha256(f"head{FORMAT}\0{model}\0{features}\0{version}\0{SEED}\0{FOLDS}\0{L2_GRID}\0"
                        f"{MLP_HIDDEN}\0{MLP_EPOCHS}\0{MLP_LR}\0{MLP_DECAY}\0".encode())
     for text, ok, group in rows:
         h.update(f"{int(ok)}\0{group}\0{text}\0".encode())
@@ -250,7 +270,7 @@ def head_key(model: str, features: str, version: str, rows: Sequence[tuple[str, 
 def _save(path: Path, head: Head) -> None:
     arrays: dict[str, Any] = {f"p_{k}": v for k, v in head.params.items()}
     meta = {"model": head.model, "features": head.features, "groups": head.groups, "folds": head.folds,
-            "train_auroc": head.train_auroc, "train_s": head.train_s}
+            "train_auroc": head.train_auroc, "train_s": head.train_s, "l2": head.l2}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
@@ -268,7 +288,7 @@ def _load(path: Path) -> Head | None:
             return Head(model=meta["model"], features=meta["features"], mean=z["mean"], scale=z["scale"],
                         params=params, oof=z["oof"], labels=z["labels"].astype(bool), groups=int(meta["groups"]),
                         folds=int(meta["folds"]), train_auroc=float(meta["train_auroc"]),
-                        train_s=float(meta["train_s"]), cache_hit=True)
+                        train_s=float(meta["train_s"]), l2=meta.get("l2"), cache_hit=True)
     except (OSError, ValueError, KeyError):
         return None  # unreadable: train again and overwrite
 

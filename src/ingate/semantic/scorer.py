@@ -43,7 +43,7 @@ def judge(rules: Sequence[SemanticRule], views: Sequence[str]) -> Judgement:
         v = vectors.get(r.encoder.name)
         if v is None:
             v = vectors[r.encoder.name] = r.encoder.encode(views)
-        scores.append(r.judge(v))
+        scores.append(r.judge(v[:1] if r.head is not None else v))  # a head: the text as a whole
     return Judgement(tuple(scores), (time.perf_counter() - t) * 1000)
 
 
@@ -76,7 +76,9 @@ def judge_group(rules: Sequence[SemanticRule], text: str, weight: int,
         parts = [(p.vectors[name], p.weight) for p in prev if name in p.vectors]
         if parts:
             pooled = v * weight + sum(vec * w for vec, w in parts)
-            views = np.vstack([views, pooled / max(float(np.linalg.norm(pooled)), 1e-12)])
+            pooled = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+            # a head judges the response so far (the unit it was trained on); similarity, each view
+            views = pooled[None, :] if r.head is not None else np.vstack([views, pooled])
         scores.append(r.judge(views))
     return Judgement(tuple(scores), (time.perf_counter() - t) * 1000, own, weight)
 
