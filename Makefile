@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
+.PHONY: bench-heads harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,14 @@ lint: install-test
 bench-structured: install-test
 	$(BIN)/python bench/structured.py
 
+# Trained heads in the loop: cost and effect, encoder against engine features (README "Trained heads")
+bench-heads: install-test
+	$(BIN)/python bench/heads.py
+
+# Rebuild the pack's labelled data (about 25 minutes of generation on 2 cores; README "Trained heads")
+harm-data: install-test
+	$(BIN)/python bench/harm_data.py
+
 bench: install-test
 	$(BIN)/python bench/layouts.py
 	$(BIN)/python bench/engine_process.py
@@ -70,6 +78,7 @@ bench: install-test
 	$(BIN)/python bench/server.py
 	$(BIN)/python bench/semantic.py
 	$(BIN)/python bench/semantic_dev.py
+	$(BIN)/python bench/heads.py
 	$(BIN)/python bench/entropy.py
 	$(BIN)/python bench/upstream_entropy.py
 	$(BIN)/python bench/upstream.py

@@ -1,6 +1,7 @@
 """Build the labelled data for the shipped "harmful compliance" classifier head.
 
-The head is a logistic regression on MiniLM sentence embeddings of a RESPONSE alone. A response
+The head (examples/harmful-compliance.yaml) is a small classifier on the MiniLM sentence
+embedding of a RESPONSE alone. A response
 that carries out a harmful request is inadmissible; a refusal, a safe redirect or a benign answer
 is admissible. So the data has to teach compliance versus refusal, not topic: every harmful
 request appears on both sides (refused: admissible; carried out: inadmissible), and answers to
@@ -59,7 +60,10 @@ Procedure:
 4. Cleaning: text stripped, empty text skipped; an exact text seen under both labels is dropped
    everywhere (counted); otherwise duplicates of a text keep the first row in sort order.
 5. Split by source: a prompt source is held out when int(sha256(source), 16) % 4 == 0; ToxiGen
-   groups in TEST_GROUPS are held out. No source is in both files (asserted).
+   groups in TEST_GROUPS are held out. No source is in both files (asserted). A held-out row whose
+   text repeats a training text (the same text once case and punctuation are folded, or a near
+   duplicate: `ingate.labelled.overlap`, the test `ingate calibrate` applies) is dropped: written
+   templates without the task phrase repeat across sources.
 
 Output (JSON lines, UTF-8, sorted by source, origin, kind, text): examples/harmful-compliance/
 train.jsonl and test.jsonl, rows {"text", "admissible", "source", "kind", "origin", "prompt"}.

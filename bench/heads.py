@@ -1,8 +1,9 @@
 """Trained heads in the loop: what they cost, and what they stop, side by side in one run.
 
 The shipped pack `examples/harmful-compliance.yaml` runs as written (features: encoder, MiniLM)
-and as its twin with `features: engine` (the generating model's own hidden states), against no
-semantic rule, on the same prompts and seeds, in rotating order:
+and as its twin with `features: engine` (the generating model's own hidden states, trained on the
+600-response subset bench/semantic_dev.py compares feature sources on), against no semantic rule,
+on the same prompts and seeds, in rotating order:
 
 1. Cost. Benign prompts (bench/prompts.txt), `--tokens` tokens each, ignore_eos: tokens/s of each
    configuration and its ratio to ungoverned per prompt (median, p1, p99), the scorer's time per
@@ -18,8 +19,8 @@ semantic rule, on the same prompts and seeds, in rotating order:
 
     .venv/bin/python bench/heads.py [--prompts 16] [--tokens 96] [--harmful 40] [--safe 40] [--quick]
 
-Writes bench/results/heads.json and heads.md. The first run trains the engine twin's head (about
-0.3 s per training text on 2 cores), cached afterwards.
+Writes bench/results/heads.json and heads.md. The first run computes the engine twin's training
+features (about 0.5-1 s a response on 2 cores), cached afterwards ($INGATE_CACHE_DIR).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 PACK = ROOT / "examples" / "harmful-compliance.yaml"
 HELD_OUT = ROOT / "examples" / "harmful-compliance" / "test.jsonl"
+TRAIN = ROOT / "examples" / "harmful-compliance" / "train.jsonl"
 COMPLY = ("Sure, here's how", "Absolutely! Here are the steps:\n\n1.", "Of course. First,", "No problem. Step 1:")
 REFUSE = ("I'm sorry, but I can't help with that.", "I can't help with that.", "I won't help with this.")
 CONFIGS = ("off", "encoder", "engine")
@@ -56,10 +59,21 @@ def pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(xs, dtype=float), q)), 3) if len(xs) else None
 
 
-def policies() -> dict[str, Policy]:
+def policies(tmp: Path) -> dict[str, Policy]:
+    """The pack as written, and its engine twin trained on the subset bench/semantic_dev.py
+    compares feature sources on (the engine's features cost ~0.5 s a training text here)."""
+    from semantic_dev import ENGINE_SUBSET, spread
+
+    keep = ("text", "admissible", "source", "prompt")
+    rows = [{k: json.loads(x).get(k) for k in keep} for x in TRAIN.read_text(encoding="utf-8").splitlines() if x]
+    sub = tmp / "train-subset.jsonl"
+    sub.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spread(rows, ENGINE_SUBSET[0])),
+                   encoding="utf-8")
     text = PACK.read_text(encoding="utf-8")
-    engine = parse_policy(text.replace("features: encoder", "features: engine"),
-                          source=f"{PACK} (features: engine)", base=PACK.parent)
+    assert "train: harmful-compliance/train.jsonl" in text and "features: encoder" in text
+    engine = parse_policy(text.replace("train: harmful-compliance/train.jsonl", f"train: {sub}")
+                          .replace("features: encoder", "features: engine"),
+                          source=f"{PACK} (features: engine, {ENGINE_SUBSET[0]} training rows)", base=PACK.parent)
     return {"encoder": load_policy(PACK), "engine": engine}
 
 
@@ -165,7 +179,8 @@ def main() -> int:
         args.prompts, args.tokens, args.harmful, args.safe = 3, 32, 3, 3
     t0 = time.perf_counter()
     rt = Runtime.load(use_audit=False)
-    pols = policies()
+    tmp = Path(tempfile.mkdtemp(prefix="ingate-heads-"))
+    pols = policies(tmp)
     compiled: dict[str, Any] = {}
     for c, p in pols.items():
         t = time.perf_counter()
@@ -178,7 +193,7 @@ def main() -> int:
     harmful, safe = held_out()
     harmful, safe = harmful[:args.harmful], safe[:args.safe]
     heads = {c: {"threshold": r.threshold, "cv_auroc": round(r.head_metrics.cv_auroc, 4),
-                 "features": r.encoder.name, "parameters": r.head.size}
+                 "features": r.encoder.name, "parameters": r.head.size, "train_n": r.head_metrics.n}
              for c, cp in compiled.items() for r in cp.semantic[:1]}
     out = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                        "platform": platform.platform()},
@@ -218,8 +233,9 @@ def render(out: dict[str, Any]) -> str:
         s = out[key]
         cells = [f"{s['counts'][k]['acted']} ({s['counts'][k]['content_filter']})" for k in CONFIGS]
         lines.append(f"| {label} | {s['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "Heads: " + "; ".join(f"{k}: {v['parameters']:,} parameters, threshold {v['threshold']:g}, "
-                                        f"cross-validated AUROC {v['cv_auroc']}" for k, v in out["heads"].items())]
+    lines += ["", "Heads: " + "; ".join(f"{k}: {v['parameters']:,} parameters trained on {v['train_n']} responses, "
+                                        f"threshold {v['threshold']:g}, cross-validated AUROC {v['cv_auroc']}"
+                                        for k, v in out["heads"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -237,7 +237,8 @@ def head_row(name: str, r: dict[str, Any]) -> str:
 
 # ---- experiments -------------------------------------------------------------------------------
 
-def toxigen(tmp: Path, limit: int | None = None) -> tuple[list[dict[str, Any]], list[Calibration]]:
+def toxigen(tmp: Path, limit: int | None = None, heads: bool = True
+            ) -> tuple[list[dict[str, Any]], list[Calibration]]:
     """Both splits; `limit` keeps at most that many examples and that many test texts of each label
     (evenly spaced in file order), for a quicker, smaller run."""
     groups = toxigen_groups(need(DATA / "toxigen_demonstrations"))
@@ -258,16 +259,18 @@ def toxigen(tmp: Path, limit: int | None = None) -> tuple[list[dict[str, Any]], 
         lab = write_labelled(tmp / f"{name}.csv", rows)
         cal, res = run(pol, lab)
         res.update({"split": name, "example_groups": train, "test_groups": test})
-        head_rows = [{"text": x, "admissible": kind == "neutral", "source": g} for g in train
-                     for kind in ("hate", "neutral") for x in spread(groups[g][kind], limit)]
-        res["head"] = run_head(write_head(tmp, f"{name}_head", head_rows), [(x, k == "neutral", None) for x, k in rows])
+        if heads:
+            head_rows = [{"text": x, "admissible": kind == "neutral", "source": g} for g in train
+                         for kind in ("hate", "neutral") for x in spread(groups[g][kind], limit)]
+            res["head"] = run_head(write_head(tmp, f"{name}_head", head_rows),
+                                   [(x, k == "neutral", None) for x, k in rows])
         results.append(res)
         cals.append(cal)
         print(f"{name}: AUROC {res['auroc']:.3f}", file=sys.stderr, flush=True)
     return results, cals
 
 
-def xstest(tmp: Path, limit: int | None = None) -> tuple[dict[str, Any], Calibration]:
+def xstest(tmp: Path, limit: int | None = None, heads: bool = True) -> tuple[dict[str, Any], Calibration]:
     """`limit` keeps at most that many SimpleSafetyTests examples and that many XSTest prompts of each
     label (evenly spaced in file order), for a quicker, smaller run."""
     with need(DATA / "simplesafetytests" / "sst_test_cases.csv").open(newline="", encoding="utf-8") as f:
@@ -287,6 +290,9 @@ def xstest(tmp: Path, limit: int | None = None) -> tuple[dict[str, Any], Calibra
         by_type[t] = {"label": "safe" if cal.admissible[idx][0] else "unsafe", "n": int(idx.sum()),
                       "blocked": round(float((s >= thr).mean()), 4), "median_score": round(float(np.median(s)), 4)}
     res["by_type_at_threshold"] = by_type
+    if not heads:
+        print(f"xstest: AUROC {res['auroc']:.3f}", file=sys.stderr, flush=True)
+        return res, cal
     with xs_path.open(newline="", encoding="utf-8") as f:
         xrows = list(csv.DictReader(f))
     a, b = halves(sorted({r["type"] for r in xrows}))

@@ -233,8 +233,8 @@ def semantic(ctx: Ctx, limit: int | None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     with no_embedding_cache(), tempfile.TemporaryDirectory(prefix="ingate-eval-signals-") as d:
-        tox, tox_cals = semantic_dev.toxigen(Path(d), limit)
-        xs, xs_cal = semantic_dev.xstest(Path(d), limit)
+        tox, tox_cals = semantic_dev.toxigen(Path(d), limit, heads=False)
+        xs, xs_cal = semantic_dev.xstest(Path(d), limit, heads=False)
     xs["split"] = "xstest"
     cals, rows = [*tox_cals, xs_cal], [*tox, xs]
     titles = [roc_title(c.rule, c.mode, c.encoder, c.suggestion.auroc, c.n) + f"\n{r['split']}"
