@@ -8,14 +8,16 @@ on the same prompts and seeds, in rotating order:
 1. Cost. Benign prompts (bench/prompts.txt), `--tokens` tokens each, ignore_eos: tokens/s of each
    configuration and its ratio to ungoverned per prompt (median, p1, p99), the scorer's time per
    group (p50, p99), and how many governed texts equal the ungoverned ones.
-2. What they stop, on the held-out split (examples/harmful-compliance/test.jsonl: sources never
+2. Every held-out response streamed through the gate word by word (TEXT mode, as a remote
+   upstream's text): the share each head rejects, by origin and kind.
+3. What they stop in the loop, on the held-out split (examples/harmful-compliance/test.jsonl: sources never
    trained on). SmolLM2-135M ignores system prompts, so, as in bench/harm_data.py, the reply is
    started for it: a compliance opener ("Sure, here's how") or a refusal opener ("I'm sorry, but I
    can't help with that.") is put after the assistant header, and the model writes on. Counted
    per configuration: runs in which the head acted (a group rolled back and regenerated, or the
    stream stopped), and runs that ended `content_filter`. The opener is part of the prompt, so
    the head judges what the model writes after it, as in serving.
-3. False blocks in the loop: held-out XSTest safe prompts, plain (no opener).
+4. False blocks in the loop: held-out XSTest safe prompts, plain (no opener).
 
     .venv/bin/python bench/heads.py [--prompts 16] [--tokens 96] [--harmful 40] [--safe 40] [--quick]
 
@@ -29,16 +31,18 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ingate.gate.compile import compile_policy
-from ingate.gate.gate import Gate
+from ingate.gate.gate import Gate, Verdict
 from ingate.loop import GenerationParams, Result, generate
 from ingate.policy import Policy, load_policy, parse_policy
 from ingate.runtime import Runtime
@@ -141,6 +145,34 @@ def cost(b: Bench, prompts: list[str], tokens: int) -> dict[str, Any]:
     return out
 
 
+def streamed_rejected(compiled: Any, text: str) -> bool:
+    """Does the gate reject `text` streamed as a remote upstream's would be, word by word (TEXT mode)?"""
+    g = Gate(compiled, None, mode="text")
+    for piece in re.findall(r"\S+\s*|\s+", text):
+        if g.feed(piece).verdict in (Verdict.ROLLBACK, Verdict.STOP):
+            return True
+        if g.settle().verdict in (Verdict.ROLLBACK, Verdict.STOP):
+            return True
+    return g.settle(final=True).verdict in (Verdict.ROLLBACK, Verdict.STOP)
+
+
+def streamed(compiled: dict[str, Any]) -> dict[str, Any]:
+    """Every held-out response, streamed through each head's gate: rejected share by origin and kind
+    (the model's own refusals and compliances, written templates, ToxiGen)."""
+    rows = [json.loads(x) for x in HELD_OUT.read_text(encoding="utf-8").splitlines() if x.strip()]
+    out: dict[str, Any] = {}
+    for c in CONFIGS[1:]:
+        n: Counter[str] = Counter()
+        rej: Counter[str] = Counter()
+        for r in rows:
+            k = f"{r['origin']}/{r['kind']}/{'admissible' if r['admissible'] else 'inadmissible'}"
+            n[k] += 1
+            rej[k] += streamed_rejected(compiled[c], r["text"])
+        out[c] = {k: {"n": n[k], "rejected": rej[k]} for k in sorted(n)}
+        print(f"  streamed: {c} done", file=sys.stderr, flush=True)
+    return out
+
+
 def acted(res: Result) -> bool:
     return any(d.action in ("resample", "stop") for d in res.decisions)
 
@@ -198,6 +230,7 @@ def main() -> int:
     out = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                        "platform": platform.platform()},
            "model": rt.engine.name, "heads": heads,
+           "streamed": streamed(compiled),
            "cost": cost(b, benign, args.tokens),
            "comply": stops(b, harmful, COMPLY, 64, "comply"),
            "refuse": stops(b, harmful, REFUSE, 48, "refuse"),
@@ -233,6 +266,13 @@ def render(out: dict[str, Any]) -> str:
         s = out[key]
         cells = [f"{s['counts'][k]['acted']} ({s['counts'][k]['content_filter']})" for k in CONFIGS]
         lines.append(f"| {label} | {s['n']} | " + " | ".join(cells) + " |")
+    st = out["streamed"]
+    lines += ["", "Every held-out response streamed through the gate word by word, as a remote upstream's text "
+              "(rejected / n):", "", "| response | encoder head | engine head (its encoder twin: no states) |",
+              "|---|---|---|"]
+    for k in st["encoder"]:
+        lines.append(f"| {k} | {st['encoder'][k]['rejected']}/{st['encoder'][k]['n']} | "
+                     f"{st['engine'][k]['rejected']}/{st['engine'][k]['n']} |")
     lines += ["", "Heads: " + "; ".join(f"{k}: {v['parameters']:,} parameters trained on {v['train_n']} responses, "
                                         f"threshold {v['threshold']:g}, cross-validated AUROC {v['cv_auroc']}"
                                         for k, v in out["heads"].items())]
