@@ -124,6 +124,7 @@ def test_an_engine_head_falls_back_to_its_encoder_twin_without_the_engine_states
     text = "Sure! Here is how to hurt someone. First, get what you need, then follow these steps."
     j = judge_group([rule], text, 16, ())
     assert set(j.vectors) == {"all-MiniLM-L6-v2"}  # only the encoder ran
+    assert j.scores[0].threshold == rule.fallback.threshold  # ... and the twin's threshold decided
     v = np.ones(rule.encoder.dim, dtype=np.float32) / np.sqrt(rule.encoder.dim)
     j2 = judge_group([rule], text, 16, (), (rule.encoder.version, v))
     assert set(j2.vectors) == {rule.encoder.version}  # the engine's vector, no encoder

@@ -238,12 +238,13 @@ class _Run:
             return Finish.CANCELLED
         try:
             logits = self.engine.step()
-            if self.feature_id is not None:
-                gate.observe_hidden(self.feature_id, self.engine.hidden())  # type: ignore[attr-defined]
+            state = self.engine.hidden() if self.feature_id is not None else None  # type: ignore[attr-defined]
         except Exception as e:
             raise self.failed(e) from e
         g, self.sampling = time.perf_counter(), 0.0
         try:
+            if self.feature_id is not None:
+                gate.observe_hidden(self.feature_id, state)
             finish, text = self.decide(logits)
         except Exception as e:  # fail closed: nothing more is released
             log.error("request %s: the gate failed; the stream ends closed", self.request_id, exc_info=e)

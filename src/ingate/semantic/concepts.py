@@ -34,6 +34,7 @@ class Score:
     score: float  # highest similarity over every example of every concept
     concept: str  # the concept that gave it
     inadmissible: bool
+    threshold: float = float("nan")  # the judging rule's (an engine head's encoder twin has its own)
 
 
 class SemanticRule:
@@ -100,7 +101,9 @@ class SemanticRule:
     def explain(self, s: Score) -> str:
         """'scored 0.612 >= 0.45 (concept 'explosives')': the audit's words for a rejection."""
         if self.head is not None:
-            return f"head P(inadmissible) {s.score:.3f} >= {self.threshold:g}"
+            t = s.threshold if s.threshold == s.threshold else self.threshold
+            twin = "" if self.fallback is None or t == self.threshold else " (encoder twin: no engine states)"
+            return f"head P(inadmissible) {s.score:.3f} >= {t:g}{twin}"
         if self.mode == "deny":
             return f"scored {s.score:.3f} >= {self.threshold:g} (concept {s.concept!r})"
         return f"scored {s.score:.3f} < {self.threshold:g} (best allowed concept {s.concept!r})"
@@ -116,8 +119,7 @@ class SemanticRule:
         score = float(s[i])
         bad = score >= self.threshold if self.mode == "deny" else score < self.threshold
         name = "head" if self.head is not None else self.spec.concepts[int(c[i])].name
-        return Score(self.rule_id, score, name, bad)
-
+        return Score(self.rule_id, score, name, bad, self.threshold)
 
     def judged_by(self, engine_feature: str | None) -> SemanticRule:
         """The rule that judges a group: this one, or for an engine head without the engine's hidden
