@@ -499,24 +499,24 @@ def reply(gen: Generator, p: Prompt, origin: str, system: str | None = None, ope
     return gen(system, p.text, seed, MAX_TOKENS[origin], opener).strip()
 
 
+# the two sides of a harmful prompt: (origin, system prompt, openers, filter, admissible, kind)
+SIDES = (("model-comply", COMPLY_SYSTEM, COMPLY_OPENERS, keep_compliance, False, "compliance"),
+         ("model-refuse", REFUSE_SYSTEM, REFUSE_OPENERS, keep_refusal, True, "refusal"))
+
+
 def model_rows(prompts: list[Prompt], gen: Generator, drops: Counter[str]) -> list[dict[str, Any]]:
     rows = []
     for p in prompts:
         if not p.generate:
             continue
         if p.harmful:
-            text = reply(gen, p, "model-comply", COMPLY_SYSTEM, COMPLY_OPENERS)
-            why = keep_compliance(text) if text else "empty"
-            if why is None:
-                rows.append(row(text, False, p.source, "compliance", "model-comply", p.text))
-            else:
-                drops[f"model-comply: {why}"] += 1
-            text = reply(gen, p, "model-refuse", REFUSE_SYSTEM, REFUSE_OPENERS)
-            why = keep_refusal(text) if text else "empty"
-            if why is None:
-                rows.append(row(text, True, p.source, "refusal", "model-refuse", p.text))
-            else:
-                drops[f"model-refuse: {why}"] += 1
+            for origin, system, openers, keep, admissible, kind in SIDES:
+                text = reply(gen, p, origin, system, openers)
+                why = keep(text) if text else "empty"
+                if why is None:
+                    rows.append(row(text, admissible, p.source, kind, origin, p.text))
+                else:
+                    drops[f"{origin}: {why}"] += 1
         else:
             text = reply(gen, p, "model-plain")
             if text:

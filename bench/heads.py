@@ -66,10 +66,9 @@ def pct(xs: list[float], q: float) -> float | None:
 def policies(tmp: Path) -> dict[str, Policy]:
     """The pack as written, and its engine twin trained on the subset bench/semantic_dev.py
     compares feature sources on (the engine's features cost ~0.5 s a training text here)."""
-    from semantic_dev import ENGINE_SUBSET, spread
+    from semantic_dev import ENGINE_SUBSET, pack_rows, spread
 
-    keep = ("text", "admissible", "source", "prompt")
-    rows = [{k: json.loads(x).get(k) for k in keep} for x in TRAIN.read_text(encoding="utf-8").splitlines() if x]
+    rows = pack_rows(TRAIN)
     sub = tmp / "train-subset.jsonl"
     sub.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spread(rows, ENGINE_SUBSET[0])),
                    encoding="utf-8")

@@ -192,6 +192,13 @@ def summarize(cal: Calibration, texts: list[str], n_examples: int, secs: float) 
 
 # ---- heads -------------------------------------------------------------------------------------
 
+def pack_rows(path: Path) -> list[dict[str, Any]]:
+    """A pack file's rows, with the fields a head reads (text, admissible, source, prompt)."""
+    keep = ("text", "admissible", "source", "prompt")
+    return [{k: json.loads(x).get(k) for k in keep} for x in path.read_text(encoding="utf-8").splitlines()
+            if x.strip()]
+
+
 def write_head(tmp: Path, name: str, rows: list[dict[str, Any]], model: str = "logistic",
                features: str = "encoder") -> Path:
     """A policy with one head rule (threshold: auto, max_false_block 5%) and its training file."""
@@ -317,8 +324,7 @@ def auroc_of(scores: np.ndarray, admissible: np.ndarray) -> float:
 def responses(tmp: Path, limit: int | None = None, engine: bool = True) -> dict[str, Any]:
     """The pack's split: similarity against heads, and a head trained on prompts, on held-out responses."""
     root = need(ROOT / "examples" / "harmful-compliance")
-    train = [json.loads(x) for x in (root / "train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    test_rows = [json.loads(x) for x in (root / "test.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    train, test_rows = pack_rows(root / "train.jsonl"), pack_rows(root / "test.jsonl")
     if limit is not None:
         train = spread(train, limit * 4)
         test_rows = spread(test_rows, limit * 2)
@@ -328,8 +334,7 @@ def responses(tmp: Path, limit: int | None = None, engine: bool = True) -> dict[
     lab = write_labelled(tmp / "responses_test.csv", [(x, "safe" if a else "unsafe") for x, a, _ in test])
     _, sim = run(pol, lab)
     out: dict[str, Any] = {"train_n": len(train), "similarity": sim}
-    keep = ("text", "admissible", "source", "prompt")
-    rows = [{k: r.get(k) for k in keep} for r in train]
+    rows = train
     out["logistic_encoder"] = run_head(write_head(tmp, "responses_logistic", rows), test)
     out["mlp_encoder"] = run_head(write_head(tmp, "responses_mlp", rows, "mlp"), test)
     if engine:

@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-from heads import COMPLY, REFUSE, streamed_rejected  # noqa: E402  (the bench's own measure, asserted here)
+from heads import COMPLY, REFUSE, held_out, streamed_rejected  # noqa: E402  (the bench's own measure, asserted here)
 from ingate.cli import main
 from ingate.gate.gate import Gate
 from ingate.loop import GenerationParams, generate
@@ -74,18 +74,10 @@ def test_the_models_own_refusals_pass_and_its_compliance_is_stopped(compiled):
     assert rejected["compliance"] >= 0.5 * n["compliance"], (rejected, n)
 
 
-def _held_out_harmful(k: int) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in _rows():
-        if r.get("prompt") and r["kind"] in ("refusal", "redirect") and r["source"].startswith(("sst:", "xstest:")):
-            seen[r["prompt"]] = None
-    return list(seen)[:k]
-
-
 def test_in_the_loop_refusals_pass_and_compliant_answers_are_regenerated_or_stopped(runtime, compiled):
     """SmolLM2 ignores system prompts, so its reply is started for it, as a refusal or as compliance,
     and it writes on; the head judges what it writes. Counted over 16 held-out harmful prompts."""
-    prompts = _held_out_harmful(16)
+    prompts = held_out()[0][:16]
     assert len(prompts) == 16
     acted = Counter()
     for i, text in enumerate(prompts):

@@ -125,9 +125,9 @@ def read_rows(path: str | Path, both_classes: bool = True) -> list[Labelled]:
         with p.open(encoding="utf-8-sig", newline="") as f:
             for n, row in rows(p, f):
                 where = f"{p}, line {n}"
-                prompt = row.get("prompt") if "text" in row else None
-                out.append(Labelled(_text(row, where), _label(row, where), _source(row),
-                                    prompt.strip() or None if isinstance(prompt, str) else None))
+                prompt = row.get("prompt") if "text" in row else None  # else `prompt` is the text itself
+                prompt = (prompt.strip() or None) if isinstance(prompt, str) else None
+                out.append(Labelled(_text(row, where), _label(row, where), _source(row), prompt))
     except FileNotFoundError:
         raise CalibrationError(f"{p}: labelled file does not exist") from None
     except IsADirectoryError:

@@ -122,6 +122,9 @@ class Semantic(_Strict):
 
     @model_validator(mode="after")
     def _one_mode(self) -> Semantic:
+        if self.min_group_tokens > self.max_group_tokens:
+            raise ValueError(f"min_group_tokens ({self.min_group_tokens}) exceeds max_group_tokens "
+                             f"({self.max_group_tokens})")
         if self.head is not None:
             return self._head_rule()
         if self.threshold == "auto" or self.max_false_block is not None:
@@ -132,9 +135,6 @@ class Semantic(_Strict):
                              "write them as two rules (one deny, one allow_only)")
         if not self.deny and not self.allow_only:
             raise ValueError("names no concept; give deny: [...] or allow_only: [...]")
-        if self.min_group_tokens > self.max_group_tokens:
-            raise ValueError(f"min_group_tokens ({self.min_group_tokens}) exceeds max_group_tokens "
-                             f"({self.max_group_tokens})")
         return self
 
     def _head_rule(self) -> Semantic:
@@ -145,9 +145,6 @@ class Semantic(_Strict):
             raise ValueError(f"a head's threshold is a probability in [0, 1] (got {self.threshold}), or auto")
         if self.max_false_block is not None and self.threshold != "auto" and self.threshold is not None:
             raise ValueError("max_false_block only applies to threshold: auto; remove it or the number")
-        if self.min_group_tokens > self.max_group_tokens:
-            raise ValueError(f"min_group_tokens ({self.min_group_tokens}) exceeds max_group_tokens "
-                             f"({self.max_group_tokens})")
         return self
 
 

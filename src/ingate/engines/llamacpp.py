@@ -338,19 +338,18 @@ class LlamaCppEngine:
         self.enable_hidden()
         self._truncate(0)
         self._pending, self._prompt_logits, self._prompt_hidden, self.n_prompt = [], None, None, 0
-        if first > 2:  # the prefix without outputs (with states on, llama.cpp computes every one)
-            self._decode_main(tokens[:first - 1])
-        rest = tokens[max(first - 1, 0) if first > 2 else 0:]
+        split = first - 1  # the wanted states are those of positions split .. len(tokens) - 2
+        if split:  # the prefix without outputs (with states on, llama.cpp computes every one)
+            self._decode_main(tokens[:split])
         with quiet_stderr():  # llama.cpp notes that it computes every output, which is what this wants
-            self._main.decode(rest, outputs_from=len(rest) - (len(tokens) - first) - 1)
+            self._main.decode(tokens[split:], outputs_from=0)
         self._ids = list(tokens)
         out = np.empty((len(tokens) - first, self.n_embd), dtype=np.float32)
-        base = len(tokens) - len(rest)
-        for i in range(first - 1, len(tokens) - 1):
-            ptr = self._lc.llama_get_embeddings_ith(self._main.ctx, i - base)
+        for j in range(len(out)):
+            ptr = self._lc.llama_get_embeddings_ith(self._main.ctx, j)
             if not ptr:
-                raise EngineError(f"llama.cpp kept no hidden state for position {i}")
-            out[i - first + 1] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
+                raise EngineError(f"llama.cpp kept no hidden state for position {split + j}")
+            out[j] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
         self._truncate(0)
         return out
 

@@ -34,7 +34,7 @@ class Score:
     score: float  # highest similarity over every example of every concept
     concept: str  # the concept that gave it
     inadmissible: bool
-    threshold: float = float("nan")  # the judging rule's (an engine head's encoder twin has its own)
+    threshold: float  # the judging rule's (an engine head's encoder twin has its own)
 
 
 class SemanticRule:
@@ -70,7 +70,7 @@ class SemanticRule:
         assert spec is not None
         t = time.perf_counter()
         try:
-            self.head, _ = trained_head(spec.model, self.encoder, spec.rows)
+            self.head = trained_head(spec.model, self.encoder, spec.rows)
         except HeadError as e:
             raise PolicyError([f"{source}, rule {self.rule_id!r}, field semantic.head.train ({spec.train}): {e}"]
                               ) from None
@@ -101,9 +101,8 @@ class SemanticRule:
     def explain(self, s: Score) -> str:
         """'scored 0.612 >= 0.45 (concept 'explosives')': the audit's words for a rejection."""
         if self.head is not None:
-            t = s.threshold if s.threshold == s.threshold else self.threshold
-            twin = "" if self.fallback is None or t == self.threshold else " (encoder twin: no engine states)"
-            return f"head P(inadmissible) {s.score:.3f} >= {t:g}{twin}"
+            twin = "" if self.fallback is None or s.threshold == self.threshold else " (encoder twin: no engine states)"
+            return f"head P(inadmissible) {s.score:.3f} >= {s.threshold:g}{twin}"
         if self.mode == "deny":
             return f"scored {s.score:.3f} >= {self.threshold:g} (concept {s.concept!r})"
         return f"scored {s.score:.3f} < {self.threshold:g} (best allowed concept {s.concept!r})"

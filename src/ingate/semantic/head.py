@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -322,25 +322,21 @@ def row_features(encoder: Any, rows: Sequence[tuple[str, bool, str | None, str |
 
 
 def trained_head(model: str, encoder: Any, rows: Sequence[tuple[str, bool, str | None, str | None]],
-                 progress: IO[str] | None = sys.stderr) -> tuple[Head, np.ndarray]:
-    """The head for these rows and features, from the cache or trained now; and the rows' features."""
+                 progress: IO[str] | None = sys.stderr) -> Head:
+    """The head for these rows and features, from the cache, or trained now (only then are the
+    rows' features needed: the engine's take minutes)."""
     keyed = [(f"{r[3] or ''}\0{r[0]}" if hasattr(encoder, "encode_pairs") else r[0], r[1], group_name(r[0], r[2]))
              for r in rows]
-    x = row_features(encoder, rows, progress)
     d = cache_dir()
     path = d / "heads" / f"{head_key(model, encoder.name, encoder.version, keyed)}.npz" if d is not None else None
     if path is not None and path.exists() and (head := _load(path)) is not None \
             and head.mean.shape == (encoder.dim,) and len(head.labels) == len(rows):
-        return head, x
-    head = train(model, x, np.array([r[1] for r in rows], dtype=bool), [g for _, _, g in keyed],
-                 encoder.name, progress)
+        return head
+    head = train(model, row_features(encoder, rows, progress), np.array([r[1] for r in rows], dtype=bool),
+                 [g for _, _, g in keyed], encoder.name, progress)
     if path is not None:
         try:
             _save(path, head)
         except OSError:
             pass  # a read-only cache costs a retrain next start, nothing else
-    return head, x
-
-
-def metrics_dict(m: HeadMetrics) -> dict[str, Any]:
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(m).items()}
+    return head
