@@ -195,4 +195,4 @@ def test_a_version_1_audit_gains_the_replica_column_and_new_rows_name_their_repl
     log.record("new", "p", [Decision("r", "redact", 0, 0, b"", "d")])
     assert [(r["request_id"], r["replica"]) for r in log.tail(5)] == [("old", ""), ("new", "replica-x")]
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3

@@ -82,9 +82,26 @@ def test_replicas_opening_together_create_the_schema_once(pg_url, key):
         t.join()
     assert not errors and len(logs) == 4
     with psycopg.connect(pg_url) as con:
-        assert con.execute("SELECT count(*), max(version) FROM ingate_audit_schema").fetchone() == (1, 1)
+        assert con.execute("SELECT count(*), max(version) FROM ingate_audit_schema").fetchone() == (1, 2)
     for log in logs:
         log.close()
+
+
+def test_a_version_1_schema_gains_the_key_id_column(pg_url, key):
+    """An audit written before keys had ids: its rows stay, new request rows name their key id."""
+    from ingate.audit_pg import PG_SCHEMA
+
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        for stmt in PG_SCHEMA.split(";"):
+            if stmt.strip() and "key_id" not in stmt:
+                con.execute(stmt)
+        con.execute("INSERT INTO ingate_audit_schema (version) VALUES (1)")
+    log = open_audit(pg_url)
+    log.record_request("req-2", "default", Result(text="x", finish_reason="stop"), session="s", key_id="acme-web")
+    with psycopg.connect(pg_url) as con:
+        assert con.execute("SELECT max(version) FROM ingate_audit_schema").fetchone() == (2,)
+        assert con.execute("SELECT request_id, key_id FROM requests").fetchall() == [("req-2", "acme-web")]
+    log.close()
 
 
 def test_a_postgres_audit_without_a_shared_key_says_what_to_fix(pg_url, monkeypatch):

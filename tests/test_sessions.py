@@ -155,14 +155,14 @@ rules:
 
 
 @contextlib.contextmanager
-def two_replicas(tmp_path, policy_yaml: str):
-    """Two real `ingate serve` replicas with `policy_yaml`, sharing one Redis under a fresh prefix:
-    (a, b, prefix)."""
+def two_replicas(tmp_path, policy_yaml: str, *extra: str):
+    """Two real `ingate serve` replicas with `policy_yaml` (and `extra` flags), sharing one Redis under
+    a fresh prefix: (a, b, prefix)."""
     from test_server import Server
 
     (tmp_path / "policy.yaml").write_text(policy_yaml)
     prefix = f"ingate-test-{uuid.uuid4().hex[:8]}"
-    flags = ("--policy", str(tmp_path / "policy.yaml"), "--sessions", REDIS, "--sessions-prefix", prefix)
+    flags = ("--policy", str(tmp_path / "policy.yaml"), "--sessions", REDIS, "--sessions-prefix", prefix, *extra)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a = Server(tmp_path / "a", *flags)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from ingate.gate.decision import Decision
 
-SCHEMA_VERSION = 2  # 2: every row names the replica that wrote it (rows of version 1 have '')
+SCHEMA_VERSION = 3  # 2: every row names the replica that wrote it (rows of version 1 have '');
+# 3: a request row names the caller's API key id (ingate.keys), never the key (NULL: auth off or older)
 DECISIONS = """
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -67,10 +68,23 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 """
+REQUEST_COLUMNS = ("ts", "request_id", "session", "policy", "prompt_tokens", "completion_tokens", "finish_reason",
+                   "decisions", "rollbacks", "elapsed_ms", "ttft_ms", "gate_us_p50", "replica", "key_id")
+INSERT_REQUEST = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})")
 UNKEYED = "sha256-unkeyed"
 NOTHING = "none"  # the decision matched no text (a cancel, an error, a budget)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MIN_KEY_BYTES = 16
+
+
+def request_row(replica: str, request_id: str, policy: str, result, session: str | None,
+                key_id: str | None) -> tuple:
+    """A requests row, in REQUEST_COLUMNS order."""
+    st = result.stats()
+    return (time.time(), request_id, session, policy, result.prompt_tokens, result.completion_tokens,
+            result.finish_reason, len(result.decisions), result.rollbacks, round(result.elapsed_s * 1000, 2),
+            st["ttft_ms"], st["gate_us_p50"], replica, key_id)
 
 
 def replica_id() -> str:
@@ -201,6 +215,8 @@ class AuditLog:
             for table in ("decisions", "requests"):
                 if "replica" not in [r[1] for r in db.execute(f"PRAGMA table_info({table})")]:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN replica TEXT NOT NULL DEFAULT ''")
+            if "key_id" not in [r[1] for r in db.execute("PRAGMA table_info(requests)")]:
+                db.execute("ALTER TABLE requests ADD COLUMN key_id TEXT")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -236,16 +252,12 @@ class AuditLog:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def record_request(self, request_id: str, policy: str, result, session: str | None = None) -> None:
-        """One row per generation, committed before the response's last byte is sent."""
-        st = result.stats()
-        row = (time.time(), request_id, session, policy, result.prompt_tokens, result.completion_tokens,
-               result.finish_reason, len(result.decisions), result.rollbacks, round(result.elapsed_s * 1000, 2),
-               st["ttft_ms"], st["gate_us_p50"], self.replica)
+    def record_request(self, request_id: str, policy: str, result, session: str | None = None,
+                       key_id: str | None = None) -> None:
+        """One row per generation, committed before the response's last byte is sent. `session` is
+        the client's session id, `key_id` the id of its API key (ingate.keys; never the key)."""
         with self._lock:
-            self._db.execute("INSERT INTO requests (ts, request_id, session, policy, prompt_tokens, completion_tokens,"
-                             " finish_reason, decisions, rollbacks, elapsed_ms, ttft_ms, gate_us_p50, replica)"
-                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            self._db.execute(INSERT_REQUEST, request_row(self.replica, request_id, policy, result, session, key_id))
 
     def find(self, text: str) -> list[dict]:
         """Decisions whose matched text was `text`, by its keyed digest: how an operator asks

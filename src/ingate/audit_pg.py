@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 import time
 
-from ingate.audit import AuditError, AuditLog, load_key, replica_id
+from ingate.audit import INSERT_REQUEST, AuditError, AuditLog, load_key, replica_id, request_row
 from ingate.gate.decision import Decision
 
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = 2  # 2: requests.key_id, the caller's API key id
 PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS ingate_audit_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS requests (
     gate_us_p50 DOUBLE PRECISION,
     replica TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts)
+CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS key_id TEXT
 """
 
 
@@ -94,11 +95,11 @@ class PgAuditLog(AuditLog):
                 if stmt.strip():
                     con.execute(stmt)
             row = con.execute("SELECT max(version) FROM ingate_audit_schema").fetchone()
-            if row is None or row[0] is None:
-                con.execute("INSERT INTO ingate_audit_schema (version) VALUES (%s)", (PG_SCHEMA_VERSION,))
-            elif row[0] > PG_SCHEMA_VERSION:
+            if row is not None and row[0] is not None and row[0] > PG_SCHEMA_VERSION:
                 raise AuditError(f"the audit schema is version {row[0]}, newer than this ingate "
                                  f"({PG_SCHEMA_VERSION}); upgrade ingate")
+            if row is None or row[0] is None or row[0] < PG_SCHEMA_VERSION:
+                con.execute("INSERT INTO ingate_audit_schema (version) VALUES (%s)", (PG_SCHEMA_VERSION,))
 
     def record(self, request_id: str, policy: str, decisions: list[Decision], store_text: bool = False) -> None:
         if not decisions:
@@ -116,15 +117,11 @@ class PgAuditLog(AuditLog):
                 " matched_digest, digest_kind, matched_text, detail, replica) VALUES"
                 " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
 
-    def record_request(self, request_id: str, policy: str, result, session: str | None = None) -> None:
-        st = result.stats()
-        row = (time.time(), request_id, session, policy, result.prompt_tokens, result.completion_tokens,
-               result.finish_reason, len(result.decisions), result.rollbacks, round(result.elapsed_s * 1000, 2),
-               st["ttft_ms"], st["gate_us_p50"], self.replica)
+    def record_request(self, request_id: str, policy: str, result, session: str | None = None,
+                       key_id: str | None = None) -> None:
         with self._pool.connection() as con:
-            con.execute("INSERT INTO requests (ts, request_id, session, policy, prompt_tokens, completion_tokens,"
-                        " finish_reason, decisions, rollbacks, elapsed_ms, ttft_ms, gate_us_p50, replica)"
-                        " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)", row)
+            con.execute(INSERT_REQUEST.replace("?", "%s"),
+                        request_row(self.replica, request_id, policy, result, session, key_id))
 
     def scrub_unkeyed(self) -> int:
         return 0  # a PostgreSQL audit never held the plain digests of versions before the keyed one

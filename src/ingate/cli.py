@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", action="append", default=None,
                    help="require this bearer key; KEY:POLICY+POLICY restricts it to those policies, "
                         "KEY:POLICIES:full (or KEY::full, every policy) shows it full governance detail "
-                        "(also $INGATE_API_KEYS, comma-separated)")
+                        "(also $INGATE_API_KEYS, comma-separated); its sessions are its own")
+    s.add_argument("--keys", default=None, metavar="FILE",
+                   help="API keys in a YAML file: each with an id (named in the audit), its secret, a tenant whose "
+                        "sessions it shares, policies and detail (README 'Keys and tenants'; also $INGATE_KEYS)")
     s.add_argument("--max-queue", type=_positive_int, default=16, help="requests waiting before 429")
     s.add_argument("--max-tokens-cap", type=_positive_int, default=2048)
     s.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000)
@@ -534,25 +537,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api_keys(flags: list[str] | None):
-    """KEY, KEY:POLICY+POLICY, KEY:POLICY+POLICY:DETAIL or KEY::DETAIL (every policy), from the
-    flags and $INGATE_API_KEYS (comma-separated)."""
-    from ingate.report import LEVELS
-    from ingate.server import Grant
+def _api_keys(args: argparse.Namespace):
+    """The keys of --api-key and $INGATE_API_KEYS (comma-separated), and of --keys FILE (ingate.keys)."""
+    from ingate.keys import Keys, KeysError
 
-    specs = list(flags or []) + [k for k in os.environ.get("INGATE_API_KEYS", "").split(",") if k.strip()]
-    keys: dict[str, Grant] = {}
-    for spec in specs:
-        key, _, rest = spec.strip().partition(":")
-        pols, _, detail = rest.partition(":")
-        if not key:
-            raise UserError(f"API key spec {spec!r} has no key; write KEY, KEY:POLICY+POLICY or "
-                            "KEY:POLICY+POLICY:full", code=2)
-        if detail and detail not in LEVELS:
-            raise UserError(f"API key {key[:4]}...: governance detail {detail!r} is not one of "
-                            f"{', '.join(LEVELS)}", code=2)
-        keys[key] = Grant(frozenset(p for p in pols.split("+") if p) or None, detail or None)
-    return keys
+    specs = list(args.api_key or []) + [k for k in os.environ.get("INGATE_API_KEYS", "").split(",") if k.strip()]
+    try:
+        return Keys.from_specs(specs, args.keys or os.environ.get("INGATE_KEYS") or None)
+    except KeysError as e:
+        raise UserError(str(e), code=2) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -562,12 +555,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if p.name in policies:
             raise UserError(f"two policies are named {p.name!r}; give each loaded policy its own name", code=2)
         policies[p.name] = p
-    keys = _api_keys(args.api_key)
-    for key, grant in keys.items():
-        unknown = sorted((grant.policies or set()) - set(policies))
-        if unknown:
-            raise UserError(f"API key {key[:4]}...: unknown policy {unknown[0]!r}; loaded: {', '.join(policies)}",
-                            code=2)
+    keys = _api_keys(args)
+    from ingate.keys import KeysError
+
+    try:
+        keys.check_policies(policies)
+    except KeysError as e:
+        raise UserError(str(e), code=2) from None
     sessions = _sessions(args)
     cores = _cores(args, list(policies.values()))
     import threading

@@ -53,6 +53,7 @@ class Request:
     session: str | None = None
     session_entropy: float = 0.0
     structure: Structure | None = None  # response_format or a tool call (ingate.structure)
+    key_id: str | None = None  # the caller's API key id (ingate.keys), for the audit's request row
 
 
 def isolated() -> bool:
@@ -92,7 +93,8 @@ class LocalCore:
             on_audited: DecisionSink | None = None) -> Result:
         return self.runtime.run(req.messages, req.policy, req.params, on_text=on_text, request_id=req.request_id,
                                 stop=req.stop, cancelled=cancelled, session=req.session,
-                                session_entropy=req.session_entropy, on_audited=on_audited, structure=req.structure)
+                                session_entropy=req.session_entropy, on_audited=on_audited, structure=req.structure,
+                                key_id=req.key_id)
 
     def info(self) -> dict:
         return self.runtime.engine.info() | {"process": None}
@@ -147,7 +149,8 @@ def _run_one(conn: Connection, rt, req: Request) -> None:
     try:
         res = rt.run(req.messages, req.policy, req.params, request_id=req.request_id, stop=req.stop,
                      cancelled=cancelled, session=req.session, session_entropy=req.session_entropy,
-                     structure=req.structure, on_text=lambda t: conn.send(("text", t, engine.n_generated)),
+                     structure=req.structure, key_id=req.key_id,
+                     on_text=lambda t: conn.send(("text", t, engine.n_generated)),
                      on_audited=lambda ds: conn.send(("audited", ds)))
         conn.send(("done", res))
     except GenerationFailed as e:
@@ -356,7 +359,7 @@ class EngineCore:
                      completion_tokens=seen["tokens"], elapsed_s=time.perf_counter() - t0, ttft_s=seen["ttft"])
         if self.audit is not None:
             self.audit.record(req.request_id, req.policy.name, [d])
-            self.audit.record_request(req.request_id, req.policy.name, res, req.session)
+            self.audit.record_request(req.request_id, req.policy.name, res, req.session, req.key_id)
         return GenerationFailed(res, err)
 
 

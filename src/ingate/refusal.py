@@ -80,14 +80,14 @@ def screen_input(compiled: CompiledPolicy, messages: list[dict[str, str]] | str)
 
 def refuse(refusal: Refusal, policy: Policy, request_id: str, audit: AuditLog | None, session: str | None = None,
            prompt_tokens: int = 0, elapsed_s: float = 0.0, on_text: Callable[[str], None] | None = None,
-           on_audited: Callable[[list[Decision]], None] | None = None) -> Result:
+           on_audited: Callable[[list[Decision]], None] | None = None, key_id: str | None = None) -> Result:
     """The refused request's result, audited before its text goes to `on_text`. `on_audited` is
     told of the decision once it is durable, as the governed loop tells of its own."""
     res = Result.refused(refusal.text, refusal.decision, prompt_tokens, elapsed_s,
                          entropy_summary=refusal.entropy_summary)
     if audit is not None:
         audit.record(request_id, policy.name, res.decisions, policy.store_text)
-        audit.record_request(request_id, policy.name, res, session)
+        audit.record_request(request_id, policy.name, res, session, key_id)
     if on_audited is not None:
         on_audited(res.decisions)
     if on_text is not None and res.text:

@@ -90,7 +90,7 @@ class Runtime:
             stop: Sequence[str] = (), cancelled: Callable[[], bool] | None = None,
             session: str | None = None, session_entropy: float = 0.0,
             on_audited: Callable[[list[Decision]], None] | None = None,
-            structure: Structure | None = None) -> Result:
+            structure: Structure | None = None, key_id: str | None = None) -> Result:
         """One governed generation. `messages` is a chat, or a raw prompt string (completions).
 
         `session_entropy`: excess entropy the session spent in earlier responses (the server
@@ -98,7 +98,8 @@ class Runtime:
         refuses the request before generating, through ingate.refusal.refuse like escalation.
         `on_audited`: told of each batch of decisions once it is durable, before its text is released.
         `structure`: a response format or tool call the output must follow; the policy governs
-        inside it, its redact rules as prevent (ingate.structure.rules).
+        inside it, its redact rules as prevent (ingate.structure.rules). `key_id`: the caller's API
+        key id, for the audit's request row.
         """
         rid = request_id or uuid.uuid4().hex
         t0 = time.perf_counter()
@@ -118,7 +119,7 @@ class Runtime:
             refusal = session_budget(policy, session_entropy) or screen_input(self.prepare(policy), messages)
             if refusal is not None:  # refused before the first token: no generation spent
                 return refuse(refusal, policy, rid, self.audit, session, len(prompt), time.perf_counter() - t_check,
-                              on_text, on_audited)
+                              on_text, on_audited, key_id)
             governing = inside_structure(policy) if structure is not None else policy
             gate = self.gate_for(governing, stop, params.logprobs is not None, params.entropy, session_entropy)
             res = generate(self.engine, prompt, params, gate, on_text=on_text, on_decisions=on_decisions,
@@ -134,8 +135,8 @@ class Runtime:
                 on_decisions([d])
                 res.decisions.append(d)
             if self.audit is not None:
-                self.audit.record_request(rid, policy.name, res, session)
+                self.audit.record_request(rid, policy.name, res, session, key_id)
             raise GenerationFailed(res, cause) from cause
         if self.audit is not None:
-            self.audit.record_request(rid, policy.name, res, session)
+            self.audit.record_request(rid, policy.name, res, session, key_id)
         return res

@@ -27,6 +27,7 @@ from ingate.api.openai import DONE, ApiError, Reply, generation_error, may_be_ca
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
 from ingate.audit import replica_id
 from ingate.gate.decision import Action, Decision
+from ingate.keys import Grant, Keys
 from ingate.loop import Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
@@ -38,19 +39,10 @@ from ingate.upstream.core import UpstreamCore
 from ingate.worker import Draining, Job, QueueFull, Worker
 
 
-@dataclass(frozen=True)
-class Grant:
-    """What one API key may do: use these policies (None: all), see this governance detail
-    (None: the server's `governance_detail`). Written KEY[:POLICY+POLICY[:minimal|full]]."""
-
-    policies: frozenset[str] | None = None
-    detail: str | None = None
-
-
 @dataclass
 class ServerConfig:
     policies: dict[str, Policy]  # name -> policy; the first is the default
-    api_keys: dict[str, Grant] = field(default_factory=dict)  # key -> what it may use and see
+    api_keys: Keys = field(default_factory=Keys)  # who may call, what each key may use and see
     governance_detail: str = "minimal"  # what a client sees of governance unless its key says more
     max_queue: int = 16
     max_tokens_cap: int = 2048
@@ -162,7 +154,7 @@ class _Server:
                            "logprobs_unsupported")
         session = request.headers.get("x-session-id") or req.user
         job = Job(prompt, policy, params, stop, asyncio.get_running_loop(), asyncio.Queue(), session=session,
-                  structure=structure)
+                  structure=structure, grant=grant)
         await self._start(b, job)
         reply = Reply.new(job.request_id, b.name, req.chat)
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
@@ -187,7 +179,7 @@ class _Server:
         refusal = await self._admit(b, job) if job.session else None
         if refusal is not None:  # answered here: no queue slot, no engine
             res = refuse(refusal, job.policy, job.request_id, b.core.audit, job.session,
-                         on_text=lambda t: job.events.put_nowait(("text", t)))
+                         on_text=lambda t: job.events.put_nowait(("text", t)), key_id=job.grant.key_id)
             self.metrics.observe(job.policy.name, res)
             job.events.put_nowait(("done", res))
             return
@@ -204,7 +196,8 @@ class _Server:
         assert job.session is not None
         pol = job.policy
         try:
-            ticket = await asyncio.to_thread(self.sessions.begin, job.session, job.request_id, pol.escalate_after)
+            ticket = await asyncio.to_thread(self.sessions.begin, job.session_key, job.request_id,
+                                             pol.escalate_after)
         except StoreError as e:
             self.metrics.session_store_errors.labels("begin").inc()
             log.error("request %s: %s", job.request_id, e)
@@ -341,10 +334,11 @@ def _auth(request: Request, config: ServerConfig) -> Grant:
         return Grant()
     header = request.headers.get("authorization", "")
     key = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    if key not in config.api_keys:
+    grant = config.api_keys.lookup(key) if key else None
+    if grant is None:
         raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
                        code="invalid_api_key", type_="authentication_error")
-    return config.api_keys[key]
+    return grant
 
 
 def _choose_policy(request: Request, req: GenerationRequest, config: ServerConfig,

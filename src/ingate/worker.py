@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from ingate.core import Request
 from ingate.engines import EngineCrashed
 from ingate.gate.decision import Action, Decision
+from ingate.keys import Grant
 from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
@@ -55,6 +56,13 @@ class Job:
     reserved: bool = False  # the session store holds a place for it: `end` must free it, once
     session_state: SessionState | None = None  # the session after this request (for the report)
     structure: Structure | None = None  # response_format or a tool call (ingate.structure)
+    grant: Grant = field(default_factory=Grant)  # the caller's key: its id for the audit, its tenant's sessions
+
+    @property
+    def session_key(self) -> str:
+        """The session as the store names it: the client's id within its tenant (ingate.keys)."""
+        assert self.session is not None
+        return self.grant.session_key(self.session)
 
     def _put(self, item: tuple) -> None:
         try:
@@ -132,7 +140,7 @@ class Worker:
             self.running.add(job)
             try:
                 req = Request(job.messages, job.policy, job.params, job.stop, job.request_id, job.session,
-                              job.session_entropy, job.structure)
+                              job.session_entropy, job.structure, job.grant.key_id)
                 res: Result = self.core.run(req, on_text=lambda t, j=job: j._put(("text", t)),
                                             cancelled=job.cancel.is_set)
                 self._account(job, res)  # before the client hears "done"
@@ -162,7 +170,7 @@ class Worker:
         job.reserved = False
         for wait in END_RETRIES_S:
             try:
-                job.session_state = self.sessions.end(job.session, job.request_id, decisions, entropy)
+                job.session_state = self.sessions.end(job.session_key, job.request_id, decisions, entropy)
                 return
             except StoreError as e:
                 err = e

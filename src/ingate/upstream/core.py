@@ -79,7 +79,7 @@ class UpstreamCore:
             compiled = compile_policy(inside_structure(policy))
         if refusal is not None:  # refused before the upstream is asked: nothing spent there
             return refuse(refusal, policy, rid, self.audit, req.session, 0, time.perf_counter() - t0, on_text,
-                          on_audited)
+                          on_audited, req.key_id)
         gate = Gate(compiled, None, req.stop, session_entropy=req.session_entropy, mode=Mode.TEXT)
         top = req.params.logprobs
         if top is not None and not self.spec.can(LOGPROBS):
@@ -107,7 +107,7 @@ class UpstreamCore:
 
     def _record(self, req: Request, res: Result) -> None:
         if self.audit is not None:
-            self.audit.record_request(req.request_id, req.policy.name, res, req.session)
+            self.audit.record_request(req.request_id, req.policy.name, res, req.session, req.key_id)
 
 
 class _Call:
