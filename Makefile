@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: bench-heads harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
+.PHONY: bench-heads docs harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -c constraints.txt -e ".[semantic,test]"
 	@touch $@
 
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PIP) install -c constraints.txt -e ".[docs]"
+	@touch $@
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
@@ -52,6 +56,11 @@ test: install-test nemo-env
 
 test-quick: install-test
 	$(BIN)/python -m pytest -q -m "not slow and not vllm"
+
+# The docs site (docs/, mkdocs.yml) into build/site. --strict: a broken link or anchor, or a page
+# missing from the nav, fails the build (tests/test_docs.py builds it the same way).
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 lint: install-test
 	$(BIN)/ruff check src tests bench
@@ -146,9 +155,11 @@ eval-quick: install-test nemo-env
 	$(BIN)/python bench/evaluate.py --quick --nemo-python $(NEMO_VENV)/bin/python
 
 # Does per-token entropy tell wrong answers from right ones? Capitals from the PyPI package countryinfo.
+# The plot is also the docs' (docs/entropy.md shows docs/img/entropy_eval.png; the site serves only docs/).
 eval-entropy: install-test
 	$(PIP) install -c constraints.txt -e ".[semantic,eval]"
 	$(BIN)/python bench/eval_entropy.py
+	cp bench/results/entropy_eval.png docs/img/entropy_eval.png
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
