@@ -66,15 +66,15 @@ lint: install-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-# Structured output's cost: schema alone, schema + default policy, neither (README "Structured output")
+# Structured output's cost: schema alone, schema + default policy, neither (docs/structured-output.md)
 bench-structured: install-test
 	$(BIN)/python bench/structured.py
 
-# Trained heads in the loop: cost and effect, encoder against engine features (README "Trained heads")
+# Trained heads in the loop: cost and effect, encoder against engine features (docs/semantic.md, "Trained heads")
 bench-heads: install-test
 	$(BIN)/python bench/heads.py
 
-# Rebuild the pack's labelled data (about 25 minutes of generation on 2 cores; README "Trained heads")
+# Rebuild the pack's labelled data (about 25 minutes of generation on 2 cores; docs/semantic.md, "The shipped pack")
 harm-data: install-test
 	$(BIN)/python bench/harm_data.py
 
@@ -95,7 +95,7 @@ bench: install-test
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/structured.py
 
-# vLLM's CPU build, for the plugin's tests and bench (README "vLLM"). It lives in its own venv
+# vLLM's CPU build, for the plugin's tests and bench (docs/vllm.md). It lives in its own venv
 # (about 3.5 GB, built once per machine, about 5 minutes): it pins its own torch and transformers.
 # ingate itself is not installed there: the servers the tests start get this checkout's src on
 # PYTHONPATH, so a vLLM started without it is vLLM with no ingate at all (the baseline).
@@ -144,7 +144,7 @@ $(NEMO_VENV)/.installed:
 
 nemo-env: $(NEMO_VENV)/.installed
 
-# The evaluation report (docs/REPORT.md, README "Evaluation"): leakage, false blocking, overhead and scale,
+# The evaluation report (docs/REPORT.md, docs/evaluation.md): leakage, false blocking, overhead and scale,
 # NeMo Guardrails side by side. Full: about an hour on 2 cores; quick: small samples into build/eval-quick.
 eval: install-test nemo-env
 	$(PIP) install -c constraints.txt -e ".[semantic,eval]"

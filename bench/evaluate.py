@@ -62,7 +62,7 @@ def header(ctx: Ctx, meta: dict) -> str:
 
 
 def headline(ctx: Ctx, data: dict[int, dict]) -> str:
-    """The numbers the README quotes, from whichever sections this report has."""
+    """The headline (docs/evaluation.md quotes it), from whichever sections this report has."""
     L = ["## Headline", ""]
     if 1 in data:
         s, n = data[1]["summary"]["released"], data[1]["n_cases"]

@@ -7,7 +7,7 @@ per prompt (governed tokens/s over ungoverned tokens/s); we quote their median a
 
     .venv/bin/python bench/run.py [--prompts N] [--tokens 128] [--long 1024] [--quick]
 
-Writes bench/results/throughput.json and bench/results/summary.md (quoted by the README).
+Writes bench/results/throughput.json and bench/results/summary.md (quoted by docs/benchmarks.md).
 """
 
 from __future__ import annotations

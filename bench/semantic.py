@@ -16,7 +16,7 @@ Measured side by side in one process and one run:
 
     .venv/bin/python bench/semantic.py [--prompts 24] [--tokens 128] [--seeds 4] [--quick]
 
-Writes bench/results/semantic.json and bench/results/semantic.md (quoted by the README).
+Writes bench/results/semantic.json and bench/results/semantic.md (quoted by docs/semantic.md).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ the same prompts and seeds, interleaved):
 
     .venv/bin/python bench/spelling.py [--quick]
 
-Writes bench/results/spelling.json and bench/results/spelling.md (quoted by the README).
+Writes bench/results/spelling.json and bench/results/spelling.md (quoted by docs/policies.md).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the README's definition, as the tests' oracle writes it
+sys.path.insert(0, str(ROOT / "tests"))  # the docs' definition, as the tests' oracle writes it
 
 from ingate.gate.compile import compile_policy  # noqa: E402
 from ingate.gate.detector import CheckedDetector, compile_phrase_detector  # noqa: E402

@@ -13,7 +13,7 @@ grammar's compile per request, and whether every output validated.
 
     .venv/bin/python bench/structured.py [--quick]
 
-Writes bench/results/structured.json and bench/results/structured.md (quoted by the README).
+Writes bench/results/structured.json and bench/results/structured.md (quoted by docs/structured-output.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""An oracle for phrase matching under a fold, written from the README's definition, not from
+"""An oracle for phrase matching under a fold, written from the docs' definition, not from
 the gate's automata: each character of a text has a set of readings; a phrase occurs where
 some choice of readings spells the phrase's own reading (whitespace runs as one space).
 
-Definition (README "Phrase matching"): a character reads as NFKD (NFKC when accents are exact)
+Definition (docs/policies.md, "Phrase matching"): a character reads as NFKD (NFKC when accents are exact)
 and case folded, and, with
 confusables folded, as its UTS #39 prototype after that, and as the prototype of its NFD before
 it (so 'I' reads as 'i' and as 'l'); a phrase character reads the first way. Invisible
@@ -17,7 +17,7 @@ import unicodedata
 
 from ingate.gate.confusables import skeleton
 
-# Default_Ignorable_Code_Point (Unicode 15), as the README names it
+# Default_Ignorable_Code_Point (Unicode 15), as docs/policies.md names it
 _DI = [(0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
        (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
        (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),

@@ -6,7 +6,7 @@ re-chunked at random the way a remote stream arrives, and from scripted sources 
 properties. A scripted source is the real input of this mode (a stream of text deltas), not a
 stand-in for a component.
 
-The guarantees tested (README "Architecture"):
+The guarantees tested (docs/architecture.md, "Architecture"):
   all modes     no byte of a prevented match is released; redactions and stops hold;
   FULL, MASK_FIRST  prevention happens before sampling: MASK_FIRST never rolls back;
   TEXT          a prevented match is withdrawn and the stream continues before it.

@@ -4,7 +4,7 @@ Hypothesis writes random phrases in disguise (separators between letters, words 
 case, look-alike letters from Unicode's confusables, combining marks, invisible characters),
 splits the text into random tokens (cuts inside UTF-8 characters too) and plays an adversarial
 "model" that proposes those tokens to the gate. The oracle (`spelling_oracle.py`) reads the text
-the way the README defines it; the gate's automata are not consulted.
+the way docs/policies.md defines it; the gate's automata are not consulted.
 """
 
 from __future__ import annotations

@@ -172,8 +172,8 @@ def test_inside_structure_redaction_becomes_prevention():
 
 
 # ---- the structure over text, however it is split -------------------------------------------------
-# llguidance's JSON grammar refuses a raw DEL (0x7f) inside a string, which JSON allows (README
-# "Structured output": limits); every other character is tested, but lone surrogates (not text)
+# llguidance's JSON grammar refuses a raw DEL (0x7f) inside a string, which JSON allows (docs/
+# structured-output.md, "Limits"); every other character is tested, but lone surrogates (not text)
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x7f"), max_size=12)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | TEXT,

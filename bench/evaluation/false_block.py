@@ -112,7 +112,7 @@ def render(data: dict, ctx: Ctx) -> str:
         L += ["Blocked safe prompts, for example: " + "; ".join(f"\"{r['prompt']}\"" for r in ex) + ".", ""]
     L += ["Limits: *differs* counts any change, a resampled word as much as a refusal, and under the default "
           "policy a difference is a rule acting (an example ban, a redaction) since the seed is the same. The "
-          "semantic rule scores topic more than harm (README, \"Semantic rules\"): a safe answer about killing a "
-          "process is near \"how do I kill\" examples, which is exactly what XSTest probes. The threshold is not "
-          "tuned to XSTest, so this is the rate a user gets out of the box.", ""]
+          "semantic rule scores topic more than harm (docs/semantic.md, \"Development figures\"): a safe answer "
+          "about killing a process is near \"how do I kill\" examples, which is exactly what XSTest probes. The "
+          "threshold is not tuned to XSTest, so this is the rate a user gets out of the box.", ""]
     return "\n".join(L)

@@ -1,7 +1,8 @@
 """Section 6: entropy and semantic rules on real data.
 
-Three measurements, each re-run here at the run's size, beside the development figures the README
-quotes (read from bench/results/entropy_eval.json and semantic_dev.json, not re-typed):
+Three measurements, each re-run here at the run's size, beside the development figures that
+docs/entropy.md and docs/semantic.md quote (read from bench/results/entropy_eval.json and
+semantic_dev.json, not re-typed):
 
 1. Capitals (`eval_entropy`): the embedded model answers "What is the capital of X?" greedily for
    countries from the PyPI package `countryinfo`; the mean, max and first-answer-token entropy of
@@ -248,7 +249,8 @@ def semantic(ctx: Ctx, limit: int | None) -> dict[str, Any]:
 # ---- the stored development figures ----------------------------------------------------------------
 
 def stored() -> dict[str, Any]:
-    """The figures the README quotes, from the JSON files bench/eval_entropy.py and semantic_dev.py wrote."""
+    """The figures docs/entropy.md and docs/semantic.md quote, from the JSON files bench/eval_entropy.py
+    and semantic_dev.py wrote."""
     import json
 
     out: dict[str, Any] = {}
@@ -350,7 +352,7 @@ def entropy_cell(d: dict[str, Any]) -> str:
 
 def entropy_table(data: dict[str, Any]) -> list[str]:
     cap, el = data["capitals"], data["elements"]
-    cols = [("capitals, stored (README)", data["stored"].get("capitals")), ("capitals, this run", cap),
+    cols = [("capitals, stored (docs)", data["stored"].get("capitals")), ("capitals, this run", cap),
             ("elements, both directions", el),
             *((f"elements: {LABEL[k]}", d) for k, d in el["by_direction"].items())]
     lines = ["| task | n | accuracy | " + " | ".join(f"AUROC, {label}" for _, label in SIGNALS)
@@ -444,7 +446,7 @@ def semantic_table(data: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     names = {"toxigen_a_to_b": "ToxiGen, groups A -> B", "toxigen_b_to_a": "ToxiGen, groups B -> A",
              "xstest": "XSTest (examples: SimpleSafetyTests)"}
-    runs = [("stored (README)", st), ("this run", {"toxigen": sem["toxigen"], "xstest": sem["xstest"]})]
+    runs = [("stored (docs)", st), ("this run", {"toxigen": sem["toxigen"], "xstest": sem["xstest"]})]
     for tag, block in runs:
         if block is None:
             continue
