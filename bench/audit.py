@@ -26,9 +26,9 @@ from urllib.parse import quote
 import numpy as np
 import psycopg
 
-from ingate.audit import open_audit
+from ingate.drivers.base import Result
 from ingate.gate.decision import Action, Decision
-from ingate.loop import Result
+from ingate.store.audit import open_audit
 
 HERE = Path(__file__).resolve().parent
 

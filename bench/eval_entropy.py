@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from ingate.calibrate import auroc
+from ingate.drivers.base import GenerationParams, Result
+from ingate.drivers.full import generate
 from ingate.gate.compile import compile_policy
 from ingate.gate.gate import Gate
-from ingate.loop import GenerationParams, Result, generate
 from ingate.policy import NONE_POLICY, parse_policy
 from ingate.runtime import Runtime
 from ingate.sampling import SamplingParams

@@ -26,7 +26,7 @@ Procedure:
 
 1. Model responses (temperature 0.7, top_p 0.95, at most MAX_TOKENS tokens, a seed derived from
    the source and the origin, so a rerun gives the same text; the runtime's engine and
-   ingate.loop.generate with no gate, i.e. ungoverned):
+   ingate.drivers.full.generate with no gate, i.e. ungoverned):
    - every harmful prompt (SST 100, XSTest unsafe 200) once under COMPLY_SYSTEM with the reply
      started by one of COMPLY_OPENERS ("Sure, here's how", "No problem. Step 1:", ...; origin
      `model-comply`), and once under REFUSE_SYSTEM with the reply started by one of REFUSE_OPENERS
@@ -465,7 +465,8 @@ class Generator:
 
     def __call__(self, system: str | None, prompt: str, seed: int, max_tokens: int, opener: str = "") -> str:
         """The model's reply to `prompt` (after `system`), starting with `opener` (included)."""
-        from ingate.loop import GenerationParams, generate
+        from ingate.drivers.base import GenerationParams
+        from ingate.drivers.full import generate
         from ingate.sampling import SamplingParams
 
         key = hashlib.sha256(json.dumps([system, prompt, opener, seed, max_tokens, TEMPERATURE, TOP_P]).encode()

@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from ingate.drivers.base import GenerationParams, Result
+from ingate.drivers.full import generate
 from ingate.gate.compile import compile_policy
 from ingate.gate.gate import Gate, Verdict
-from ingate.loop import GenerationParams, Result, generate
 from ingate.policy import Policy, load_policy, parse_policy
 from ingate.runtime import Runtime
 from ingate.sampling import SamplingParams

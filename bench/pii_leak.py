@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingate.loop import GenerationParams, Result
+from ingate.drivers.base import GenerationParams, Result
 from ingate.patterns import BUILTIN_PATTERNS
 from ingate.policy import NONE_POLICY, Policy, parse_policy
 from ingate.runtime import Runtime

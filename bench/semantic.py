@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ingate.drivers.base import GenerationParams, Result
+from ingate.drivers.full import generate
 from ingate.gate.compile import compile_policy
-from ingate.gate.gate import STEER_PENALTY, Gate
-from ingate.loop import GenerationParams, Result, generate
+from ingate.gate.gate import STEER_PENALTY, Gate, GateOptions
 from ingate.policy import load_policy
 from ingate.runtime import Runtime
 from ingate.sampling import SamplingParams
@@ -70,7 +71,7 @@ def tps(r: Result) -> float:
 
 def run(rt: Runtime, prompt: list[int], compiled, params: GenerationParams,
         steer: float = STEER_PENALTY) -> tuple[Result, Gate | None]:
-    gate = None if compiled is None else Gate(compiled, rt.table, steer_penalty=steer)
+    gate = None if compiled is None else Gate(compiled, rt.table, GateOptions(steer_penalty=steer))
     return generate(rt.engine, prompt, params, gate), gate
 
 

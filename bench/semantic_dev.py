@@ -150,7 +150,7 @@ def subset_csv(src: Path, dst: Path, by: str, limit: int) -> Path:
 
 def run(policy_path: Path, labelled: Path) -> tuple[Calibration, dict[str, Any]]:
     policy = load_policy(policy_path)
-    spec = policy.semantic_rules[0]
+    spec = policy.rules_of("semantic")[0]
     rule = compile_semantic(policy.source, spec)
     data = read_labelled(labelled)
     t = time.perf_counter()
@@ -217,7 +217,7 @@ def run_head(policy_path: Path, test: list[tuple[str, bool, str | None]]) -> dic
 
     policy = load_policy(policy_path)
     t = time.perf_counter()
-    rule = compile_semantic(policy.source, policy.semantic_rules[0])
+    rule = compile_semantic(policy.source, policy.rules_of("semantic")[0])
     train_s = time.perf_counter() - t
     texts = [x for x, _, _ in test]
     adm = np.array([a for _, a, _ in test], dtype=bool)

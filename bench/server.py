@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from ingate.loop import GenerationParams
+from ingate.drivers.base import GenerationParams
 from ingate.policy import load_policy
 from ingate.runtime import Runtime
 from ingate.sampling import SamplingParams

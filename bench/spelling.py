@@ -42,13 +42,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the docs' definition, as the tests' oracle writes it
 
+from ingate.drivers.base import GenerationParams  # noqa: E402
+from ingate.drivers.full import generate  # noqa: E402
 from ingate.gate.compile import compile_policy  # noqa: E402
 from ingate.gate.detector import CheckedDetector, compile_phrase_detector  # noqa: E402
 from ingate.gate.gate import Gate  # noqa: E402
 from ingate.gate.masks import MaskCache  # noqa: E402
 from ingate.gate.normalize import Fold  # noqa: E402
 from ingate.gate.search import search_dfa  # noqa: E402
-from ingate.loop import GenerationParams, generate  # noqa: E402
 from ingate.policy import parse_policy  # noqa: E402
 from ingate.runtime import Runtime  # noqa: E402
 from ingate.sampling import SamplingParams  # noqa: E402

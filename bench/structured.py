@@ -27,7 +27,7 @@ from pathlib import Path
 
 import jsonschema
 
-from ingate.loop import GenerationParams
+from ingate.drivers.base import GenerationParams
 from ingate.policy import NONE_POLICY, load_policy
 from ingate.runtime import Runtime
 from ingate.sampling import SamplingParams

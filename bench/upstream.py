@@ -40,7 +40,7 @@ from server import INGATE, free_port, pct, wait_ready
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from ingate.core import Request  # noqa: E402
-from ingate.loop import GenerationParams  # noqa: E402
+from ingate.drivers.base import GenerationParams  # noqa: E402
 from ingate.policy import NONE_POLICY, parse_policy  # noqa: E402
 from ingate.sampling import SamplingParams  # noqa: E402
 from ingate.upstream.config import upstream  # noqa: E402

@@ -31,7 +31,7 @@ SEARCH = [(0.0, 0)] + [(0.8, s) for s in range(1, 16)]
 
 
 def gen_params(max_tokens: int = 96, temperature: float = 0.0, seed: int = 0, top_p: float = 1.0):
-    from ingate.loop import GenerationParams
+    from ingate.drivers.base import GenerationParams
 
     return GenerationParams(max_tokens=max_tokens,
                             sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed))

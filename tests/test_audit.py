@@ -11,11 +11,12 @@ import stat
 
 import pytest
 
-from ingate.audit import SCHEMA_VERSION, AuditError, AuditLog, load_key
+from ingate.drivers.base import Result
 from ingate.gate.decision import Decision
-from ingate.loop import Result
 from ingate.policy import NONE_POLICY
 from ingate.report import decision, governance, public_detail
+from ingate.store.audit import SCHEMA_VERSION, AuditError, load_key
+from ingate.store.audit import SqliteAudit as AuditLog
 
 PHONE = b"415-555-0132"
 
@@ -183,9 +184,7 @@ def test_the_report_drops_semantic_scores_unless_full():
 def test_a_version_1_audit_gains_the_replica_column_and_new_rows_name_their_replica(tmp_path, monkeypatch):
     path = tmp_path / "v1.sqlite3"
     with sqlite3.connect(path) as con:  # the version 1 schema, as written before replica ids
-        import ingate.audit as audit_mod
-
-        con.executescript(audit_mod.SCHEMA)
+        con.executescript(V1_SCHEMA)
         con.execute("INSERT INTO decisions (ts, request_id, policy, rule_id, action, token_index, byte_offset,"
                     " matched_digest, digest_kind, matched_text, detail)"
                     " VALUES (0, 'old', 'p', 'r', 'redact', 0, 0, '', 'none', NULL, 'd')")
@@ -196,3 +195,15 @@ def test_a_version_1_audit_gains_the_replica_column_and_new_rows_name_their_repl
     assert [(r["request_id"], r["replica"]) for r in log.tail(5)] == [("old", ""), ("new", "replica-x")]
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+
+
+V1_SCHEMA = """
+CREATE TABLE decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, request_id TEXT NOT NULL,
+    policy TEXT NOT NULL, rule_id TEXT NOT NULL, action TEXT NOT NULL, token_index INTEGER NOT NULL,
+    byte_offset INTEGER NOT NULL, matched_digest TEXT NOT NULL, digest_kind TEXT NOT NULL, matched_text TEXT,
+    detail TEXT NOT NULL);
+CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, request_id TEXT NOT NULL,
+    session TEXT, policy TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    finish_reason TEXT NOT NULL, decisions INTEGER NOT NULL, rollbacks INTEGER NOT NULL, elapsed_ms REAL NOT NULL,
+    ttft_ms REAL, gate_us_p50 REAL);
+"""

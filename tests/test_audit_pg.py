@@ -20,10 +20,10 @@ import psycopg
 import pytest
 
 from conftest import INGATE, PII_PROMPT, api_sampling
-from ingate.audit import AuditError, open_audit
-from ingate.audit_pg import PgAuditLog
+from ingate.drivers.base import Result
 from ingate.gate.decision import Action, Decision
-from ingate.loop import Result
+from ingate.store.audit import AuditError, open_audit
+from ingate.store.audit.postgres import PgAudit as PgAuditLog
 
 PG = os.environ.get("INGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -89,12 +89,13 @@ def test_replicas_opening_together_create_the_schema_once(pg_url, key):
 
 def test_a_version_1_schema_gains_the_key_id_column(pg_url, key):
     """An audit written before keys had ids: its rows stay, new request rows name their key id."""
-    from ingate.audit_pg import PG_SCHEMA
+    from ingate.store.audit.base import create_statements
 
-    with psycopg.connect(pg_url, autocommit=True) as con:
-        for stmt in PG_SCHEMA.split(";"):
-            if stmt.strip() and "key_id" not in stmt:
-                con.execute(stmt)
+    with psycopg.connect(pg_url, autocommit=True) as con:  # version 1: no key_id column
+        con.execute("CREATE TABLE ingate_audit_schema (version INTEGER NOT NULL)")
+        for stmt in create_statements("postgres"):
+            con.execute(stmt)
+        con.execute("ALTER TABLE requests DROP COLUMN key_id")
         con.execute("INSERT INTO ingate_audit_schema (version) VALUES (1)")
     log = open_audit(pg_url)
     log.record_request("req-2", "default", Result(text="x", finish_reason="stop"), session="s", key_id="acme-web")

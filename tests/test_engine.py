@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from conftest import INGATE, PII_PROMPT, gen_params, policy, user
-from ingate.core import EngineCore, Request, isolated
+from ingate.compose import isolated
+from ingate.core import Request
+from ingate.drivers.base import GenerationFailed
+from ingate.engine_core import EngineCore
 from ingate.engines import EngineCrashed, EngineError, layout, load_engine
 from ingate.engines.llamacpp import LlamaCppEngine, default_model_path
 from ingate.engines.threads import ThreadTuner, candidates, thread_setting
-from ingate.loop import GenerationFailed
 
 STORY = user("Tell me a story about a dragon who guards a lighthouse.")
 
@@ -330,10 +332,11 @@ def test_the_embedded_engine_declares_what_the_governed_loop_needs(runtime):
 def test_the_governed_loop_refuses_an_engine_that_cannot_roll_back(runtime):
     """A test double of an engine that declares no rollback: the loop says what it lacks before
     generating (the real engine always can, so it cannot stand in here)."""
+    from ingate.drivers.base import GenerationParams
+    from ingate.drivers.full import generate
     from ingate.engines import EngineError
     from ingate.gate.compile import compile_policy
     from ingate.gate.gate import Gate
-    from ingate.loop import GenerationParams, generate
     from ingate.policy import load_policy
 
     class NoRollback:

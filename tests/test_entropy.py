@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import PARIS_PROMPT, policy, sampled_distribution, top_entropy, user
-from ingate.loop import GenerationParams, generate
+from ingate.drivers.base import GenerationParams
+from ingate.drivers.full import generate
 from ingate.policy import load_policy
 from ingate.sampling import SamplingParams
 

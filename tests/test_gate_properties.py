@@ -143,7 +143,7 @@ def _run(kind: str, action: str, stream: list[bytes], released_at_rollback: list
         banned = gate.banned()
         if banned is not None and tok in set(banned.tolist()):
             continue  # a sampler with this ban would not choose it
-        mask = gate.mask() if compiled.prevent_indices else None
+        mask = gate.mask() if gate.preventers else None
         adm = gate.admit(tok)
         if mask is not None:  # the mask and admission agree on every token the model proposes
             assert bool(mask[tok]) == (adm.verdict in (Verdict.RESAMPLE, Verdict.ROLLBACK)), (tok, adm)

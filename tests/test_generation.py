@@ -9,9 +9,10 @@ import sqlite3
 import pytest
 
 from conftest import PARIS_PROMPT, PII_PROMPT, policy, run_where, runs_where, user
+from ingate.drivers.base import GenerationFailed, GenerationParams
+from ingate.drivers.full import generate
 from ingate.gate.compile import compile_policy
 from ingate.gate.gate import Gate
-from ingate.loop import GenerationFailed, GenerationParams, generate
 from ingate.patterns import BUILTIN_PATTERNS
 from ingate.policy import NONE_POLICY
 from ingate.sampling import SamplingParams
@@ -158,11 +159,11 @@ def test_fail_closed_on_a_check_error(runtime, monkeypatch, caplog):
     monkeypatch.setattr(det, "advance", flaky)
     seen: list[str] = []
     prompt = runtime.engine.chat_prompt(user(PARIS_PROMPT))
-    with caplog.at_level("ERROR", logger="ingate.loop"):
+    with caplog.at_level("ERROR", logger="ingate.drivers.full"):
         res = generate(runtime.engine, prompt, params(64), gate, on_text=seen.append, request_id="req-42")
     assert res.finish_reason == "content_filter"
     assert res.decisions[-1].action == "error" and "injected" in res.decisions[-1].detail
-    (rec,) = [r for r in caplog.records if r.name == "ingate.loop"]
+    (rec,) = [r for r in caplog.records if r.name == "ingate.drivers.full"]
     assert "req-42" in rec.getMessage() and "injected detector fault" in str(rec.exc_info[1])
     assert res.completion_tokens == 5
     assert "".join(seen) == res.text

@@ -20,8 +20,9 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 from heads import COMPLY, REFUSE, held_out, streamed_rejected  # noqa: E402  (the bench's own measure, asserted here)
 from ingate.cli import main
+from ingate.drivers.base import GenerationParams
+from ingate.drivers.full import generate
 from ingate.gate.gate import Gate
-from ingate.loop import GenerationParams, generate
 from ingate.policy import load_policy
 from ingate.sampling import SamplingParams
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, user
+from ingate.drivers.full import generate
 from ingate.gate.gate import Gate
-from ingate.loop import generate
 from ingate.policy import load_policy
 
 pytestmark = pytest.mark.slow

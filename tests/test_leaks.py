@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import policy
-from ingate.core import LocalCore
-from ingate.loop import GenerationParams
+from ingate.drivers.base import GenerationParams
 from ingate.policy import load_policy
+from ingate.runtime import LocalCore
 from ingate.sampling import SamplingParams
 from ingate.server import ServerConfig, create_app
 

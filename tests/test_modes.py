@@ -23,11 +23,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import PARIS_PROMPT, PHONE, PII_PROMPT, policy, random_split, user
+from ingate.drivers.base import GenerationFailed
+from ingate.drivers.full import generate
 from ingate.drivers.mask_first import generate_mask_first
 from ingate.drivers.text import govern_text
 from ingate.gate.compile import compile_policy
 from ingate.gate.gate import Gate, Mode
-from ingate.loop import GenerationFailed, generate
 from ingate.sampling import Sampler
 
 NO_EIFFEL = policy("""

@@ -209,7 +209,7 @@ def test_a_policy_may_name_exactly_the_registered_encoders(tmp_path, monkeypatch
     from ingate.semantic import encoder
     from ingate.semantic.concepts import compile_semantic
 
-    monkeypatch.setattr(encoders, "_FACTORIES", dict(encoders._FACTORIES))  # leave the registry as found
+    monkeypatch.setattr(encoders, "_TARGETS", dict(encoders._TARGETS))  # leave the registry as found
     monkeypatch.setattr(encoder, "_LOADED", dict(encoder._LOADED))
     monkeypatch.setenv("INGATE_CACHE_DIR", str(tmp_path / "cache"))
     text = ("version: 1\nname: t\nrules:\n  - id: s\n    semantic:\n      deny: [{concept: w, examples: [x]}]\n"
@@ -229,11 +229,13 @@ def test_a_policy_may_name_exactly_the_registered_encoders(tmp_path, monkeypatch
 
 
 def test_validating_a_policy_imports_no_encoder_library():
+    """Validating resolves the rule kinds, whose modules hold their checks (numpy); the encoder, and
+    torch with it, is loaded only when a policy with a semantic rule is compiled."""
     import sys
 
     code = ("import sys; from ingate.policy import load_policy; load_policy(None); "
-            "print(sorted(m for m in ('torch', 'sentence_transformers', 'numpy', 'ingate.semantic.encoder') "
-            "if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'sentence_transformers', 'ingate.semantic.encoder', "
+            "'ingate.semantic.concepts') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]", r.stdout
 

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from conftest import PARIS_PROMPT, PII_PROMPT, api_sampling
 from ingate.server import ServerConfig, create_app
-from ingate.session_redis import RedisSessionStore
+from ingate.store.sessions.redis import RedisSessionStore
 from test_audit_pg import PG
 from test_leaks import _Borrowed
 from test_sessions import REDIS

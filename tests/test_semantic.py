@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import PARIS_PROMPT, ROOT, explosives_policy, user
+from ingate.drivers.base import GenerationParams
+from ingate.drivers.full import generate
 from ingate.gate.gate import Verdict
-from ingate.loop import GenerationParams, generate
 from ingate.policy import load_policy
 from ingate.sampling import SamplingParams
 from ingate.semantic.scorer import judge

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import explosives_policy
 from ingate.gate.compile import compile_policy
-from ingate.gate.gate import Gate, Verdict
+from ingate.gate.gate import Gate, GateOptions, Verdict
 from ingate.gate.masks import TokenTable
 from ingate.semantic.scorer import judge
 
@@ -51,7 +51,7 @@ def test_nothing_a_semantic_rule_rejects_is_released(script, lag):
     vocab = sorted(set(chunks) | set(rep))
     ids = {c: i for i, c in enumerate(vocab)}
     compiled = compile_policy(explosives_policy())  # cached by content
-    gate = Gate(compiled, TokenTable(vocab), semantic_lag=lag)
+    gate = Gate(compiled, TokenTable(vocab), GateOptions(semantic_lag=lag))
     rule = compiled.semantic[0]
     queue = [ids[c] for c in chunks]
     released = ""

@@ -22,8 +22,8 @@ import redis
 
 from conftest import PII_PROMPT, api_sampling, policy
 from ingate.gate.decision import Action, Decision
-from ingate.session import BUSY, ESCALATED, OK, MemorySessionStore, StoreError
-from ingate.session_redis import RedisSessionStore
+from ingate.store.sessions import BUSY, ESCALATED, OK, MemorySessionStore, StoreError
+from ingate.store.sessions.redis import RedisSessionStore
 from upstreams import free_port
 
 REDIS = os.environ.get("INGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -385,7 +385,8 @@ class _ScriptedEngine:
 
 def _generate(engine: _ScriptedEngine, forbid: str):
     """The real loop and gate over a scripted engine, with one prevent rule forbidding `forbid`."""
-    from ingate.loop import GenerationParams, generate
+    from ingate.drivers.base import GenerationParams
+    from ingate.drivers.full import generate
 
     pol = parse_policy(f"version: 1\nname: s\nrules:\n  - id: r\n    forbid: {forbid}\n    action: prevent\n",
                        source="scripted.yaml")

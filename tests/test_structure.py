@@ -17,7 +17,7 @@ from conftest import policy, random_split, user
 from ingate.api.openai import ApiError, tool_answer
 from ingate.api.schema import ChatRequest, CompletionRequest, parse
 from ingate.core import Request
-from ingate.loop import GenerationParams
+from ingate.drivers.base import GenerationParams
 from ingate.policy import load_policy
 from ingate.sampling import SamplingParams
 from ingate.structure import TOOL_MARKER, StructureError, from_response_format, from_tools, parse_call
@@ -164,8 +164,8 @@ def test_documented_ignored_fields_and_neutral_values_are_accepted(field, value)
 def test_inside_structure_redaction_becomes_prevention():
     default = load_policy(None)
     inside = inside_structure(default)
-    assert {r.action for r in default.forbid_rules} >= {"redact"}
-    assert "redact" not in {r.action for r in inside.forbid_rules}
+    assert {r.action for r in default.rules_of("forbid")} >= {"redact"}
+    assert "redact" not in {r.action for r in inside.rules_of("forbid")}
     assert inside.digest != default.digest
     plain = policy("version: 1\nname: p\nrules:\n  - id: x\n    forbid: {phrases: [a b]}\n    action: stop\n")
     assert inside_structure(plain) is plain

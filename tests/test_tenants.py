@@ -113,7 +113,7 @@ def test_one_tenant_cannot_escalate_or_read_anothers_session(runtime, phone_run,
     from fastapi.testclient import TestClient
 
     from ingate.server import ServerConfig, create_app
-    from ingate.session_redis import RedisSessionStore
+    from ingate.store.sessions.redis import RedisSessionStore
     from test_leaks import _Borrowed
     from test_sessions import REDIS
 

@@ -22,12 +22,12 @@ import uvicorn
 from openai import OpenAI
 
 from conftest import PARIS_PROMPT, PHONE, PII_PROMPT, SEARCH, explosives_policy, gen_params, policy, user
-from ingate.audit import AuditLog
 from ingate.core import Request
+from ingate.drivers.base import GenerationFailed
 from ingate.gate.compile import compile_policy
-from ingate.loop import GenerationFailed
 from ingate.policy import NONE_POLICY
 from ingate.server import ServerConfig, create_app
+from ingate.store.audit import SqliteAudit as AuditLog
 from ingate.upstream.client import UpstreamError, UpstreamProtocolError, UpstreamRateLimited, UpstreamTimeout
 from ingate.upstream.config import upstream
 from ingate.upstream.core import UpstreamCore

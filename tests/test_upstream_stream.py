@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from conftest import policy, random_split, user
 from ingate.core import Request
+from ingate.drivers.base import GenerationParams
 from ingate.gate.compile import compile_policy
-from ingate.loop import GenerationParams
 from ingate.sampling import SamplingParams
 from ingate.upstream.body import CONTINUE_INSTRUCTION
 from ingate.upstream.config import ModelsError, load_models, upstream

@@ -206,13 +206,13 @@ def test_the_combined_mask_cache_is_bounded(runtime):
     for r in rows:
         r.catch_up()
         want.append(r.forbidden())
-    assert len(ps.by_name["bans"].ids) <= 3
+    assert len(ps.by_name["bans"].masks._combined) <= 3
     assert all(np.array_equal(r.forbidden(), w) for r, w in zip(rows, want, strict=True))
 
 
 def test_the_front_server_names_the_policy_to_vllm():
     from ingate.core import Request
-    from ingate.loop import GenerationParams
+    from ingate.drivers.base import GenerationParams
     from ingate.policy import NONE_POLICY
 
     spec = upstream("m", "http://127.0.0.1:1/v1", kind="vllm", capabilities=["+ingate_mask"])

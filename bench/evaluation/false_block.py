@@ -46,7 +46,7 @@ def semantic_policy(tmp: Path):
 
 
 def run(ctx: Ctx) -> dict:
-    from ingate.loop import Finish, GenerationParams
+    from ingate.drivers.base import Finish, GenerationParams
     from ingate.policy import NONE_POLICY, load_policy
     from ingate.sampling import SamplingParams
 

@@ -145,7 +145,7 @@ def chunk_filter(pieces: list[str], check, chunk: int = CHUNK, context: int = CO
 # ---- the run -------------------------------------------------------------------------------------
 
 def _generate(ctx: Ctx, case: Case, policy) -> Any:
-    from ingate.loop import GenerationParams
+    from ingate.drivers.base import GenerationParams
     from ingate.sampling import SamplingParams
 
     params = GenerationParams(max_tokens=MAX_TOKENS, sampling=SamplingParams(seed=case.seed, **SAMPLING))

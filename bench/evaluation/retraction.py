@@ -47,7 +47,7 @@ def prompts(ctx: Ctx) -> list[dict[str, Any]]:
 
 
 def _one(ctx: Ctx, p: dict[str, Any], policy, seed: int):
-    from ingate.loop import GenerationParams
+    from ingate.drivers.base import GenerationParams
     from ingate.sampling import SamplingParams
 
     params = GenerationParams(max_tokens=MAX_TOKENS, sampling=SamplingParams(seed=seed, **redteam.SAMPLING))
@@ -60,7 +60,7 @@ def drawn(res) -> int:
 
 
 def run(ctx: Ctx) -> dict:
-    from ingate.loop import Finish
+    from ingate.drivers.base import Finish
     from ingate.policy import parse_policy
 
     ps = prompts(ctx)

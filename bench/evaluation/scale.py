@@ -1,6 +1,6 @@
 """Section 7, scale: what the gate costs per token as the rules, the output and the clients grow.
 
-Gate cost per token is `Result.gate_us` from `ingate.loop.generate`: the time each step spends in
+Gate cost per token is `Result.gate_us` from `ingate.drivers.full.generate`: the time each step spends in
 the gate (admission, release, masks when asked for), sampling and decoding excluded. Every number
 is quoted as median and p99 over all the tokens of a configuration, with the sample size, next
 to decode throughput measured side by side without a gate (the same prompts and seeds,
@@ -149,16 +149,16 @@ def automata(compiled: Any, table: Any) -> dict[str, Any]:
 
 def gen(rt: Any, prompt: list[int], policy: Any, params: Any) -> Any:
     """One generation, governed by a fresh gate for `policy` (None: ungoverned)."""
+    from ingate.drivers.full import generate
     from ingate.gate.compile import compile_policy
     from ingate.gate.gate import Gate
-    from ingate.loop import generate
 
     gate = None if policy is None else Gate(compile_policy(policy), rt.table)
     return generate(rt.engine, prompt, params, gate)
 
 
 def params(tokens: int, seed: int) -> Any:
-    from ingate.loop import GenerationParams
+    from ingate.drivers.base import GenerationParams
     from ingate.sampling import SamplingParams
 
     return GenerationParams(max_tokens=tokens, ignore_eos=True,
@@ -248,9 +248,9 @@ class StepClock:
 
 def timed_gen(rt: Any, prompt: list[int], policy: Any, tokens: int, seed: int) -> tuple[Any, list[float]]:
     """A generation and, for i = 0..tokens, the seconds it took to reach i tokens."""
+    from ingate.drivers.full import generate
     from ingate.gate.compile import compile_policy
     from ingate.gate.gate import Gate
-    from ingate.loop import generate
 
     gate = None if policy is None else Gate(compile_policy(policy), rt.table)
     clock = StepClock(rt.engine)

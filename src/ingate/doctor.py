@@ -94,9 +94,10 @@ def run(model: str | None = None, audit: str | None = None, audit_key_file: str 
 
 def _engine_check(path: Path, n: int, facts: dict) -> Check:
     """Start the engine core in its own process, as the server does, and generate `n` tokens."""
-    from ingate.core import EngineCore, Request
+    from ingate.core import Request
+    from ingate.drivers.base import GenerationFailed, GenerationParams
+    from ingate.engine_core import EngineCore
     from ingate.engines.base import EngineError
-    from ingate.loop import GenerationFailed, GenerationParams
     from ingate.policy import NONE_POLICY
 
     t0 = time.perf_counter()
@@ -123,7 +124,7 @@ def _engine_check(path: Path, n: int, facts: dict) -> Check:
 
 
 def _cache_check(facts: dict) -> Check:
-    from ingate.semantic.cache import cache_dir
+    from ingate.paths import cache_dir
 
     d = cache_dir()
     facts["cache_dir"] = str(d) if d is not None else "off"
@@ -141,7 +142,7 @@ def _cache_check(facts: dict) -> Check:
 
 
 def _audit_check(audit: str | None, key_file: str | None, facts: dict) -> Check:
-    from ingate.audit import AuditError, default_audit_path, open_audit
+    from ingate.store.audit import AuditError, default_audit_path, open_audit
 
     path = audit or default_audit_path()  # a file, or a postgresql:// URL (kept whole: Path would fold its //)
     facts["audit"] = {"path": str(path).split("@")[-1] if "://" in str(path) else str(path)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ingate.loop import Result
+from ingate.drivers.base import Result
 
 _US = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingate.audit import AuditLog
+from ingate.drivers.base import Result
 from ingate.gate.compile import CompiledPolicy
 from ingate.gate.decision import Action, Decision
-from ingate.loop import Result
 from ingate.policy import Policy
+from ingate.store.audit import AuditLog
 
 DEFAULT_REFUSAL = "I can't help with that."
 
@@ -45,7 +45,7 @@ def escalation(policy: Policy, violations: int) -> Refusal | None:
 
 def session_budget(policy: Policy, spent: float) -> Refusal | None:
     """A session that has spent its entropy budget gets the rule's message and no generation."""
-    rule = policy.entropy_rule
+    rule = policy.rule_of("entropy")
     if rule is None or rule.entropy.session_budget is None:
         return None
     budget = rule.entropy.session_budget

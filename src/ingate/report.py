@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ingate.drivers.base import Result
 from ingate.gate.decision import Decision
-from ingate.loop import Result
 from ingate.policy import Policy
 
 LEVELS = ("minimal", "full")

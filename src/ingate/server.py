@@ -17,7 +17,6 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -25,17 +24,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ingate import report
 from ingate.api.openai import DONE, ApiError, Reply, generation_error, may_be_call, tool_answer
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
-from ingate.audit import replica_id
+from ingate.core import LOGPROBS, Core
+from ingate.drivers.base import Result
 from ingate.gate.decision import Action, Decision
 from ingate.keys import Grant, Keys
-from ingate.loop import Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.refusal import DEFAULT_REFUSAL, Refusal, escalation, refuse
-from ingate.session import BUSY, ESCALATED, MemorySessionStore, SessionStore, StoreError
+from ingate.store.audit import replica_id
+from ingate.store.sessions import BUSY, ESCALATED, MemorySessionStore, SessionStore, StoreError
 from ingate.structure import Structure
-from ingate.upstream.config import LOGPROBS
-from ingate.upstream.core import UpstreamCore
 from ingate.worker import Draining, Job, QueueFull, Worker
 
 
@@ -58,10 +56,9 @@ log = logging.getLogger("ingate.server")
 router = APIRouter()
 
 
-def create_app(cores, config: ServerConfig) -> FastAPI:
+def create_app(cores: Mapping[str, Core] | Core, config: ServerConfig) -> FastAPI:
     """`cores`: the model name -> core to serve (the first is the default), or one core, served
-    under its own name. A core is an ingate.core.EngineCore or LocalCore with every policy of
-    `config` compiled and warm, or an ingate.upstream.core.UpstreamCore."""
+    under its own name: an `ingate.core.Core` with every policy of `config` compiled and warm."""
     if not config.policies:
         raise ValueError("at least one policy is needed")
     server = _Server(cores if isinstance(cores, Mapping) else {cores.name: cores}, config)
@@ -87,11 +84,10 @@ def create_app(cores, config: ServerConfig) -> FastAPI:
 
 @dataclass
 class Backend:
-    """One served model: its core and the worker that feeds it (one thread for a local engine,
-    `max_concurrency` for an upstream)."""
+    """One served model: its core and the worker that feeds it (the core's `max_concurrency` threads)."""
 
     name: str
-    core: Any
+    core: Core
     worker: Worker
 
     def health(self) -> dict:
@@ -109,7 +105,7 @@ class Backend:
 class _Server:
     """What the routes share: the configuration, the served models, their workers and the sessions."""
 
-    def __init__(self, cores: Mapping[str, Any], config: ServerConfig):
+    def __init__(self, cores: Mapping[str, Core], config: ServerConfig):
         if not cores:
             raise ValueError("at least one model is needed")
         self.config = config
@@ -118,7 +114,7 @@ class _Server:
         self.metrics.replica.labels(config.replica).set(1)
         self.sessions: SessionStore = config.sessions or MemorySessionStore(config.session_ttl)
         self.backends = {name: Backend(name, core, Worker(core, config.max_queue, self.metrics, self.sessions,
-                                                          threads=_concurrency(core)))
+                                                          threads=core.max_concurrency))
                          for name, core in cores.items()}
         self.model_id: str = next(iter(self.backends))  # the default model
 
@@ -148,7 +144,7 @@ class _Server:
         prompt = req.engine_input(structure)
         policy = _choose_policy(request, req, self.config, grant.policies)
         params, stop = req.generation(self.config.default_max_tokens, self.config.max_tokens_cap)
-        if params.logprobs is not None and isinstance(b.core, UpstreamCore) and not b.core.spec.can(LOGPROBS):
+        if params.logprobs is not None and LOGPROBS not in b.core.capabilities:
             raise ApiError(400, f"the upstream model {b.name!r} does not declare the logprobs capability (its "
                                 "models file entry says what it can); ask without logprobs", "logprobs",
                            "logprobs_unsupported")
@@ -174,7 +170,7 @@ class _Server:
                           tool_answer(tools, text, res.finish_reason, job.request_id) if tools else None)
 
     async def _start(self, b: Backend, job: Job) -> None:
-        """Hand the job to the model's worker once its session admits it (ingate.session): an
+        """Hand the job to the model's worker once its session admits it (ingate.store.sessions): an
         escalated session is refused here, a session at its limit of requests in flight gets a 429."""
         refusal = await self._admit(b, job) if job.session else None
         if refusal is not None:  # answered here: no queue slot, no engine
@@ -229,11 +225,6 @@ class _Server:
             "id": job.session, "violations": st.violations if st else 0, "escalate_after": job.policy.escalate_after,
             "entropy_spent": round(st.entropy_spent, 4) if st else 0.0}
         return report.governance(job.policy, res, level, ses)
-
-
-def _concurrency(core) -> int:
-    """Requests a core runs at once: an upstream's max_concurrency; one for a local engine."""
-    return core.spec.max_concurrency if isinstance(core, UpstreamCore) else 1
 
 
 def _server(request: Request) -> _Server:

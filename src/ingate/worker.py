@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -20,14 +21,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ingate.core import Request
+from ingate.core import Core, Request
+from ingate.drivers.base import GenerationFailed, GenerationParams, Result
 from ingate.engines import EngineCrashed
 from ingate.gate.decision import Action, Decision
 from ingate.keys import Grant
-from ingate.loop import GenerationFailed, GenerationParams, Result
 from ingate.metrics import Metrics
 from ingate.policy import Policy
-from ingate.session import SessionState, SessionStore, StoreError, violations_in
+from ingate.store.sessions import SessionState, SessionStore, StoreError, violations_in
 from ingate.structure.spec import Structure
 
 END_RETRIES_S = (0.1, 0.3, 1.0, 3.0)  # waits after each failed `end`: about 4.4 s in all
@@ -75,9 +76,9 @@ CLOSE_WAIT_S = 5.0  # Worker.close: the longest wait for room in the queue for t
 
 
 class Worker:
-    def __init__(self, core, max_queue: int = 16, metrics: Metrics | None = None,
+    def __init__(self, core: Core, max_queue: int = 16, metrics: Metrics | None = None,
                  sessions: SessionStore | None = None, threads: int = 1):
-        self.core = core  # ingate.core.EngineCore or LocalCore, or ingate.upstream.core.UpstreamCore
+        self.core: Core = core
         self.metrics = metrics
         self.sessions = sessions
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -141,8 +142,7 @@ class Worker:
             try:
                 req = Request(job.messages, job.policy, job.params, job.stop, job.request_id, job.session,
                               job.session_entropy, job.structure, job.grant.key_id)
-                res: Result = self.core.run(req, on_text=lambda t, j=job: j._put(("text", t)),
-                                            cancelled=job.cancel.is_set)
+                res: Result = self.core.run(req, on_text=functools.partial(_text, job), cancelled=job.cancel.is_set)
                 self._account(job, res)  # before the client hears "done"
                 job._put(("done", res))
             except GenerationFailed as e:  # the engine failed: what was decided still counts
@@ -179,7 +179,7 @@ class Worker:
                 time.sleep(wait)
         d = Decision("session", Action.ERROR, 0, 0, b"", f"session store unavailable; this request's "
                      f"{violations_in(decisions)} violation(s) were not recorded: {err}")
-        audit = getattr(self.core, "audit", None)
+        audit = self.core.audit
         if audit is not None:
             audit.record(job.request_id, job.policy.name, [d])
 
@@ -192,3 +192,7 @@ class Worker:
             self.restart_error = str(e)
         else:
             self.restart_error = None
+
+
+def _text(job: Job, text: str) -> None:
+    job._put(("text", text))

@@ -15,8 +15,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from ingate.drivers.base import Result
 from ingate.engines import ContextFull, EngineCrashed
-from ingate.loop import Result
 from ingate.structure import TOOL_MARKER, Structure, parse_call
 from ingate.upstream.client import UpstreamError
 from ingate.worker import Draining

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ingate.api.openai import ApiError
-from ingate.loop import GenerationParams
+from ingate.drivers.base import GenerationParams
 from ingate.sampling import SamplingParams
 from ingate.structure import Structure, StructureError, from_response_format, from_tools
 from ingate.structure.spec import TOOL_MARKER

@@ -1,3 +1,6 @@
-"""Drivers of one gate. ingate's own loop (`ingate.loop`) drives a FULL gate; these drive the
-other two modes: `mask_first` as an engine that samples itself would (vLLM), `text` over a stream
-of text deltas (a remote, OpenAI-compatible upstream)."""
+"""The three drivers of one gate, and what they share (`base`):
+
+  full        ingate's own loop over a local engine: masks before sampling, hold-back, rollback
+  mask_first  as an engine that samples itself drives a logits processor (vLLM): a mask per step
+  text        over a stream of text deltas (an OpenAI-compatible upstream): hold-back, cancel and continue
+"""

@@ -1,19 +1,29 @@
-"""A MASK_FIRST gate driven the way an engine that samples itself drives a logits processor.
+"""The MASK_FIRST driver: a gate driven the way an engine that samples itself drives a logits processor.
 
 Every step the gate's mask is applied to the logits before the engine's own sampler draws; the
 gate sees the token only after the engine has it. There is no rollback and no resample: a match
 the mask could not prevent, or a rejected semantic group, ends the stream before it. This is
-what a vLLM logits-processor plugin does per sequence; here it runs over the embedded engine so
-the mode is tested against a real model.
+what the vLLM plugin does per batch row (`ingate.vllm.rows`, with the same mask computation:
+`MaskCache.forbidden_ids`); here it runs over the embedded engine so the mode is tested against
+a real model.
 """
 
 from __future__ import annotations
 
 import time
 
+from ingate.drivers.base import (
+    DecisionSink,
+    Emitter,
+    Finish,
+    GenerationParams,
+    Result,
+    TextSink,
+    after_admission,
+    end_stream,
+)
 from ingate.engines.base import FULL_LOGITS, Engine, EngineError
-from ingate.gate.gate import Gate, Mode, Verdict
-from ingate.loop import DecisionSink, Emitter, Finish, GenerationParams, Result, TextSink, end_stream
+from ingate.gate.gate import Gate, Mode
 from ingate.sampling import Sampler
 
 
@@ -48,22 +58,11 @@ def generate_mask_first(engine: Engine, prompt: list[int], params: GenerationPar
             finish = end_stream(gate, _cannot_roll_back, Finish.STOP)
         else:
             engine.accept(token)  # the engine has the token before the gate sees it: that is this mode
-            finish = _admitted(gate, gate.admit(token, sampler.entropy))
+            finish = after_admission(gate, gate.admit(token, sampler.entropy), _cannot_roll_back)
             emit(gate.release() if finish is None else "")
     assert finish is not None
-    emit(gate.release(final=finish in (Finish.STOP, Finish.LENGTH)))
-    return Result(text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
-                  elapsed_s=emit.elapsed, ttft_s=emit.ttft, gate_us=gate_us, held_max_chars=gate.held_max_chars,
-                  prompt_tokens=len(prompt), semantic=gate.semantic_stats)
-
-
-def _admitted(gate: Gate, adm) -> str | None:
-    if adm.verdict is Verdict.END:
-        return end_stream(gate, _cannot_roll_back, Finish.STOP)
-    if adm.verdict is Verdict.STOP or gate.settle().verdict is Verdict.STOP:
-        gate.settle(final=True, can_rollback=False)  # the text before the stop is judged too
-        return Finish.CONTENT_FILTER
-    return None
+    emit.final(finish)
+    return Result.of(gate, finish, emit.elapsed, emit.ttft, len(prompt), gate_us=gate_us)
 
 
 def _cannot_roll_back(n: int) -> None:

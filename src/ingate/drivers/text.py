@@ -1,4 +1,4 @@
-"""A TEXT gate over a stream of text deltas: what a remote, OpenAI-compatible upstream sends.
+"""The TEXT driver: a gate over a stream of text deltas, what a remote, OpenAI-compatible upstream sends.
 
 There are no logits to mask and no KV cache to roll back. Each delta is fed to the gate; what it
 holds back is not released. When a prevented match or a rejected group is found, the gate drops
@@ -25,9 +25,19 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from ingate import logprobs
+from ingate.drivers.base import (
+    DecisionSink,
+    Emitter,
+    Finish,
+    GenerationFailed,
+    Result,
+    TextSink,
+    after_admission,
+    end_stream,
+    partial_result,
+)
 from ingate.gate.decision import Action
-from ingate.gate.gate import Gate, Mode, Verdict
-from ingate.loop import DecisionSink, Emitter, Finish, GenerationFailed, Result, TextSink, end_stream, partial_result
+from ingate.gate.gate import Gate, Mode
 from ingate.structure.matcher import TextMatcher
 
 STRUCTURE_RETRIES = 2  # continuations after the upstream broke the structure, before the stream ends
@@ -59,92 +69,114 @@ def govern_text(gate: Gate, source: Source, on_text: TextSink | None = None,
     `structure`: what the text must follow (checked before the gate sees it)."""
     if gate.mode is not Mode.TEXT:
         raise ValueError(f"govern_text drives a {Mode.TEXT} gate, not {gate.mode}")
-    emit = Emitter(gate, on_text, on_decisions)
-    gate_us: list[float] = []
-    recorded: list[logprobs.Recorded | None] = []  # per stream token, when top_logprobs is set
+    return TextRun(gate, on_text, on_decisions, request_id, cancelled, max_tokens, top_logprobs, structure).run(source)
 
-    attempt, restart, broken = 0, False, 0
-    matched = 0  # bytes of gate.raw the structure has consumed
 
-    def rolled_back(_: int) -> None:
-        nonlocal restart
-        restart = True
+class TextRun:
+    """One governed stream of deltas: attempts (the first request, then one per continuation)
+    until a finish reason."""
 
-    def broke(why: str) -> str | None:
+    def __init__(self, gate: Gate, on_text: TextSink | None, on_decisions: DecisionSink | None, request_id: str,
+                 cancelled: Callable[[], bool] | None, max_tokens: int | None, top_logprobs: int | None,
+                 structure: TextMatcher | None):
+        self.gate, self.request_id, self.cancelled, self.max_tokens = gate, request_id, cancelled, max_tokens
+        self.top, self.structure = top_logprobs, structure
+        self.emit = Emitter(gate, on_text, on_decisions)
+        self.gate_us: list[float] = []
+        self.recorded: list[logprobs.Recorded | None] = []  # per stream token, when top_logprobs is set
+        self.restart = False  # the current attempt is over: continue from the gate's text
+        self.broken = 0  # continuations after a broken structure
+        self.matched = 0  # bytes of gate.raw the structure has consumed
+
+    def rolled_back(self, _: int) -> None:
+        self.restart = True
+
+    def run(self, source: Source) -> Result:
+        attempt, finish = 0, None
+        while finish is None:
+            self._sync_structure()
+            self.restart = False
+            stream = source(self.gate.raw.decode("utf-8", errors="replace"), attempt)
+            try:
+                finish = self._attempt(stream)
+            except Exception as e:  # the upstream died mid-stream: nothing held is released
+                self.gate.fail("upstream", e)
+                self.emit("")
+                raise GenerationFailed(partial_result(self.gate, 0, self.emit.elapsed, self.emit.ttft), e) from e
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()  # cancel: a generator source stops its upstream request here
+            attempt += self.restart
+        return self._result(finish)
+
+    def _sync_structure(self) -> None:
+        """The gate withdrew text: so does the structure."""
+        if self.structure is not None and self.matched > len(self.gate.raw):
+            self.structure.rollback(self.matched - len(self.gate.raw))
+            self.matched = len(self.gate.raw)
+
+    def _attempt(self, stream: Iterator[str | Delta]) -> str | None:
+        """Feed one upstream stream: a finish reason, or None when it is to be continued."""
+        gate = self.gate
+        for piece in stream:
+            if self.cancelled is not None and self.cancelled():
+                gate.halt("client", Action.CANCEL, "client went away; upstream request cancelled")
+                return Finish.CANCELLED
+            delta = piece if isinstance(piece, Delta) else Delta(piece)
+            g, n = time.perf_counter(), gate.position
+            finish = self._delta(delta)
+            self.gate_us.append((time.perf_counter() - g) * 1e6)
+            if self.top is not None:
+                _record(gate, self.recorded, n, delta, self.top)
+            if finish is not None or self.restart:
+                return finish
+            self.emit(gate.release())
+        if self.structure is not None and not self.structure.accepting:  # the upstream stopped short of it
+            finish = self._broke(f"ended before the {self.structure.structure.kind} structure was complete")
+            if finish is not None or self.restart:
+                return finish
+        return end_stream(gate, self.rolled_back, Finish.STOP, self.request_id)
+
+    def _delta(self, delta: Delta) -> str | None:
+        """One delta through the structure, then the gate."""
+        gate, data, cut = self.gate, _bytes(delta.text), None
+        if self.structure is not None:
+            ok = self.structure.feed(data)
+            self.matched += ok
+            if ok < len(data):  # the valid part goes on to the gate; the rest never does
+                data, cut = data[:ok], f"broke the {self.structure.structure.kind} structure at byte {self.matched}"
+        finish = after_admission(gate, gate.feed(data, delta.entropy), self.rolled_back) if data else None
+        if finish is None and not self.restart and cut is not None:
+            assert self.structure is not None
+            # text after a complete structure is dropped (a trailing newline); else continue
+            finish = end_stream(gate, self.rolled_back, Finish.STOP, self.request_id) if self.structure.done \
+                else self._broke(cut)
+        if finish is None and not self.restart and self.max_tokens is not None and gate.position >= self.max_tokens:
+            finish = end_stream(gate, self.rolled_back, Finish.LENGTH, self.request_id)
+        return finish
+
+    def _broke(self, why: str) -> str | None:
         """The upstream broke the structure: continue from the last valid byte, or end the stream."""
-        nonlocal broken
-        broken += 1
-        if broken > STRUCTURE_RETRIES:
-            gate.halt("structure", Action.STOP, f"the upstream's output {why} after {STRUCTURE_RETRIES} "
-                      "continuations; the stream ends")
+        self.broken += 1
+        if self.broken > STRUCTURE_RETRIES:
+            self.gate.halt("structure", Action.STOP, f"the upstream's output {why} after {STRUCTURE_RETRIES} "
+                           "continuations; the stream ends")
             return Finish.CONTENT_FILTER
-        gate.note("structure", Action.RESAMPLE, f"the upstream's output {why}; continued from the last valid byte")
-        rolled_back(0)
+        self.gate.note("structure", Action.RESAMPLE, f"the upstream's output {why}; continued from the last valid "
+                       "byte")
+        self.rolled_back(0)
         return None
 
-    finish: str | None = None
-    while finish is None:
-        if structure is not None and matched > len(gate.raw):  # the gate withdrew text: so does the structure
-            structure.rollback(matched - len(gate.raw))
-            matched = len(gate.raw)
-        stream, restart = source(gate.raw.decode("utf-8", errors="replace"), attempt), False
-        try:
-            for piece in stream:
-                if cancelled is not None and cancelled():
-                    gate.halt("client", Action.CANCEL, "client went away; upstream request cancelled")
-                    finish = Finish.CANCELLED
-                    break
-                delta = piece if isinstance(piece, Delta) else Delta(piece)
-                g, n = time.perf_counter(), gate.position
-                data, cut = _bytes(delta.text), None
-                if structure is not None:
-                    ok = structure.feed(data)
-                    matched += ok
-                    if ok < len(data):  # the valid part goes on to the gate; the rest never does
-                        data, cut = data[:ok], f"broke the {structure.structure.kind} structure at byte {matched}"
-                finish = _delta(gate, delta._replace(text=data) if cut else delta, rolled_back) if data else None
-                if finish is None and not restart and cut is not None:
-                    assert structure is not None
-                    # text after a complete structure is dropped (a trailing newline); else continue
-                    finish = end_stream(gate, rolled_back, Finish.STOP, request_id) if structure.done else broke(cut)
-                if finish is None and not restart and max_tokens is not None and gate.position >= max_tokens:
-                    finish = end_stream(gate, rolled_back, Finish.LENGTH, request_id)
-                gate_us.append((time.perf_counter() - g) * 1e6)
-                if top_logprobs is not None:
-                    _record(gate, recorded, n, delta, top_logprobs)
-                if finish is not None or restart:
-                    break
-                emit(gate.release())
-            else:
-                if structure is not None and not structure.accepting:  # the upstream stopped short of it
-                    finish = broke(f"ended before the {structure.structure.kind} structure was complete")
-                if finish is None and not restart:
-                    finish = end_stream(gate, rolled_back, Finish.STOP, request_id)
-        except Exception as e:  # the upstream died mid-stream: nothing held is released
-            gate.fail("upstream", e)
-            emit("")
-            raise GenerationFailed(partial_result(gate, 0, emit.elapsed, emit.ttft), e) from e
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()  # cancel: a generator source stops its upstream request here
-        attempt += restart
-    if finish in (Finish.STOP, Finish.LENGTH):
-        emit(gate.release(final=True))
-    elif finish == Finish.CONTENT_FILTER:
-        emit(gate.release())  # up to the cap: what was judged admissible before the stop
-    else:
-        emit("")
-    eb = gate.entropy
-    measured = any(not math.isnan(e) for e in gate.entropies)
-    if top_logprobs is not None:
-        del recorded[gate.position:]
-    return Result(logprobs=logprobs.entries(gate, recorded) if top_logprobs is not None else None,
-                  text=gate.text, finish_reason=finish, decisions=gate.decisions, completion_tokens=gate.position,
-                  elapsed_s=emit.elapsed, ttft_s=emit.ttft, gate_us=gate_us,
-                  held_max_chars=gate.held_max_chars, rollbacks=gate.rollbacks, semantic=gate.semantic_stats,
-                  entropy=list(gate.entropies) if measured else None,
-                  entropy_summary=eb.summary(gate.entropies) if eb is not None else None)
+    def _result(self, finish: str) -> Result:
+        gate = self.gate
+        self.emit.final(finish)
+        measured = any(not math.isnan(e) for e in gate.entropies)
+        if self.top is not None:
+            del self.recorded[gate.position:]
+        return Result.of(gate, finish, self.emit.elapsed, self.emit.ttft, gate_us=self.gate_us,
+                         logprobs=logprobs.entries(gate, self.recorded) if self.top is not None else None,
+                         entropy=list(gate.entropies) if measured else None)
 
 
 def _record(gate: Gate, recorded: list[logprobs.Recorded | None], n: int, delta: Delta, top: int) -> None:
@@ -159,21 +191,3 @@ def _record(gate: Gate, recorded: list[logprobs.Recorded | None], n: int, delta:
 
 def _bytes(text: str | bytes) -> bytes:
     return text.encode() if isinstance(text, str) else text
-
-
-def _delta(gate: Gate, delta: Delta, rolled_back: Callable[[int], None]) -> str | None:
-    """Feed one delta; the finish reason once the stream ends (None: go on, perhaps restarted)."""
-    adm = gate.feed(delta.text, delta.entropy)
-    if adm.verdict is Verdict.ROLLBACK:
-        rolled_back(adm.rollback)
-        return None
-    if adm.verdict is Verdict.END:
-        return end_stream(gate, rolled_back, Finish.STOP)
-    if adm.verdict is Verdict.STOP:
-        gate.settle(final=True, can_rollback=False)
-        return Finish.CONTENT_FILTER
-    sem = gate.settle()
-    if sem.verdict is Verdict.ROLLBACK:
-        rolled_back(sem.rollback)
-        return None
-    return Finish.CONTENT_FILTER if sem.verdict is Verdict.STOP else None

@@ -102,7 +102,7 @@ def probe_key(model_path: Path) -> str:
 
 
 def _cache_file(key: str) -> Path | None:
-    from ingate.semantic.cache import cache_dir
+    from ingate.paths import cache_dir
 
     d = cache_dir()
     return d / "probe" / f"{key}.json" if d is not None else None

@@ -1,6 +1,7 @@
 """What `ingate check` reports: the compiled policy (`policy_report`), and with --text every
 match, where it is in the original text and which of the rule's folds it took (`text_report`),
-so a surprising match can be traced to its mode. The CLI only prints these lines."""
+so a surprising match can be traced to its mode. Each rule kind writes its own lines; the helpers
+here are the ones they share. The CLI only prints these lines."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ingate.gate.compile import CompiledPolicy
 from ingate.gate.detector import CheckedDetector, Match, PatternDetector, PhraseDetector, compile_phrase_detector
-from ingate.policy import EntropyRuleSpec, ForbidSpec, RuleSpec, SemanticRuleSpec
+from ingate.policy.kinds import kind, kinds
 
 if TYPE_CHECKING:
     from ingate.semantic.concepts import SemanticRule
@@ -32,7 +33,7 @@ def needed_modes(d: PhraseDetector, span: bytes, labels: frozenset[int]) -> list
     return out
 
 
-def describe(d: PatternDetector, text: str, m: Match) -> str:
+def describe_match(d: PatternDetector, text: str, m: Match) -> str:
     data = text.encode("utf-8")
     st, end, labels = m
     names = ", ".join(repr(d.labels[i]) for i in sorted(labels))
@@ -46,41 +47,6 @@ def describe(d: PatternDetector, text: str, m: Match) -> str:
         modes = needed_modes(d, data[st:end], labels)
         line += " via " + (", ".join(modes) if modes else "the phrase as written (case, width and spaces folded)")
     return line + "\n    " + text.replace("\n", " ") + "\n    " + " " * c0 + "^" * max(1, c1 - c0)
-
-
-def _rule_line(r: RuleSpec) -> str:
-    match r:
-        case EntropyRuleSpec():
-            return _entropy_line(r)
-        case SemanticRuleSpec(semantic=sem) if sem.head is not None:
-            what = [f"semantic head ({sem.head.model}, features {sem.head.features}) trained on "
-                    f"{len(sem.head.rows)} labelled texts from {sem.head.train}"]
-        case SemanticRuleSpec(semantic=sem):
-            what = [f"semantic {sem.mode} " + ", ".join(f"{c.name} ({len(c.examples)} examples)"
-                                                        for c in sem.concepts)]
-        case ForbidSpec():
-            what = []
-            if r.phrases:
-                what.append(f"{len(r.phrases)} phrase(s)" + (" case-sensitive" if r.case_sensitive else ""))
-            if r.patterns:
-                what.append("patterns " + ", ".join(r.patterns))
-            if r.regex:
-                what.append(f"{len(r.regex)} regex")
-    return f"  - {r.id}: {r.action} on {'; '.join(what)}"
-
-
-def _entropy_line(r: EntropyRuleSpec) -> str:
-    e = r.entropy
-    parts = []
-    if e.max_token_entropy is not None:
-        parts.append(f"bound {e.max_token_entropy:g} nats/token" + (" (narrow)" if e.narrow else " (reported)"))
-    if e.budget is not None:
-        parts.append(f"response budget {e.budget:g}")
-    if e.session_budget is not None:
-        parts.append(f"session budget {e.session_budget:g}")
-    parts.append(f"excess over baseline {e.baseline:g}")
-    return (f"  - {r.id}: entropy " + ", ".join(parts)
-            + (f"; {r.action} at the next sentence end when a budget is spent" if r.action else ""))
 
 
 def head_report(sr: SemanticRule, indent: str = "    ", label: str = "") -> list[str]:
@@ -120,42 +86,25 @@ def head_report(sr: SemanticRule, indent: str = "    ", label: str = "") -> list
 
 
 def policy_report(compiled: CompiledPolicy) -> list[str]:
-    """The policy, each rule, and what each compiled into (automata sizes, folds, encoders)."""
+    """The policy, each rule, and what each compiled into (automata sizes, folds, encoders): each
+    kind describes its own (`RuleKind.describe`, `report`)."""
     policy = compiled.policy
     out = [f"policy {policy.name!r} ({policy.source}): valid, {len(policy.rules)} rule(s)"]
-    out += [_rule_line(r) for r in policy.rules]
-    for d in compiled.detectors:
-        extra = f", mask states {len(d.search.accept)}" if d.rolls_back else ""
-        fold = getattr(d, "fold", None)
-        extra += f"; {fold.describe()}" if fold is not None else ""
-        out.append(f"    {d.rule_id}/{d.kind}: {len(d.dfa.trans)} DFA states{extra}")
-    for sr in compiled.semantic:
-        spec = sr.spec
-        if sr.head is not None:
-            out += head_report(sr)
-            continue
-        thr = (f"threshold {sr.threshold:g}" if sr.calibrated else
-               f"threshold {sr.threshold:g} (no threshold set: the uncalibrated default; "
-               "run `ingate calibrate` to measure one)")
-        out.append(f"    {sr.rule_id}/semantic: {sr.encoder.name}, {sr.n_examples} example embeddings "
-                   f"({'from the cache' if sr.cache_hit else f'embedded in {sr.embed_s:.1f} s'}), {thr}; "
-                   f"groups of {spec.min_group_tokens}-{spec.max_group_tokens} tokens, window {spec.window}, "
-                   f"{spec.max_retries} retries then {spec.fallback}, applies to {', '.join(spec.apply_to)}")
+    out += [kind(r.kind).describe(r) for r in policy.rules]
+    for k in kinds():
+        part = compiled.part(k.name)
+        report = getattr(k, "report", None)
+        if part is not None and report is not None:
+            out += report(part)
     return out
 
 
 def text_report(compiled: CompiledPolicy, text: str) -> list[str]:
-    """What the policy would do to `text`: semantic scores, then every match, in rule order."""
-    out = []
-    if compiled.semantic:
-        from ingate.semantic.scorer import screen
-
-        v = screen(compiled.semantic, text)
-        for sc in (v.scores if v is not None else ()):
-            verdict = "INADMISSIBLE" if sc.inadmissible else "admissible"
-            what = "as P(inadmissible) by its head" if sc.concept == "head" else f"(concept {sc.concept!r})"
-            out.append(f"  semantic: rule {sc.rule_id} scored {sc.score:.3f} {what}: {verdict}")
-    data = text.encode("utf-8")
-    for d in compiled.detectors:
-        out += [describe(d, text, m) for m in d.matches(data)]
+    """What the policy would do to `text`, kind by kind (semantic scores, then every match)."""
+    out: list[str] = []
+    for k in sorted(kinds(), key=lambda k: k.name != "semantic"):
+        part = compiled.part(k.name)
+        report = getattr(k, "text_report", None)
+        if part is not None and report is not None:
+            out += report(part, text)
     return out

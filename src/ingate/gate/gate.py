@@ -24,7 +24,6 @@ shows whole); in the first two, prevention happens before sampling.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
@@ -32,13 +31,11 @@ import numpy as np
 
 from ingate.gate.compile import CompiledPolicy
 from ingate.gate.decision import Action, Decision
-from ingate.gate.kinds import checks_for
-from ingate.gate.kinds.base import Finding, Kind, Stream
-from ingate.gate.kinds.entropy import EntropyCheck
-from ingate.gate.kinds.forbid import ForbidCheck
-from ingate.gate.kinds.semantic import SemanticCheck
+from ingate.gate.kinds.base import Check, Finding, Kind, Stream
+from ingate.gate.kinds.forbid import ForbidCheck, stop_sequences
 from ingate.gate.masks import TokenTable
 from ingate.gate.release import Release
+from ingate.policy.kinds import kinds
 
 
 class Mode(StrEnum):
@@ -70,23 +67,47 @@ SEMANTIC_LAG_TOKENS = 3
 STEER_PENALTY = 8.0
 
 
+@dataclass(frozen=True)
+class GateOptions:
+    """What one stream asks of its gate beside the policy."""
+
+    stop: tuple[str, ...] = ()  # the caller's stop sequences, held back like any partial match
+    semantic_lag: int = SEMANTIC_LAG_TOKENS
+    steer_penalty: float = STEER_PENALTY
+    session_entropy: float = 0.0  # what the session spent before this request
+
+
+def checks_for(compiled: CompiledPolicy, options: GateOptions) -> list[Check]:
+    """One stream's checks: every registered kind's, in registration order (forbidden language
+    first: it may refuse a token), then the caller's stop sequences."""
+    out: list[Check] = []
+    for k in kinds():
+        part = compiled.parts.get(k.name)
+        if part is not None:
+            out += k.checks(part, options)
+    if options.stop:
+        out.append(ForbidCheck(stop_sequences(options.stop), -1))
+    return out
+
+
 class Gate:
     """The compiled policy applied to one stream. Not thread-safe; one per generation.
     `table` is the engine's vocabulary (None in TEXT mode, which sees no tokens)."""
 
-    def __init__(self, compiled: CompiledPolicy, table: TokenTable | None, stop: Sequence[str] = (),
-                 semantic_lag: int = SEMANTIC_LAG_TOKENS, steer_penalty: float = STEER_PENALTY,
-                 session_entropy: float = 0.0, mode: Mode | str = Mode.FULL):
-        self.compiled, self.mode = compiled, Mode(mode)
+    def __init__(self, compiled: CompiledPolicy, table: TokenTable | None, options: GateOptions | None = None,
+                 mode: Mode | str = Mode.FULL):
+        self.compiled, self.mode, self.options = compiled, Mode(mode), options or GateOptions()
         if table is None and self.mode is not Mode.TEXT:
             raise ValueError(f"mode {self.mode} masks tokens: it needs the engine's token table")
         self.s = Stream(table.token_bytes if table is not None else [])
+        self.table = table
         self.masks = compiled.masks_for(table) if table is not None else None
-        self.checks = checks_for(compiled, stop, semantic_lag, steer_penalty, session_entropy)
-        self.forbid = [c for c in self.checks if isinstance(c, ForbidCheck)]  # masks, logprobs
-        self.preventers = [c for c in self.forbid if c.kind is Kind.PREVENT]
-        self.semantic = next((c for c in self.checks if isinstance(c, SemanticCheck)), None)  # steering
-        self._entropy = next((c for c in self.checks if isinstance(c, EntropyCheck)), None)  # the loop's bound
+        self.checks = checks_for(compiled, self.options)
+        self.preventers = [c for c in self.checks if c.prevents]  # masks before sampling
+        self.revealers = [c for c in self.checks if c.may_reveal]  # what a logprobs channel must not show
+        self.steering = [c for c in self.checks if c.steers]  # after a rollback to regenerate
+        self.hidden = [c for c in self.checks if c.wants_hidden]  # heads on the engine's hidden states
+        self._budget = next((c.budget for c in self.checks if c.budget is not None), None)  # the loop's bound
         self.early = [c for c in self.checks if c.early]
         self.late = [c for c in self.checks if not c.early]
         self.out = Release()
@@ -107,20 +128,30 @@ class Gate:
     text = property(lambda self: self.out.hold.text)
     held_max_chars = property(lambda self: self.out.held_max_chars)
     redactions = property(lambda self: self.out.redactions)
-    groups = property(lambda self: self.semantic.groups if self.semantic is not None else None)
-    entropy = property(lambda self: self._entropy.budget if self._entropy is not None else None)
-    semantic_stats = property(lambda self: self.groups.stats.to_dict() if self.semantic is not None else None)
+    entropy = property(lambda self: self._budget)  # the entropy rule's account, when the policy has one
+    # the semantic groups of the stream, when a check keeps them (tests and benchmarks read them)
+    groups = property(lambda self: next((c.groups for c in self.checks if hasattr(c, "groups")), None))
+
+    @property
+    def semantic_stats(self) -> dict | None:
+        """The checks' accounts (the semantic groups' scoring summary), when one keeps any."""
+        out: dict = {}
+        for c in self.checks:
+            st = c.stats()
+            if st is not None:
+                out |= st
+        return out or None
 
     # ---- before sampling ----------------------------------------------------------------------
     @property
     def wants_hidden(self) -> bool:
-        """Does a head read the generating model's hidden states (`features: engine`)?"""
-        return self.semantic is not None and self.semantic.groups.wants_hidden
+        """Does a check read the generating model's hidden states (a head with `features: engine`)?"""
+        return bool(self.hidden)
 
     def observe_hidden(self, feature_id: str, vec: np.ndarray | None) -> None:
         """The engine's hidden state at the current position, before its token is drawn."""
-        if self.semantic is not None:
-            self.semantic.groups.observe(self.position, feature_id, vec)
+        for c in self.hidden:
+            c.observe_hidden(self.position, feature_id, vec)
 
     def banned(self) -> np.ndarray | None:
         """Tokens banned at this position by earlier rollbacks (None when there are none)."""
@@ -128,12 +159,13 @@ class Gate:
         return np.fromiter(b, dtype=np.int64, count=len(b)) if b else None
 
     def mask(self) -> np.ndarray:
-        """bool per token: True where sampling the token would complete a prevented match."""
+        """bool per token: True where sampling the token would complete a prevented match. The same
+        code computes the vLLM plugin's rows (`MaskCache.forbidden_ids`)."""
         if self.masks is None:
             raise ValueError("a TEXT-mode gate sees no tokens: there is nothing to mask")
         forbidden = np.zeros(self.masks.table.size, dtype=bool)
-        for c in self.preventers:
-            forbidden |= c.forbidden(self.s, self.masks)
+        if self.preventers:
+            forbidden[self.masks.forbidden_ids([c.mask_state(self.s) for c in self.preventers])] = True
         b = self.bans.get(self.position)
         if b:
             forbidden[list(b)] = True
@@ -143,14 +175,17 @@ class Gate:
         """MASK_FIRST: audit a prevention the mask made before sampling: `token`, the engine's draw
         without the mask, would have completed a prevented match."""
         if self.masks is not None:
-            rule = next((c.rule_id for c in self.preventers if c.forbidden(self.s, self.masks)[token]), None)
+            rule = next((c.rule_id for c in self.preventers
+                         if token in self.masks.forbidden_ids([c.mask_state(self.s)])), None)
             if rule is not None:
                 self._decide(rule, Action.PREVENT, len(self.raw), self.s.token_bytes[token],
                              "the engine's draw would complete a prevented match; masked before sampling")
 
     def bias(self, logits: np.ndarray) -> np.ndarray:
         """Steering after a semantic rollback; the logits themselves otherwise (transparency)."""
-        return logits if self.semantic is None else self.semantic.bias(logits, self.position)
+        for c in self.steering:
+            logits = c.bias(logits, self.position)
+        return logits
 
     # ---- after sampling -------------------------------------------------------------------------
     def admit(self, token: int, entropy: float = float("nan")) -> Admission:
@@ -343,7 +378,7 @@ class Gate:
         reveal governed text? True when its bytes complete a match or leave one undecided: a
         logprobs channel must not show it."""
         pos, data = self.tok_start[k], token if isinstance(token, bytes) else self.s.token_bytes[token]
-        return any(c.reveals(k, data, pos) for c in self.forbid)
+        return any(c.reveals(k, data, pos) for c in self.revealers)
 
     def take_decisions(self) -> list[Decision]:
         """Decisions not yet handed to the audit trail."""

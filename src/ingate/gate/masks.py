@@ -9,6 +9,8 @@ length so that step i touches only the tokens that are longer than i.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +73,12 @@ class TokenTable:
         return out
 
 
+# Combined masks (several detectors' rows ORed, as token ids) kept per mask cache. Each detector's own
+# rows stay cached per state, bounded by its automaton; the combinations of several detectors'
+# states are not, so past this many the combined cache starts again.
+MAX_COMBINED = 4096
+
+
 class MaskCache:
     """Per-(detector, search state) forbidden-token rows for one vocabulary. Thread-safe.
 
@@ -80,11 +88,37 @@ class MaskCache:
     the union.
     """
 
-    def __init__(self, table: TokenTable):
+    def __init__(self, table: TokenTable, max_combined: int = MAX_COMBINED):
         self.table = table
         self._rows: dict[tuple, np.ndarray] = {}
         self._accepting: dict[int, np.ndarray] = {}
+        self._combined: dict[tuple, np.ndarray] = {}
+        self.max_combined = max_combined
+        self.misses = 0  # combinations computed (a cold mask)
         self._lock = threading.Lock()
+
+    def forbidden_ids(self, states: Sequence[tuple[int, PatternDetector, Any]]) -> np.ndarray:
+        """Token ids (int64, sorted) that complete a match of any of these detectors from its search
+        state: the one computation of a prevent mask, for the gate (`Gate.mask`) and for the vLLM
+        plugin's rows alike. `states`: (row key, detector, search state) per detector. The union is
+        cached per combination of states; each detector's row per state (`row`)."""
+        key = tuple((i, s) for i, _, s in states)
+        ids = self._combined.get(key)
+        if ids is None:
+            if len(states) == 1:
+                i, d, s = states[0]
+                ids = np.flatnonzero(self.row(i, d, s))
+            else:
+                m = np.zeros(self.table.size, dtype=bool)
+                for i, d, s in states:
+                    m |= self.row(i, d, s)
+                ids = np.flatnonzero(m)
+            with self._lock:
+                if len(self._combined) >= self.max_combined:  # rebuilding one is an OR of cached rows
+                    self._combined.clear()
+                self._combined[key] = ids
+                self.misses += 1
+        return ids
 
     def row(self, det_index: int, det: PatternDetector, sstate) -> np.ndarray:
         views = det.mask_views(sstate)

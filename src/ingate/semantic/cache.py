@@ -11,18 +11,10 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
-
-def cache_dir() -> Path | None:
-    """$INGATE_CACHE_DIR, else $XDG_CACHE_HOME/ingate, else ~/.cache/ingate; `INGATE_CACHE_DIR=off` disables."""
-    raw = os.environ.get("INGATE_CACHE_DIR")
-    if raw is not None:
-        return None if raw.strip().lower() in ("", "off", "0", "none") else Path(raw)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ingate"
+from ingate.paths import cache_dir
 
 
 def key(encoder: str, version: str, texts: Sequence[str]) -> str:

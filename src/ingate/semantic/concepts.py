@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ingate import encoders
-from ingate.policy import PolicyError, SemanticRuleSpec, SemanticSpec
+from ingate.policy import PolicyError
 from ingate.semantic.cache import cached_embeddings
 from ingate.semantic.encoder import Encoder, EncoderUnavailable, get_encoder
 from ingate.semantic.head import Head, HeadError, HeadMetrics, trained_head
+
+if TYPE_CHECKING:  # the spec is the semantic kind's (ingate.gate.kinds.semantic), which compiles through here
+    from ingate.gate.kinds.semantic import SemanticRuleSpec, SemanticSpec
 
 # Used when a rule sets no threshold; `ingate calibrate` measures a better one on labelled data.
 DEFAULT_THRESHOLD = {"deny": 0.45, "allow_only": 0.30}

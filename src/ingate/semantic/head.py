@@ -34,7 +34,8 @@ from typing import IO, Any
 import numpy as np
 
 from ingate.calibrate import at_threshold, auroc, suggest
-from ingate.semantic.cache import cache_dir, cached_embeddings
+from ingate.paths import cache_dir
+from ingate.semantic.cache import cached_embeddings
 
 FORMAT = 1  # bump when the training or the stored layout changes: old cache entries are ignored
 SEED = 20261203

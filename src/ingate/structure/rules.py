@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ingate.policy import ForbidSpec, Policy
+from ingate.gate.kinds.forbid import ForbidSpec
+from ingate.policy import Policy
 
 
 def inside_structure(policy: Policy) -> Policy:

@@ -12,9 +12,11 @@ semantic groups, entropy and the audit belong to the front server (`ingate serve
 server as an upstream), whose hold-back stays the final guarantee.
 
 The cost per step is per row, not per vocabulary token: a row advances its search-DFA states by the
-bytes of its new tokens and looks its forbidden token ids up in a cache keyed by those states. A
-state seen for the first time costs one vectorised walk of the vocabulary (`masks.TokenTable`),
-computed once per policy and vocabulary and then shared by every row.
+bytes of its new tokens and looks its forbidden token ids up in the policy's mask cache, keyed by
+those states: `MaskCache.forbidden_ids`, the same computation as the MASK_FIRST gate's mask
+(`Gate.mask`), so the two cannot disagree. A state seen for the first time costs one vectorised
+walk of the vocabulary (`masks.TokenTable`), computed once per policy and vocabulary and then
+shared by every row.
 """
 
 from __future__ import annotations
@@ -22,16 +24,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ingate.gate.compile import CompiledPolicy
-from ingate.gate.masks import TokenTable
-from ingate.policy import ForbidSpec, Policy, PolicyError, load_policy
+from ingate.gate.kinds.forbid import ForbidSpec
+from ingate.gate.masks import MaskCache, TokenTable
+from ingate.policy import Policy, PolicyError, load_policy
 
 log = logging.getLogger("vllm.ingate")  # a child of the logger vLLM configures
 POLICIES_ENV = "INGATE_POLICIES"  # comma-separated policy files (or "default") loaded in the engine
@@ -39,10 +41,6 @@ XARG_POLICY = "ingate_policy"  # vllm_xargs: the policy a request is governed by
 XARG_DIGEST = "ingate_policy_digest"  # vllm_xargs: the front server's digest of it (must match)
 XARG_PREFIX = "ingate_prefix"  # vllm_xargs: admitted text this continuation follows (primes the automata)
 MAX_PREFIX_BYTES = 4096
-# Combined masks (a policy's detectors together) kept per policy. Each detector's own rows stay cached
-# in its MaskCache, bounded by its automaton; the combinations of several detectors' states are not,
-# so past this many the combined cache starts again (rebuilding one is an OR of cached rows).
-MAX_COMBINED_MASKS = 4096
 
 
 class RequestError(ValueError):
@@ -72,8 +70,7 @@ def engine_policy(policy: Policy) -> Policy:
 class _Compiled:
     policy: Policy  # as loaded (its digest is what a front server names)
     compiled: CompiledPolicy  # its engine part
-    # forbidden token ids per tuple of detector search states, shared by every row of this policy
-    ids: dict[tuple, np.ndarray] = field(default_factory=dict)
+    masks: MaskCache  # its masks on the engine's vocabulary, shared by every row of this policy
 
 
 class PolicySet:
@@ -89,10 +86,21 @@ class PolicySet:
         for name, pol in policies.items():
             c = CompiledPolicy(engine_policy(pol))
             c.prepare(table)  # the start states' rows: the first request pays nothing
-            self.by_name[name] = _Compiled(pol, c)
-        self._lock = threading.Lock()
-        self.misses = 0  # search-state tuples computed (a cold mask)
-        self.max_combined = MAX_COMBINED_MASKS
+            self.by_name[name] = _Compiled(pol, c, c.masks_for(table))
+
+    @property
+    def misses(self) -> int:
+        """Combinations of search states computed (a cold mask), over every policy."""
+        return sum(c.masks.misses for c in self.by_name.values())
+
+    @property
+    def max_combined(self) -> int:
+        return min((c.masks.max_combined for c in self.by_name.values()), default=0)
+
+    @max_combined.setter
+    def max_combined(self, n: int) -> None:
+        for c in self.by_name.values():
+            c.masks.max_combined = n
 
     @classmethod
     def from_env(cls, token_bytes: list[bytes], vocab_size: int | None = None, eos: Sequence[int] = ()) -> PolicySet:
@@ -106,20 +114,9 @@ class PolicySet:
         return Row(self, self.by_name[name], out, prefix.encode("utf-8")[-MAX_PREFIX_BYTES:])
 
     def forbidden(self, c: _Compiled, states: tuple) -> np.ndarray:
-        ids = c.ids.get(states)
-        if ids is None:
-            masks = c.compiled.masks_for(self.table)
-            dets = c.compiled.detectors
-            m = np.zeros(self.table.size, dtype=bool)
-            for i, (d, ss) in enumerate(zip(dets, states, strict=True)):
-                m |= masks.row(i, d, ss)
-            ids = np.flatnonzero(m).astype(np.int64)
-            with self._lock:
-                if len(c.ids) >= self.max_combined:
-                    c.ids.clear()
-                c.ids[states] = ids
-                self.misses += 1
-        return ids
+        """The row's forbidden token ids: the gate's own mask computation (`MaskCache.forbidden_ids`)."""
+        dets = c.compiled.detectors
+        return c.masks.forbidden_ids([(i, d, ss) for i, (d, ss) in enumerate(zip(dets, states, strict=True))])
 
 
 def check_args(xargs: dict[str, Any] | None, policies: dict[str, Policy]) -> str | None:

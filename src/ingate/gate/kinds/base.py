@@ -80,13 +80,27 @@ class Finding:
 
 
 class Check:
-    """One compiled rule applied to one stream. Defaults do nothing: a kind overrides what it uses."""
+    """One compiled rule applied to one stream. Defaults do nothing: a kind overrides what it uses.
+
+    Besides what every check answers (step, hold, rollback, finish, due), a check may offer the
+    gate one of these, by setting the flag and overriding the method:
+      prevents     `mask_state`: it masks tokens before sampling (the policy's mask cache reads it)
+      may_reveal   `reveals`: a logprobs alternative could show what it withholds
+      steers       `bias`: it shifts the logits after a rollback, to regenerate something else
+      wants_hidden `observe_hidden`: it reads the generating model's hidden states
+      budget       the entropy account the sampler's bound and the result report
+    """
 
     rule_id = ""
     # An early check steps before the token joins the stream, and only it may find PREVENT: the
     # token is then refused, and the early checks are rolled back to before it. A late check steps
     # after the token joined the stream (`s` ends with `data`).
     early = False
+    prevents = False
+    may_reveal = False
+    steers = False
+    wants_hidden = False
+    budget: Any = None
 
     def step(self, s: Stream, data: bytes, p0: int, entropy: float) -> list[Finding] | None:
         """The token whose bytes `data` start at raw offset `p0`."""
@@ -108,3 +122,20 @@ class Check:
     def due(self, s: Stream, final: bool, can_rollback: bool) -> Finding | None:
         """A verdict that arrives late (a semantic group's), once it may be applied."""
         return None
+
+    def stats(self) -> dict | None:
+        """An account for the result (the semantic groups' scoring summary)."""
+        return None
+
+    def mask_state(self, s: Stream) -> tuple:
+        """(mask row key, detector, search state): see `MaskCache.forbidden_ids`."""
+        raise NotImplementedError
+
+    def reveals(self, k: int, data: bytes, pos: int) -> bool:
+        return False
+
+    def bias(self, logits: Any, position: int) -> Any:
+        return logits
+
+    def observe_hidden(self, position: int, feature_id: str, vec: Any) -> None:
+        pass

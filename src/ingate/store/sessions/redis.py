@@ -4,7 +4,7 @@ Each session is a hash (`v` violations, `e` entropy spent, `r:<rule id>` violati
 a sorted set of the requests in flight (scored by when their reservation expires), under
 `<prefix>:s:<sha256 of the id>`: the session id a client sends is not written to Redis. `begin`
 and `end` are Lua scripts, so each is one atomic step however many replicas call it
-(ingate.session says what they decide). `end` counts a request once: a retry after a lost reply
+(store.sessions.base says what they decide). `end` counts a request once: a retry after a lost reply
 finds its marker and adds nothing. Keys expire `ttl` seconds after the session's last request,
 by Redis's own TTL.
 
@@ -20,7 +20,7 @@ import hashlib
 import time
 
 from ingate.gate.decision import Decision
-from ingate.session import RESERVATION_S, SessionState, StoreError, Ticket, admit, by_rule, violations_in
+from ingate.store.sessions.base import RESERVATION_S, SessionState, StoreError, Ticket, admit, by_rule, violations_in
 
 # KEYS: hash, in-flight zset. ARGV: now, request id, reservation expiry, escalate_after (-1: none), ttl
 BEGIN = """

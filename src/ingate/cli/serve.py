@@ -1,0 +1,102 @@
+"""ingate serve: the OpenAI-compatible governed API, its models built by `ingate.compose`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ingate.cli.common import UserError, load
+from ingate.compose import ComposeError, Settings, open_cores
+from ingate.policy import Policy
+
+
+def _api_keys(args: argparse.Namespace):
+    """The keys of --api-key and $INGATE_API_KEYS (comma-separated), and of --keys FILE (ingate.keys)."""
+    from ingate.keys import Keys, KeysError
+
+    specs = list(args.api_key or []) + [k for k in os.environ.get("INGATE_API_KEYS", "").split(",") if k.strip()]
+    try:
+        return Keys.from_specs(specs, args.keys or os.environ.get("INGATE_KEYS") or None)
+    except KeysError as e:
+        raise UserError(str(e), code=2) from None
+
+
+def _sessions(args: argparse.Namespace):
+    """The session store --sessions (or $INGATE_SESSIONS) names: this process's memory by default."""
+    from ingate.store.sessions import StoreError, open_sessions
+
+    url = args.sessions or os.environ.get("INGATE_SESSIONS") or "memory"
+    try:
+        store = open_sessions(url, args.sessions_prefix, args.session_ttl)
+    except StoreError as e:
+        raise UserError(str(e), code=2) from None
+    h = store.health()
+    if not h["ok"]:  # serve anyway: each policy's on_store_error decides, and /healthz says it
+        print(f"ingate: warning: the session store {h['url']} is unreachable ({h['error']}); requests whose policy "
+              "needs session state are refused until it is back (session: {on_store_error: allow} serves them)",
+              file=sys.stderr, flush=True)
+    return store
+
+
+def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
+    settings = Settings(model=args.model, models=args.models, upstream=args.upstream,
+                        upstream_model=args.upstream_model, upstream_key_env=args.upstream_key_env,
+                        upstream_kind=args.upstream_kind, upstream_capabilities=args.upstream_capabilities,
+                        upstream_tokenizer=args.upstream_tokenizer, engine=args.engine, vllm_python=args.vllm_python,
+                        engine_args=args.engine_args, audit=args.audit, audit_key_file=args.audit_key_file)
+    try:
+        return open_cores(settings, policies)
+    except ComposeError as e:
+        raise UserError(str(e), e.code) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    policies: dict[str, Policy] = {}
+    for arg in args.policy or [None]:
+        p = load(arg)
+        if p.name in policies:
+            raise UserError(f"two policies are named {p.name!r}; give each loaded policy its own name", code=2)
+        policies[p.name] = p
+    keys = _api_keys(args)
+    from ingate.keys import KeysError
+
+    try:
+        keys.check_policies(policies)
+    except KeysError as e:
+        raise UserError(str(e), code=2) from None
+    sessions = _sessions(args)
+    cores = _cores(args, list(policies.values()))
+    import threading
+
+    import uvicorn
+
+    from ingate.server import ServerConfig, create_app
+
+    app = create_app(cores, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
+                                        max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
+                                        session_ttl=args.session_ttl, governance_detail=args.governance_detail,
+                                        sessions=sessions, drain_seconds=args.drain_seconds))
+    url = f"http://{args.host}:{args.port}"
+    auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
+    first = next(iter(cores))
+    print(f"ingate: serving {', '.join(cores)} with policies {', '.join(policies)} on {url}\n"
+          f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
+          f"    -d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", "
+          f"\"content\": \"Hello\"}}]}}'", file=sys.stderr, flush=True)
+    # On SIGTERM (or Ctrl-C): /readyz turns 503 and new requests get 503 at once; streams in flight
+    # have --drain-seconds to finish, then are cancelled (an error event each, audited); uvicorn's
+    # own cut, a few seconds later, is only the backstop.
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=args.drain_seconds + 5))
+    handle_exit = server.handle_exit
+
+    def draining(sig, frame) -> None:
+        if not app.state.server.draining:
+            app.state.server.draining = True
+            threading.Timer(args.drain_seconds, app.state.server.drain).start()
+        handle_exit(sig, frame)
+
+    server.handle_exit = draining  # type: ignore[method-assign]
+    server.run()
+    return 0
