@@ -378,3 +378,55 @@ def test_the_policies_pages_match_and_error_examples(tmp_path):
                                        f"    forbid: {{regex: ['{m.group(2)}']}}\n    action: prevent\n")
     r = subprocess.run([INGATE, "check", "bad.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == error, r.stderr
+
+
+# ---- the library examples (README and docs/library.md) run as written ------------------------------------
+
+def _python_blocks(path: Path) -> list[str]:
+    blocks, _ = fenced(path.read_text())
+    return ["\n".join(lines) for _, info, lines in blocks if info == "python"]
+
+
+def _run_block(code: str, capsys) -> str:
+    exec(compile(code, "<docs>", "exec"), {"__name__": "docs_example"})  # noqa: S102  (the docs' own code)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", [ROOT / "README.md", DOCS / "library.md"], ids=rel)
+def test_the_text_stream_example_prints_what_it_says(path, capsys):
+    """The first Python block of each page governs a list of deltas; its last comment is its output."""
+    code = next(b for b in _python_blocks(path) if "governed(" in b)
+    want = [ln[2:] for ln in code.splitlines() if ln.startswith("# ")][-1]
+    assert _run_block(code, capsys).strip() == want
+
+
+def test_the_logits_processor_example_masks_what_would_complete_a_ban(runtime, capsys):
+    """The docs' LogitsProcessor over the embedded model's vocabulary: after a prompt and a sampled
+    "The Eif", every token that would complete "Eiffel" is masked, and nothing else is."""
+    import numpy as np
+    import torch
+
+    from conftest import policy
+
+    ns: dict = {"__name__": "docs_example"}
+    exec(compile(next(b for b in _python_blocks(DOCS / "library.md") if "LogitsProcessor" in b), "<docs>", "exec"),
+         ns)
+    ban = policy("version: 1\nname: t\nrules:\n  - id: tower\n    forbid: {phrases: [Eiffel]}\n    action: prevent\n")
+    eng = runtime.engine
+    prompt, sampled = eng.tokenize("Visit Paris."), eng.tokenize(" The Eif")
+    proc = ns["IngateProcessor"](ban, runtime.table.token_bytes, len(prompt), eos=2)
+    scores = proc(torch.tensor([prompt + sampled]), torch.zeros((1, eng.vocab_size)))
+    masked = set(np.flatnonzero(torch.isinf(scores[0]).numpy()).tolist())
+    completes = {t for t in range(eng.vocab_size)
+                 if b"eiffel" in (b"The Eif" + runtime.table.token_bytes[t]).lower().replace(b" ", b"")}
+    assert masked and masked <= completes and eng.tokenize("fel")[0] in masked
+    assert all(t in masked for t in completes if runtime.table.token_bytes[t][:3].lower() == b"fel")
+
+
+@pytest.mark.slow
+def test_the_own_loop_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INGATE_AUDIT", str(tmp_path / "audit.sqlite3"))
+    monkeypatch.chdir(ROOT)
+    out = _run_block(next(b for b in _python_blocks(DOCS / "library.md") if "Runtime.load()" in b), capsys)
+    assert re.search(r"\n (stop|length|content_filter) \[", out), out
+    assert "eiffel" not in out.lower()

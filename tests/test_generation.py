@@ -146,7 +146,7 @@ def test_fail_closed_on_a_check_error(runtime, monkeypatch, caplog):
     The fault is injected into a real detector (no real check fails on demand)."""
     compiled = compile_policy(PII_REDACT)
     gate = Gate(compiled, runtime.table)
-    det = gate.forbid[0].d
+    det = gate.revealers[0].d  # the first forbid check's detector
     calls = {"n": 0}
     real = det.advance
 

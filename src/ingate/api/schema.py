@@ -20,7 +20,7 @@ from ingate.sampling import SamplingParams
 from ingate.structure import Structure, StructureError, from_response_format, from_tools
 from ingate.structure.spec import TOOL_MARKER
 
-# Accepted and ignored: they have no effect on what is generated (README "Structured output")
+# Accepted and ignored: they have no effect on what is generated (docs/structured-output.md)
 IGNORED = frozenset({"metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
 # Accepted with the value that changes nothing; any other value is a 400
 NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -97,7 +97,7 @@ class GenerationRequest(_Lenient):
                 raise ApiError(400, f"{name} {json.dumps(value)[:40]} is not supported: ingate does not apply it, "
                                     f"and ignoring it would change the output you asked for; omit {name}", name,
                                "unsupported_parameter")
-            raise ApiError(400, f"{name} is not supported by ingate; remove it (README \"Structured output\" lists "
+            raise ApiError(400, f"{name} is not supported by ingate; remove it (docs/structured-output.md lists "
                                 "the fields ingate ignores)", name, "unsupported_parameter")
 
     def structure(self) -> Structure | None:

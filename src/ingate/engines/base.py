@@ -33,7 +33,7 @@ def exit_reason(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-# What an engine can do, so that a driver picks the guarantees it can keep (README "Engines"):
+# What an engine can do, so that a driver picks the guarantees it can keep (docs/architecture.md):
 FULL_LOGITS = "full_logits"  # step() returns every token's logit: masks apply before sampling
 ROLLBACK = "rollback"  # rollback(n) truncates the KV cache: a held partial match can be taken back
 BATCH = "batch"  # many sequences per step (vLLM); ingate's own loop runs one

@@ -1,7 +1,7 @@
 """Look-alike letters folded to one skeleton, after Unicode's confusables data (UTS #39).
 
 The data is Unicode's `confusables.txt` as the `confusable-homoglyphs` package ships it (MIT;
-the data itself under the Unicode License, see README "Phrase matching"). That package keeps each
+the data itself under the Unicode License, see docs/policies.md, "Phrase matching"). That package keeps each
 line `source -> prototype` as an edge both ways, so the prototype of a class is recovered as the
 centre of its star: the character most others point to. Where a class is a single pair, either
 character may be the centre; the ASCII one (then the lower code point) is taken. Matching only

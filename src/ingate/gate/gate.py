@@ -9,7 +9,7 @@ It answers a driver's questions:
 Every byte ends released, held, or rolled back. Each rule is a check (`kinds/`) that says the
 earliest byte it has not decided; nothing at or after the earliest of them is released.
 
-One compiled policy serves three drivers, each an honest subset (`Mode`, README "Architecture"):
+One compiled policy serves three drivers, each an honest subset (`Mode`, docs/architecture.md):
   FULL        ingate's own loop: mask, admit, hold back, roll back and resample.
   MASK_FIRST  an engine that samples itself (vLLM): a mask per step, no rollback. A match the
               mask could not prevent ends the stream before it; a rejected group ends it too.

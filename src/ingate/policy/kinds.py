@@ -13,7 +13,7 @@ A kind is one object (a `RuleKind`) in one module. It declares:
 
 Kinds are registered by name as "module:attribute" strings and imported on first use, as vLLM
 loads its plugins: the policy layer never imports the gate, and a new kind is one module plus one
-`register_kind` call (the built-ins are listed in BUILTIN). README "Policies" has the checklist.
+`register_kind` call (the built-ins are listed in BUILTIN). docs/policies.md has the checklist ("A new rule kind").
 """
 
 from __future__ import annotations

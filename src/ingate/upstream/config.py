@@ -27,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-# What an upstream can take before sampling, or how it can continue a message (README "Upstreams").
+# What an upstream can take before sampling, or how it can continue a message (docs/upstreams.md,
+# "Capabilities by upstream kind").
 LOGIT_BIAS = "logit_bias"  # OpenAI-style {token id: -100..100}, at most MAX_LOGIT_BIAS entries
 LOGPROBS = "logprobs"  # top_logprobs per streamed token: entropy can be estimated
 CONTINUE_FINAL_MESSAGE = "continue_final_message"  # vLLM: continue a partial assistant message

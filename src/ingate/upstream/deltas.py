@@ -9,7 +9,7 @@ The estimate (`top_k_entropy`) sums -p log p over the k alternatives the upstrea
 likely as the least of them, p_min, so each contributes -p log p >= -p log p_min. The estimate is a
 lower bound of the true entropy, and the tightest one those numbers allow without assuming how the
 rest is spread. bench/upstream_entropy.py measures its error against the exact entropy on the
-embedded model; the README quotes it.
+embedded model; docs/upstreams.md quotes it.
 """
 
 from __future__ import annotations

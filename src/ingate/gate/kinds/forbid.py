@@ -45,7 +45,7 @@ class Forbid(Strict):
     phrases: list[str] = Field(default_factory=list)
     phrases_file: str | None = None
     case_sensitive: bool = False
-    # how phrases are read (README "Phrase matching"); separators default to ignore for prevent
+    # how phrases are read (docs/policies.md, "Phrase matching"); separators default to ignore for prevent
     separators: Literal["ignore", "exact"] | None = None
     confusables: Literal["fold", "exact"] = "fold"
     accents: Literal["ignore", "exact"] = "ignore"
