@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ingate.drivers.base import Result
 
@@ -42,6 +43,9 @@ class Metrics:
                                        "Time to the first released text of an upstream model", ["model"],
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
 
+        self.engines: dict[str, dict] = {}  # model -> its core's latest info (refreshed before each scrape)
+        r.register(_EngineCollector(self))
+
     def observe(self, policy: str, res: Result) -> None:
         self.requests.labels(policy, res.finish_reason).inc()
         self.tokens.labels(policy).inc(res.completion_tokens)
@@ -64,3 +68,51 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineCollector:
+    """The batched loop's and the prefix cache's figures, from each local engine's latest report:
+    the loop runs in the engine process, which reports them with its info."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def collect(self):
+        gauges = {
+            "active": GaugeMetricFamily("ingate_batch_active_sequences", "Sequences generating now", labels=["model"]),
+            "batch_p50": GaugeMetricFamily("ingate_batch_size", "Sequences stepped per step (p50 of the last 512)",
+                                           labels=["model"]),
+            "step_ms_p50": GaugeMetricFamily("ingate_batch_step_seconds", "Time per step (of the last 512)",
+                                             labels=["model", "quantile"]),
+            "prefill_tokens_per_step_p50": GaugeMetricFamily(
+                "ingate_batch_prefill_tokens", "Prompt tokens decoded per step (p50 of the last 512)",
+                labels=["model"]),
+            "queue_ms_p50": GaugeMetricFamily("ingate_batch_queue_seconds",
+                                              "Wait for a sequence (p50 of the last 512)", labels=["model"]),
+        }
+        steps = CounterMetricFamily("ingate_batch_steps", "Steps of the batched loop", labels=["model"])
+        hits = CounterMetricFamily("ingate_prefix_cache_hits", "Prompts that reused a cached prefix", labels=["model"])
+        misses = CounterMetricFamily("ingate_prefix_cache_misses", "Prompts with no cached prefix", labels=["model"])
+        reused = CounterMetricFamily("ingate_prefix_cache_tokens_reused", "Prompt tokens not evaluated again",
+                                     labels=["model"])
+        cache_bytes = GaugeMetricFamily("ingate_prefix_cache_bytes", "Memory the prefix cache holds", labels=["model"])
+        for model, info in self.metrics.engines.items():
+            b = info.get("batch")
+            if b:
+                gauges["active"].add_metric([model], b["active"])
+                if b.get("batch_p50") is not None:
+                    gauges["batch_p50"].add_metric([model], b["batch_p50"])
+                    gauges["step_ms_p50"].add_metric([model, "0.5"], b["step_ms_p50"] / 1000)
+                    gauges["step_ms_p50"].add_metric([model, "0.99"], b["step_ms_p99"] / 1000)
+                    gauges["prefill_tokens_per_step_p50"].add_metric([model], b["prefill_tokens_per_step_p50"])
+                if b.get("queue_ms_p50") is not None:
+                    gauges["queue_ms_p50"].add_metric([model], b["queue_ms_p50"] / 1000)
+                steps.add_metric([model], b["steps"])
+            pc = info.get("prefix_cache")
+            if pc:
+                hits.add_metric([model], pc["hits"])
+                misses.add_metric([model], pc["misses"])
+                reused.add_metric([model], pc["tokens_reused"])
+                cache_bytes.add_metric([model], pc["bytes"])
+        yield from gauges.values()
+        yield from (steps, hits, misses, reused, cache_bytes)

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ingate.batch import STEP_TOKENS, Batcher
 from ingate.core import LOGPROBS, Request, Sinks, govern
 from ingate.drivers.base import DecisionSink, GenerationParams, Result, TextSink
 from ingate.drivers.full import generate
 from ingate.engines import Engine, load_engine
+from ingate.engines.llamacpp import PREFIX_CACHE_BYTES
 from ingate.gate.compile import CompiledPolicy, compile_policy
 from ingate.gate.gate import Gate, GateOptions
 from ingate.gate.masks import TokenTable
@@ -31,22 +33,35 @@ class Runtime:
     engine: Engine
     table: TokenTable
     audit: AuditLog | None
+    batcher: Batcher | None = None  # many generations at once (`parallel` > 0): the batched step loop
     _lltokenizer: Any = None  # llguidance's view of the vocabulary, built for the first structured request
 
     @classmethod
     def load(cls, model: str | Path | None = None, audit: str | Path | None = None,
-             use_audit: bool = True, layout: str | None = None, audit_key_file: str | Path | None = None) -> Runtime:
+             use_audit: bool = True, layout: str | None = None, audit_key_file: str | Path | None = None,
+             parallel: int = 0, prefix_cache_bytes: int | None = None, step_tokens: int = STEP_TOKENS) -> Runtime:
         """Everything in this process. `layout`: a weight layout already chosen (the engine core
         process gets it from its parent); None chooses one (INGATE_LLAMA_REPACK, the probe).
-        `audit_key_file`: the audit's HMAC key (ingate.store.audit.keys says where it is looked for)."""
+        `audit_key_file`: the audit's HMAC key (ingate.store.audit.keys says where it is looked for).
+        `parallel`: generations served at once through the batched loop (0: one at a time, on the
+        engine's own sequence, as the CLI's `generate` runs); `prefix_cache_bytes`: the prefix
+        cache's bound when batching (None: the default; 0: off)."""
         audit_log = open_audit(audit, audit_key_file) if use_audit else None  # a bad audit fails before the model loads
-        engine = load_engine(model, layout=layout)
-        return cls(engine, TokenTable(engine.token_bytes()), audit_log)
+        cache = (PREFIX_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes) if parallel else 0
+        engine = load_engine(model, layout=layout, n_seq=parallel + 1, prefix_cache_bytes=cache)
+        batcher = Batcher(engine, step_tokens=step_tokens) if parallel else None  # type: ignore[arg-type]
+        return cls(engine, TokenTable(engine.token_bytes()), audit_log, batcher)
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self.engine.close()
         if self.audit is not None:
             self.audit.close()
+
+    def info(self) -> dict:
+        """The engine's report, with the batched loop's figures when it batches."""
+        return self.engine.info() | ({"batch": self.batcher.summary()} if self.batcher is not None else {})
 
     def gate_for(self, policy: Policy | CompiledPolicy, stop: Sequence[str] = (), logprobs: bool = False,
                  entropy: bool = False, session_entropy: float = 0.0) -> Gate | None:
@@ -122,6 +137,9 @@ class FullDrive:
     def drive(self, gate: Gate | None, req: Request, on_text: TextSink | None, on_decisions: DecisionSink,
               cancelled: Callable[[], bool] | None) -> Result:
         matcher = self.rt.matcher(req.structure) if req.structure is not None else None
+        if self.rt.batcher is not None:  # one sequence of the batch, the same step machine
+            return self.rt.batcher.run(self.prompt, req.params, gate, on_text=on_text, on_decisions=on_decisions,
+                                       cancelled=cancelled, request_id=req.request_id, structure=matcher)
         return generate(self.rt.engine, self.prompt, req.params, gate, on_text=on_text, on_decisions=on_decisions,
                         request_id=req.request_id, cancelled=cancelled, structure=matcher)
 
@@ -130,19 +148,19 @@ class LocalCore:
     """The core over a `Runtime` in this process: no isolation, no restart (INGATE_ENGINE_PROCESS=0)."""
 
     capabilities = frozenset({LOGPROBS})
-    max_concurrency = 1
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.name: str = runtime.engine.name
         self.audit = runtime.audit
+        self.max_concurrency = runtime.batcher.slots if runtime.batcher is not None else 1
 
     def run(self, req: Request, on_text: TextSink | None = None, cancelled: Callable[[], bool] | None = None,
             on_audited: DecisionSink | None = None) -> Result:
         return govern(req, self.audit, FullDrive(self.runtime), Sinks(on_text, on_audited, cancelled))
 
     def info(self) -> dict:
-        return self.runtime.engine.info() | {"process": None}
+        return self.runtime.info() | {"process": None}
 
     def ensure_alive(self) -> bool:
         return False

@@ -92,7 +92,8 @@ class Backend:
 
     def health(self) -> dict:
         info = self.core.info()
-        out = {k: info[k] for k in ("layout", "threads", "upstream", "upstream_model", "capabilities") if k in info}
+        out = {k: info[k] for k in ("layout", "threads", "upstream", "upstream_model", "capabilities", "batch",
+                                    "prefix_cache", "n_seq") if k in info}
         proc = info.get("process")
         if proc is not None:
             out |= {"pid": proc["pid"], "alive": proc["alive"], "restarts": proc["restarts"],
@@ -266,7 +267,9 @@ async def readyz(request: Request) -> JSONResponse:
 async def prometheus(request: Request) -> Response:
     s = _server(request)
     s.metrics.queue.set(sum(b.worker.depth for b in s.backends.values()))
-    s.metrics.engine_up.set(1 if all(b.health().get("alive", True) for b in s.backends.values()) else 0)
+    infos = {name: await asyncio.to_thread(b.core.info) for name, b in s.backends.items()}
+    s.metrics.engines = {name: info for name, info in infos.items() if info.get("batch") or info.get("prefix_cache")}
+    s.metrics.engine_up.set(1 if all((i.get("process") or {}).get("alive", True) for i in infos.values()) else 0)
     return Response(s.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

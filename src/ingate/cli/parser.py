@@ -20,6 +20,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _nonnegative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _float_in(lo: float, hi: float):
     def parse(s: str) -> float:
         try:
@@ -97,7 +107,7 @@ def _serve(sub) -> None:
     s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--models", default=None, metavar="FILE",
                    help="a models file (YAML): each model name -> a local GGUF or an OpenAI-compatible upstream "
-                        "(README \"Upstreams\")")
+                        "(docs/upstreams.md)")
     s.add_argument("--engine", choices=["llamacpp", "vllm"], default="llamacpp",
                    help="llamacpp: ingate's own loop (default). vllm: vLLM with ingate's logits processor, started "
                         "by ingate behind its API; --model is then a directory of Hugging Face weights (or "
@@ -124,6 +134,15 @@ def _serve(sub) -> None:
 
 def _serve_ops(s) -> None:
     """serve's operational flags: where it listens, keys, limits, sessions, the audit."""
+    s.add_argument("--parallel", type=_positive_int, default=None, metavar="N",
+                   help="local engines: generations run at once, batched in one decode per step (default 8; "
+                        "docs/serving.md says how to choose)")
+    s.add_argument("--prefix-cache-mb", type=_nonnegative_int, default=None, metavar="MB",
+                   help="local engines: memory for the KV of recent prompts, so a shared prefix (a system prompt) "
+                        "is evaluated once (default 256; 0: off)")
+    s.add_argument("--step-tokens", type=_positive_int, default=None, metavar="N",
+                   help="local engines: tokens one step decodes at most; prompts are evaluated in chunks within "
+                        "it, so a long one never stalls the others' streams by more (default 128)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=_positive_int, default=8000)
     s.add_argument("--api-key", action="append", default=None,
@@ -132,7 +151,8 @@ def _serve_ops(s) -> None:
                         "(also $INGATE_API_KEYS, comma-separated); its sessions are its own")
     s.add_argument("--keys", default=None, metavar="FILE",
                    help="API keys in a YAML file: each with an id (named in the audit), its secret, a tenant whose "
-                        "sessions it shares, policies and detail (README 'Keys and tenants'; also $INGATE_KEYS)")
+                        "sessions it shares, policies and detail (docs/server.md, 'Keys and tenants'; also "
+                        "$INGATE_KEYS)")
     s.add_argument("--max-queue", type=_positive_int, default=16, help="requests waiting before 429")
     s.add_argument("--max-tokens-cap", type=_positive_int, default=2048)
     s.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000)

@@ -44,7 +44,10 @@ def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
                         upstream_model=args.upstream_model, upstream_key_env=args.upstream_key_env,
                         upstream_kind=args.upstream_kind, upstream_capabilities=args.upstream_capabilities,
                         upstream_tokenizer=args.upstream_tokenizer, engine=args.engine, vllm_python=args.vllm_python,
-                        engine_args=args.engine_args, audit=args.audit, audit_key_file=args.audit_key_file)
+                        engine_args=args.engine_args, audit=args.audit, audit_key_file=args.audit_key_file,
+                        prefix_cache_mb=args.prefix_cache_mb, step_tokens=args.step_tokens)
+    if args.parallel is not None:
+        settings.parallel = args.parallel
     try:
         return open_cores(settings, policies)
     except ComposeError as e:

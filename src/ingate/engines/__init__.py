@@ -29,10 +29,12 @@ def parse_spec(spec: str | Path | None) -> tuple[str, str | None]:
     return scheme, rest or None
 
 
-def load_engine(model: str | Path | None = None, *, layout: str | None = None, n_ctx: int = 4096) -> Engine:
+def load_engine(model: str | Path | None = None, *, layout: str | None = None, n_ctx: int = 4096,
+                n_seq: int = 1, prefix_cache_bytes: int = 0) -> Engine:
     """The engine a spec names (`llama.cpp:PATH`, a bare GGUF path, or None for the embedded default).
     The local llama.cpp engine runs in this process, with a weight layout that is safe on this CPU.
     `layout`: one already chosen; None chooses (INGATE_LLAMA_REPACK, else the cached probe).
+    `n_seq`: sequences in the context (ingate.batch runs all but the first); `n_ctx`: tokens each.
     INGATE_THREADS fixes the thread count; by default it is tuned while decoding."""
     from ingate.engines import layout as layouts
     from ingate.engines.llamacpp import LlamaCppEngine, resolve_model_path
@@ -45,6 +47,7 @@ def load_engine(model: str | Path | None = None, *, layout: str | None = None, n
     if layout is None:
         choice = layouts.choose(path)
         layout, reason = choice.layout, choice.reason
-    engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=threads, layout=layout)
+    engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=threads, layout=layout, n_seq=n_seq,
+                            prefix_cache_bytes=prefix_cache_bytes)
     engine.layout_reason = reason
     return engine

@@ -44,25 +44,27 @@ def main(argv: list[str]) -> int:
     import llama_cpp
     from llama_cpp._logger import set_verbose
 
-    from ingate.engines.llamacpp import N_BATCH, _Model
+    from ingate.engines.context import N_BATCH, Context, Entry
 
     set_verbose(False)
     crash_at = os.environ.get("INGATE_PROBE_CRASH", "")
     path = Path(argv[0])
     llama_cpp.llama_backend_init()
     _emit(stage="start", system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip())
-    plain = _Model(llama_cpp, path, False, 256, 1, N_BATCH)
+    plain = Context(llama_cpp, path, False, 256, 1, 1, N_BATCH)
     vocab = llama_cpp.llama_model_get_vocab(plain.model)
-    n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
     data = PROBE_TEXT.encode()
     buf = (llama_cpp.llama_token * 256)()
     n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, 256, True, False)
     tokens = list(buf[:n])
-    plain.decode(tokens[:1])
-    ref_one = np.array(plain.logits(n_vocab), copy=True)
-    plain.truncate(0)
-    plain.decode(tokens)
-    ref_batch = np.array(plain.logits(n_vocab), copy=True)
+
+    def run(ctx: Context, toks: list[int]) -> np.ndarray:
+        ctx.forget(0, 0)
+        rows = ctx.decode([Entry(0, i, t, i == len(toks) - 1) for i, t in enumerate(toks)])
+        return np.array(ctx.logits(rows[-1]), copy=True)
+
+    ref_one = run(plain, tokens[:1])
+    ref_batch = run(plain, tokens)
     plain.close()
 
     def stage(name: str) -> None:
@@ -70,17 +72,13 @@ def main(argv: list[str]) -> int:
             os.kill(os.getpid(), signal.SIGSEGV)
 
     stage("load")
-    fast = _Model(llama_cpp, path, True, 256, 1, N_BATCH)
+    fast = Context(llama_cpp, path, True, 256, 1, 1, N_BATCH)
     _emit(stage="load", ok=True)
     stage("decode")
-    fast.decode(tokens[:1])
-    _emit(stage="decode", **_agree(fast.logits(n_vocab), ref_one))
+    _emit(stage="decode", **_agree(run(fast, tokens[:1]), ref_one))
     stage("batch")
-    fast.truncate(0)
-    fast.decode(tokens[:2])  # the smallest batch that takes the batched kernels
-    fast.truncate(0)
-    fast.decode(tokens)
-    _emit(stage="batch", tokens=len(tokens), **_agree(fast.logits(n_vocab), ref_batch))
+    run(fast, tokens[:2])  # the smallest batch that takes the batched kernels
+    _emit(stage="batch", tokens=len(tokens), **_agree(run(fast, tokens), ref_batch))
     fast.close()
     return 0
 
