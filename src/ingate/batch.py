@@ -22,6 +22,7 @@ stream: a decision is durable before the text it concerns is seen).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import statistics
@@ -45,7 +46,7 @@ WINDOW = 512  # steps the loop's figures (batch size, step time) are kept over
 
 
 @dataclass(eq=False)
-class _Job:
+class BatchJob:
     prompt: list[int]
     params: GenerationParams
     gate: Gate | None
@@ -62,6 +63,22 @@ class _Job:
     def seq(self) -> Sequence:
         assert self.slot is not None, "an admitted job owns a sequence"
         return self.slot
+
+    def wait(self, on_text: TextSink | None = None, on_decisions: DecisionSink | None = None) -> Result:
+        """Block until the generation ends, handing its decisions and text to the sinks on this
+        thread, in order: a decision is durable before the text it concerns is passed on."""
+        while True:
+            kind, val = self.outbox.get()
+            if kind == "decisions":
+                if on_decisions is not None:
+                    on_decisions(val)
+            elif kind == "text":
+                if on_text is not None:
+                    on_text(val)
+            elif isinstance(val, BaseException):
+                raise val
+            else:
+                return val
 
 
 @dataclass
@@ -91,19 +108,28 @@ class Batcher:
     """The step loop over `engine`'s sequences `slots` (by default all but sequence 0, which the
     engine keeps for its own single-generation path)."""
 
-    def __init__(self, engine: LlamaCppEngine, slots: list[int] | None = None, step_tokens: int = STEP_TOKENS):
+    def __init__(self, engine: LlamaCppEngine, slots: list[int] | None = None, step_tokens: int = STEP_TOKENS,
+                 start: bool = True):
+        """`start`: run the loop in a thread of its own (False: the caller ticks it, one step at a
+        time, as the tests do to choose the interleaving)."""
         self.engine = engine
         ids = slots if slots is not None else (list(range(1, engine.n_seq)) or [0])
-        self.free: deque[Sequence] = deque(engine.sequences[i] for i in ids)
+        # the lowest free sequence id first: llama.cpp runs consecutive KV streams in one pass, so
+        # compact ids keep one step to one pass over the weights
+        self.free: list[Sequence] = sorted((engine.sequences[i] for i in ids), key=lambda s: s.seq_id)
         self.slots = len(self.free)
         self.step_tokens = max(1, step_tokens)
+        if engine.batch_invariant is None and self.slots > 1:
+            engine.probe_batch_invariance()  # reported in /healthz: may batching change a sequence's bits?
         self.stats = LoopStats()
-        self._waiting: deque[_Job] = deque()
-        self._active: list[_Job] = []
+        self._waiting: deque[BatchJob] = deque()
+        self._active: list[BatchJob] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="ingate-batch", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._loop, name="ingate-batch", daemon=True)
+            self._thread.start()
 
     @property
     def active(self) -> int:
@@ -119,32 +145,45 @@ class Batcher:
             structure: TokenMatcher | None = None) -> Result:
         """One generation in the batch, as `generate` would run it alone; blocks this thread until it
         ends, handing its decisions and text to the sinks here, in order."""
-        job = _Job(prompt, params, gate, cancelled, request_id, structure)
+        return self.submit(prompt, params, gate, cancelled, request_id, structure).wait(on_text, on_decisions)
+
+    def submit(self, prompt: list[int], params: GenerationParams, gate: Gate | None = None,
+               cancelled: Callable[[], bool] | None = None, request_id: str = "-",
+               structure: TokenMatcher | None = None) -> BatchJob:
+        """Queue one generation; `wait` on what this returns for its outcome."""
+        job = BatchJob(prompt, params, gate, cancelled, request_id, structure)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batched loop is closed")
             self._waiting.append(job)
             self._cond.notify()
-        while True:
-            kind, val = job.outbox.get()
-            if kind == "decisions":
-                if on_decisions is not None:
-                    on_decisions(val)  # durable before the text it concerns is passed on
-            elif kind == "text":
-                if on_text is not None:
-                    on_text(val)
-            elif isinstance(val, BaseException):
-                raise val
-            else:
-                return val
+        return job
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(10)
+        if self._thread is not None:
+            self._thread.join(10)
+        else:
+            self._fail_all(RuntimeError("the engine is shutting down"))
 
-    # ---- the loop (its own thread) ------------------------------------------------------------------
+    # ---- the loop (its own thread, or the caller's ticks) -------------------------------------------------
+    def tick(self) -> bool:
+        """Admit what waits (while sequences are free), then one step. False when there was nothing to do."""
+        with self._cond:
+            admitted = []
+            while self._waiting and self.free:
+                job = self._waiting.popleft()
+                job.slot = self.free.pop(0)
+                admitted.append(job)
+        for job in admitted:
+            self._admit(job)
+        if not self._active:
+            return bool(admitted)
+        self._step()
+        return True
+
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -153,16 +192,9 @@ class Batcher:
                 if self._closed:
                     self._fail_all(RuntimeError("the engine is shutting down"))
                     return
-                admitted = []
-                while self._waiting and self.free:
-                    job = self._waiting.popleft()
-                    job.slot = self.free.popleft()
-                    admitted.append(job)
-            for job in admitted:
-                self._admit(job)
-            self._step()
+            self.tick()
 
-    def _admit(self, job: _Job) -> None:
+    def _admit(self, job: BatchJob) -> None:
         job.queue_s = time.perf_counter() - job.t_queued
         self.stats.queue_s.append(job.queue_s)
         ob = job.outbox
@@ -215,21 +247,21 @@ class Batcher:
         st.prefill.append(prefilled)
         st.step_s.append(time.perf_counter() - t0)
 
-    def _fail(self, job: _Job, e: BaseException) -> None:
+    def _fail(self, job: BatchJob, e: BaseException) -> None:
         if job.run is not None:
             self._end(job, job.run.failed(e))
         else:
             res = partial_result(None, len(job.prompt), time.perf_counter() - job.t_queued)
             self._end(job, GenerationFailed(res, e))
 
-    def _end(self, job: _Job, outcome: Result | BaseException) -> None:
+    def _end(self, job: BatchJob, outcome: Result | BaseException) -> None:
         """The generation is over: its sequence is freed for the next, its thread told."""
         if job in self._active:
             self._active.remove(job)
         if job.slot is not None:
             job.slot.free()
             with self._cond:
-                self.free.append(job.slot)
+                bisect.insort(self.free, job.slot, key=lambda s: s.seq_id)
             job.slot = None
         job.outbox.put(("end", outcome))
 

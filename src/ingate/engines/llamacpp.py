@@ -41,6 +41,7 @@ from ingate.engines.threads import ThreadTuner, candidates
 
 LAYOUTS = ("on", "off", "split")
 PREFIX_CACHE_BYTES = 256 << 20  # the prefix cache's default bound (about 11,000 tokens of SmolLM2-135M)
+PROBE_TEXT = "The lighthouse keeper climbed the stairs at dusk and lit the lamp for the ships."
 
 
 class LlamaCppEngine:
@@ -95,6 +96,7 @@ class LlamaCppEngine:
         self.sequences = [Sequence(self, i) for i in range(n_seq)]
         self.lock = threading.RLock()
         self.steps = 0  # decodes, for the batched loop's accounting
+        self.batch_invariant: bool | None = None  # probe_batch_invariance's answer, once asked
 
     # ---- vocabulary -------------------------------------------------------------------------
     def token_bytes(self) -> list[bytes]:
@@ -152,29 +154,38 @@ class LlamaCppEngine:
 
     # ---- decoding ----------------------------------------------------------------------------
     def decode(self, seqs: list[Sequence], budget: int = N_BATCH) -> int:
-        """One step: every sequence's pending tokens into its KV, in one batch of at most `budget`
-        tokens (a sequence with a single pending token always gets it in; prompts share what is
-        left, in the order given). Returns the tokens decoded. With hidden states on, prompt
-        chunks go in a batch of their own with them off (llama.cpp would otherwise compute an
-        output for every prompt token), so a prompt costs what it costs ungoverned."""
-        plan: list[tuple[Sequence, list[Entry]]] = []
-        left = budget - sum(1 for s in seqs if len(s.pending) == 1)
+        """One step: every sequence's pending tokens into its KV, at most `budget` tokens (a sequence
+        with a single pending token always gets it in; prompts share what is left, in the order
+        given). Returns the tokens decoded.
+
+        Bit-identity with a sequence run alone decides the shape of the calls. The single tokens
+        of every sequence go in one llama_decode (one token per KV stream, as alone). Each prompt
+        chunk goes in a llama_decode of its own, of two tokens at least: llama.cpp splits a batch
+        of several streams into ubatches of equal tokens per stream, so a prompt beside single
+        tokens would have one of its tokens computed in a one-token pass, and a one-token pass of
+        a prompt position gives other low bits than the prompt's batch on the CPUs measured (the
+        attention's matrix-vector path). Prompt chunks run with hidden states off (llama.cpp
+        would otherwise compute an output for every prompt token)."""
+        singles = sorted((s for s in seqs if len(s.pending) == 1), key=lambda s: s.seq_id)
+        left = budget - len(singles)
+        chunks: list[tuple[Sequence, list[Entry]]] = []
         for s in seqs:
-            if len(s.pending) == 1:
-                plan.append((s, s.entries(1)))
-            elif s.pending and left > 0:
-                es = s.entries(left)
-                left -= len(es)
-                plan.append((s, es))
-        if not plan:
+            if len(s.pending) < 2 or left < 2:
+                continue
+            n = min(len(s.pending), left, N_BATCH)
+            if len(s.pending) - n == 1:  # never leave a prompt a one-token tail
+                n -= 1
+            if n >= 2:
+                chunks.append((s, s.entries(n)))
+                left -= n
+        if not singles and not chunks:
             return 0
         with self.lock:
-            if self.hidden_on and any(len(es) > 1 for _, es in plan):
-                self._run([p for p in plan if len(p[1]) > 1], hidden=False)
-                self._run([p for p in plan if len(p[1]) == 1], hidden=True)
-            else:
-                self._run(plan, hidden=self.hidden_on)
-        return sum(len(es) for _, es in plan)
+            for chunk in chunks:  # first: a finished prompt keeps a copy of its logits
+                self._run([chunk], hidden=False)
+            if singles:  # last: their rows are what step() reads, until the next decode
+                self._run([(s, s.entries(1)) for s in singles], hidden=self.hidden_on)
+        return len(singles) + sum(len(es) for _, es in chunks)
 
     def _run(self, plan: list[tuple[Sequence, list[Entry]]], hidden: bool) -> None:
         if not plan:
@@ -202,6 +213,38 @@ class LlamaCppEngine:
         """Decode one sequence's pending tokens by themselves (the single-generation path)."""
         while seq.pending:
             self.decode([seq], N_BATCH)
+
+    def probe_batch_invariance(self) -> bool:
+        """Are a sequence's logits the same bits alone and in a batch with another? They are where a
+        CPU's kernels do not depend on the batch's shape (measured so on AVX2); where they do (AMX
+        tiles for batches, VNNI for one token), batching changes the last bits and the same seed
+        may give other text. Two free sequences are used and left free; the answer is kept."""
+        if self.n_seq < 3 or self.split is not None:
+            self.batch_invariant = self.split is not None  # split decodes one token per pass: invariant
+            return self.batch_invariant
+        a, b = self.sequences[-1], self.sequences[-2]
+        probe = self.tokenize(PROBE_TEXT, add_bos=True)
+        other = self.tokenize(PROBE_TEXT[::-1], add_bos=True)
+
+        def run(together: bool) -> list[np.ndarray]:
+            out = []
+            a.start(probe)
+            if together:
+                b.start(other)
+            for token in (None, probe[1], probe[2]):
+                if token is not None:
+                    a.accept(token)
+                    if together:
+                        b.accept(other[1])
+                while a.pending:
+                    self.decode([a, b] if together else [a], 7)  # prompts in chunks, beside the other's
+                out.append(np.array(a.step(), copy=True))
+            a.free()
+            b.free()
+            return out
+
+        self.batch_invariant = all(x.tobytes() == y.tobytes() for x, y in zip(run(False), run(True), strict=True))
+        return self.batch_invariant
 
     def remember_prompt(self, seq: Sequence) -> None:
         """A sequence's prompt is in its KV: keep it for requests that share its prefix."""
@@ -298,6 +341,7 @@ class LlamaCppEngine:
                 "layout_reason": self.layout_reason, "threads": threads, "n_ctx": self.n_ctx, "n_seq": self.n_seq,
                 "vocab_size": self.vocab_size, "capabilities": sorted(self.capabilities),
                 "prefix_cache": self.prefix.summary() if self.prefix is not None else None,
+                "batch_invariant": self.batch_invariant,
                 "system_info": self._lc.llama_print_system_info().decode("utf-8", "replace").strip()}
 
     def close(self) -> None:

@@ -49,14 +49,16 @@ class PrefixCache:
 
     def lookup(self, prompt: list[int]) -> tuple[int, Entry | None]:
         """(tokens shared, entry) for the entry that shares the longest prefix with `prompt`, leaving
-        at least its last token to evaluate; (0, None) below `min_tokens`."""
+        at least its last two tokens to evaluate; (0, None) below `min_tokens`."""
         best, found = 0, None
         with self._lock:
             for key, e in self._entries.items():
                 n = _common(key, prompt)
                 if n > best:
                     best, found = n, e
-            best = min(best, len(prompt) - 1)  # the last prompt token is decoded: its logits start the reply
+            # at least two prompt tokens are evaluated: the logits of the last start the reply, and a prompt
+            # position in a one-token pass would not have the bits of the prompt's batch (engines/llamacpp.py)
+            best = min(best, len(prompt) - 2)
             if found is None or best < self.min_tokens:
                 self.stats.misses += 1
                 return 0, None
