@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: bench-heads docs harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
+.PHONY: bench-batch bench-heads docs harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -124,6 +124,10 @@ vllm-model: vllm-env
 # The plugin against a real vLLM (CPU build): make test first, then this (CI runs both)
 test-vllm: install-test vllm-model
 	INGATE_VLLM_PYTHON=$(VLLM_VENV)/bin/python INGATE_VLLM_MODEL=$(VLLM_MODEL) $(BIN)/python -m pytest -q -m vllm tests/test_vllm_plugin.py
+
+# Many streams at once (docs/serving.md): the batched engine, one at a time, and vLLM's CPU build side by side
+bench-batch: install-test vllm-model
+	INGATE_VLLM_PYTHON=$(VLLM_VENV)/bin/python INGATE_VLLM_MODEL=$(VLLM_MODEL) $(BIN)/python bench/batch.py
 
 bench-vllm: install-test vllm-model
 	INGATE_VLLM_PYTHON=$(VLLM_VENV)/bin/python INGATE_VLLM_MODEL=$(VLLM_MODEL) $(BIN)/python bench/vllm_plugin.py

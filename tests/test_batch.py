@@ -210,3 +210,136 @@ def test_a_prefix_cache_hit_gives_the_logits_of_the_prompt_evaluated_whole(engin
         hit.append(np.array(b.step(), copy=True))
     b.free()
     assert all(x.tobytes() == y.tobytes() for x, y in zip(fresh, hit, strict=True))
+
+
+# ---- through the real server -------------------------------------------------------------------------
+def _stream(url: str, body: dict, seen: threading.Event | None = None) -> list[dict]:
+    import json
+
+    import httpx
+
+    events: list[dict] = []
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body | {"stream": True}, timeout=300) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                events.append(json.loads(line[6:]))
+                if seen is not None and (events[-1].get("choices") or [{}])[0].get("delta", {}).get("content"):
+                    seen.set()
+    return events
+
+
+def test_a_sigsegv_with_several_streams_in_flight_ends_each_audited_and_the_next_request_works(tmp_path):
+    """Three streams share the engine's steps when it dies from a real SIGSEGV: each client gets an
+    engine_crashed error event, the audit has each request (finish error, an engine decision), and
+    the next request is served by a new engine process."""
+    import os
+    import signal
+    import sqlite3
+
+    import httpx
+
+    from test_server import Server
+
+    s = Server(tmp_path, "--parallel", "4")
+    try:
+        pid = httpx.get(s.url + "/healthz").json()["engine"]["pid"]
+        body = {"model": "m", "messages": [{"role": "user", "content": PARIS_PROMPT}], "max_tokens": 400,
+                "temperature": 0.8}
+        seen = [threading.Event() for _ in range(3)]
+        out: dict[int, list] = {}
+        threads = [threading.Thread(target=lambda i=i: out.update({i: _stream(s.url, body | {"seed": i}, seen[i])}))
+                   for i in range(3)]
+        for t in threads:
+            t.start()
+        for ev in seen:
+            assert ev.wait(120), "a stream released nothing"
+        os.kill(pid, signal.SIGSEGV)
+        for t in threads:
+            t.join(120)
+        for i in range(3):
+            errors = [e["error"] for e in out[i] if "error" in e]
+            assert [e["code"] for e in errors] == ["engine_crashed"] and "SIGSEGV" in errors[0]["message"], out[i][-2:]
+            assert not any(e.get("governance") for e in out[i])
+        ids = [out[i][0]["id"].removeprefix("chatcmpl-") for i in range(3)]
+        with sqlite3.connect(s.audit) as con:
+            for rid in ids:
+                (finish,) = con.execute("SELECT finish_reason FROM requests WHERE request_id LIKE ?",
+                                        (rid + "%",)).fetchone()
+                engine = con.execute("SELECT count(*) FROM decisions WHERE request_id LIKE ? AND rule_id = 'engine'",
+                                     (rid + "%",)).fetchone()[0]
+                assert finish == "error" and engine == 1, (rid, finish, engine)
+        events = _stream(s.url, body | {"seed": 9, "max_tokens": 16})
+        assert not any("error" in e for e in events) and any(e.get("governance") for e in events)
+        h = httpx.get(s.url + "/healthz").json()
+        assert h["engine"]["restarts"] == 1 and h["engine"]["pid"] != pid
+    finally:
+        s.stop()
+
+
+def test_the_server_batches_concurrent_clients_and_reports_its_loop_and_prefix_cache(tmp_path):
+    """Four official-client streams at once share steps (/healthz's batch_max > 1), each equals its
+    request served alone, two prompts with a shared system prompt hit the prefix cache, and
+    /metrics carries the loop's and the cache's figures."""
+    import httpx
+    import openai
+
+    from test_server import Server
+
+    s = Server(tmp_path, "--parallel", "4")
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+
+        def ask(i: int, stream: bool):
+            kw = dict(model="m", messages=[{"role": "user", "content": PROMPTS[i % 4]}], temperature=0.8, seed=i,
+                      max_tokens=32)
+            if not stream:
+                return c.chat.completions.create(**kw).choices[0].message.content
+            return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw)
+                           if ch.choices)
+
+        alone = [ask(i, False) for i in range(4)]
+        got: dict[int, str] = {}
+        threads = [threading.Thread(target=lambda i=i: got.update({i: ask(i, True)})) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert [got[i] for i in range(4)] == alone
+        system = {"role": "system", "content": "You answer questions about a public library's opening hours. " * 8}
+        for q in ("When do you open on Monday?", "Are you open on Sunday?"):
+            c.chat.completions.create(model="m", messages=[system, {"role": "user", "content": q}], max_tokens=4)
+        h = httpx.get(s.url + "/healthz").json()["engine"]
+        assert h["batch"]["batch_max"] > 1 and h["batch"]["slots"] == 4, h["batch"]
+        assert h["prefix_cache"]["hits"] >= 1, h["prefix_cache"]
+        metrics = httpx.get(s.url + "/metrics").text
+        for name in ("ingate_batch_steps_total", "ingate_batch_size", "ingate_batch_active_sequences",
+                     'ingate_batch_step_seconds{model="SmolLM2-135M-Instruct.Q4_1",quantile="0.99"}',
+                     "ingate_prefix_cache_hits_total", "ingate_prefix_cache_tokens_reused_total"):
+            assert name in metrics, name
+    finally:
+        s.stop()
+
+
+def test_a_request_that_waits_past_its_deadline_gets_a_429_and_the_next_is_served(tmp_path):
+    import httpx
+
+    from test_server import Server
+
+    s = Server(tmp_path, "--parallel", "1", "--max-queue-wait", "1")
+    try:
+        long = {"model": "m", "messages": [{"role": "user", "content": PARIS_PROMPT}], "max_tokens": 300,
+                "ignore_eos": True, "temperature": 0.8, "seed": 1}
+        seen = threading.Event()
+        t = threading.Thread(target=lambda: _stream(s.url, long, seen))
+        t.start()
+        assert seen.wait(120)
+        r = httpx.post(s.url + "/v1/chat/completions", timeout=300,
+                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        t.join(300)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "queue_timeout", r.text
+        assert r.headers["Retry-After"] == "1"
+        r = httpx.post(s.url + "/v1/chat/completions", timeout=300,
+                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        assert r.status_code == 200
+    finally:
+        s.stop()

@@ -91,6 +91,8 @@ class LoopStats:
     prefill: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # prompt tokens decoded per step
     step_s: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # seconds per step
     queue_s: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # waits for a sequence
+    gate_row: deque = field(default_factory=lambda: deque(maxlen=WINDOW * 8))  # gate us per row stepped
+    gate_step: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # gate us per step, all rows
 
     def summary(self) -> dict:
         def q(xs, p):
@@ -101,6 +103,8 @@ class LoopStats:
                 "step_ms_p50": q([s * 1000 for s in self.step_s], 0.5),
                 "step_ms_p99": q([s * 1000 for s in self.step_s], 0.99),
                 "queue_ms_p50": q([s * 1000 for s in self.queue_s], 0.5),
+                "gate_us_row_p50": q(self.gate_row, 0.5), "gate_us_row_p99": q(self.gate_row, 0.99),
+                "gate_us_step_p50": q(self.gate_step, 0.5), "gate_us_step_p99": q(self.gate_step, 0.99),
                 "batch_mean": round(statistics.fmean(self.batch), 2) if self.batch else None}
 
 
@@ -224,15 +228,19 @@ class Batcher:
                 self._fail(j, e)
             return
         prefilled = prefill_before - sum(len(j.seq.pending) for j in order if j.seq.prefilling)
-        stepped = 0
+        stepped, gate_us = 0, 0.0
         for job in order:
             if job.seq.pending:  # a prompt still being evaluated
                 continue
             stepped += 1
             run = job.run
             assert run is not None
+            n_gate = len(run.gate_us) if isinstance(run, FullRun) else 0
             try:
                 finish = run.step()
+                if isinstance(run, FullRun) and len(run.gate_us) > n_gate:
+                    gate_us += run.gate_us[-1]
+                    self.stats.gate_row.append(run.gate_us[-1])
                 if finish is not None:
                     self._end(job, run.finish(finish))
             except GenerationFailed as e:
@@ -246,6 +254,8 @@ class Batcher:
         st.tokens.append(decoded)
         st.prefill.append(prefilled)
         st.step_s.append(time.perf_counter() - t0)
+        if stepped:
+            st.gate_step.append(gate_us)
 
     def _fail(self, job: BatchJob, e: BaseException) -> None:
         if job.run is not None:

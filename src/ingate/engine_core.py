@@ -272,8 +272,11 @@ class EngineCore:
         rid = req.request_id
         self._flights[rid] = flight
         try:
-            if not self.alive:
-                raise self._failed(req, flight, t0, "starting a generation", dead=True)
+            if not self.alive:  # it died with other requests in flight: this one gets a new process
+                try:
+                    self.ensure_alive()
+                except EngineError:
+                    raise self._failed(req, flight, t0, "starting a generation", dead=True) from None
             try:
                 self._send(("run", req))
             except (EOFError, OSError):

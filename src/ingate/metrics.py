@@ -25,8 +25,6 @@ class Metrics:
         self.ttft = Histogram("ingate_time_to_first_token_seconds", "Time to the first released text",
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
         self.queue = Gauge("ingate_queue_depth", "Requests queued or running", registry=r)
-        self.engine_restarts = Counter("ingate_engine_restarts", "Engine processes restarted after a crash",
-                                       registry=r)
         self.engine_up = Gauge("ingate_engine_up", "1 while the engine process is running", registry=r)
         self.replica = Gauge("ingate_replica_info", "This replica's id (INGATE_REPLICA, else the host name)",
                              ["replica"], registry=r)
@@ -91,6 +89,8 @@ class _EngineCollector:
                                               "Wait for a sequence (p50 of the last 512)", labels=["model"]),
         }
         steps = CounterMetricFamily("ingate_batch_steps", "Steps of the batched loop", labels=["model"])
+        restarts = sum((info.get("process") or {}).get("restarts", 0) for info in self.metrics.engines.values())
+        yield CounterMetricFamily("ingate_engine_restarts", "Engine processes restarted after a crash", value=restarts)
         hits = CounterMetricFamily("ingate_prefix_cache_hits", "Prompts that reused a cached prefix", labels=["model"])
         misses = CounterMetricFamily("ingate_prefix_cache_misses", "Prompts with no cached prefix", labels=["model"])
         reused = CounterMetricFamily("ingate_prefix_cache_tokens_reused", "Prompt tokens not evaluated again",

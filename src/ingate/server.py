@@ -43,6 +43,7 @@ class ServerConfig:
     api_keys: Keys = field(default_factory=Keys)  # who may call, what each key may use and see
     governance_detail: str = "minimal"  # what a client sees of governance unless its key says more
     max_queue: int = 16
+    max_queue_wait: float | None = 120.0  # seconds a request may wait for a place before a 429
     max_tokens_cap: int = 2048
     default_max_tokens: int = 256
     max_body_bytes: int = 1_000_000
@@ -115,7 +116,8 @@ class _Server:
         self.metrics.replica.labels(config.replica).set(1)
         self.sessions: SessionStore = config.sessions or MemorySessionStore(config.session_ttl)
         self.backends = {name: Backend(name, core, Worker(core, config.max_queue, self.metrics, self.sessions,
-                                                          threads=core.max_concurrency))
+                                                          threads=core.max_concurrency,
+                                                          max_wait_s=config.max_queue_wait))
                          for name, core in cores.items()}
         self.model_id: str = next(iter(self.backends))  # the default model
 
@@ -268,7 +270,7 @@ async def prometheus(request: Request) -> Response:
     s = _server(request)
     s.metrics.queue.set(sum(b.worker.depth for b in s.backends.values()))
     infos = {name: await asyncio.to_thread(b.core.info) for name, b in s.backends.items()}
-    s.metrics.engines = {name: info for name, info in infos.items() if info.get("batch") or info.get("prefix_cache")}
+    s.metrics.engines = infos
     s.metrics.engine_up.set(1 if all((i.get("process") or {}).get("alive", True) for i in infos.values()) else 0)
     return Response(s.metrics.render(), media_type="text/plain; version=0.0.4")
 

@@ -42,6 +42,10 @@ class Draining(Exception):
     """The replica is shutting down: the caller should retry on another (503 with Retry-After)."""
 
 
+class WaitedTooLong(Exception):
+    """The request waited in the queue past its deadline: the caller should retry (429 with Retry-After)."""
+
+
 @dataclass(eq=False)
 class Job:
     messages: list[dict[str, str]] | str
@@ -57,6 +61,7 @@ class Job:
     reserved: bool = False  # the session store holds a place for it: `end` must free it, once
     session_state: SessionState | None = None  # the session after this request (for the report)
     structure: Structure | None = None  # response_format or a tool call (ingate.structure)
+    queued_at: float = field(default_factory=time.monotonic)
     grant: Grant = field(default_factory=Grant)  # the caller's key: its id for the audit, its tenant's sessions
 
     @property
@@ -77,8 +82,10 @@ CLOSE_WAIT_S = 5.0  # Worker.close: the longest wait for room in the queue for t
 
 class Worker:
     def __init__(self, core: Core, max_queue: int = 16, metrics: Metrics | None = None,
-                 sessions: SessionStore | None = None, threads: int = 1):
+                 sessions: SessionStore | None = None, threads: int = 1, max_wait_s: float | None = None):
+        """`max_wait_s`: a request that waited longer than this for a place is turned away (429)."""
         self.core: Core = core
+        self.max_wait_s = max_wait_s
         self.metrics = metrics
         self.sessions = sessions
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -138,6 +145,12 @@ class Worker:
             if job.cancel.is_set():  # the client left while it waited
                 self.end_session(job, [], 0.0)
                 continue
+            waited = time.monotonic() - job.queued_at
+            if self.max_wait_s is not None and waited > self.max_wait_s:  # the deadline passed in the queue
+                self.end_session(job, [], 0.0)
+                job._put(("error", WaitedTooLong(f"the request waited {waited:.0f} s for a place, over this "
+                                                 f"server's --max-queue-wait of {self.max_wait_s:g} s; retry shortly")))
+                continue
             self.running.add(job)
             try:
                 req = Request(job.messages, job.policy, job.params, job.stop, job.request_id, job.session,
@@ -186,8 +199,7 @@ class Worker:
     def _revive(self) -> None:
         """A fresh engine process before the next job; queued requests wait for it, none is lost."""
         try:
-            if self.core.ensure_alive() and self.metrics is not None:
-                self.metrics.engine_restarts.inc()
+            self.core.ensure_alive()  # /metrics counts the core's restarts
         except Exception as e:  # the next request reports it; the one after tries again
             self.restart_error = str(e)
         else:

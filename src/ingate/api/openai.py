@@ -19,7 +19,7 @@ from ingate.drivers.base import Result
 from ingate.engines import ContextFull, EngineCrashed
 from ingate.structure import TOOL_MARKER, Structure, parse_call
 from ingate.upstream.client import UpstreamError
-from ingate.worker import Draining
+from ingate.worker import Draining, WaitedTooLong
 
 log = logging.getLogger("ingate.server")
 DONE = "data: [DONE]\n\n"
@@ -46,6 +46,8 @@ def generation_error(err: BaseException, request_id: str) -> ApiError:
         return ApiError(503, str(err), code="engine_crashed", type_="server_error", headers={"Retry-After": "1"})
     if isinstance(err, ContextFull):
         return ApiError(400, str(err), code="context_length_exceeded")
+    if isinstance(err, WaitedTooLong):
+        return ApiError(429, str(err), code="queue_timeout", type_="rate_limit_error", headers={"Retry-After": "1"})
     if isinstance(err, Draining):
         return ApiError(503, str(err), code="shutting_down", type_="server_error", headers={"Retry-After": "1"})
     if isinstance(err, UpstreamError):  # what the upstream did, said plainly; its Retry-After passed on

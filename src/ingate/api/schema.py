@@ -85,6 +85,7 @@ class GenerationRequest(_Lenient):
     user: str | None = None
     policy: str | None = None
     response_format: dict[str, Any] | None = None
+    ignore_eos: bool = False  # as vLLM and llama.cpp's server take it: always generate max_tokens (benchmarks)
 
     def unsupported(self) -> None:
         """A 400 for the first field this request sets that ingate does not honour."""
@@ -130,7 +131,7 @@ class GenerationRequest(_Lenient):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise ApiError(400, "stop takes up to 4 non-empty strings", "stop")
-        params = GenerationParams(max_tokens=mt, logprobs=top, sampling=SamplingParams(
+        params = GenerationParams(max_tokens=mt, logprobs=top, ignore_eos=self.ignore_eos, sampling=SamplingParams(
             temperature=self.temperature, top_p=self.top_p,
             seed=self.seed if self.seed is not None else int(time.time_ns() % 2**31)))
         return params, stop

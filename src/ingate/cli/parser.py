@@ -154,6 +154,8 @@ def _serve_ops(s) -> None:
                         "sessions it shares, policies and detail (docs/server.md, 'Keys and tenants'; also "
                         "$INGATE_KEYS)")
     s.add_argument("--max-queue", type=_positive_int, default=16, help="requests waiting before 429")
+    s.add_argument("--max-queue-wait", type=_positive_int, default=120, metavar="S",
+                   help="seconds a request may wait for a place before it is turned away with a 429 (default 120)")
     s.add_argument("--max-tokens-cap", type=_positive_int, default=2048)
     s.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000)
     s.add_argument("--session-ttl", type=_positive_int, default=3600, help="seconds a session outlives its last use")

@@ -77,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ingate.server import ServerConfig, create_app
 
     app = create_app(cores, ServerConfig(policies=policies, api_keys=keys, max_queue=args.max_queue,
+                                        max_queue_wait=args.max_queue_wait,
                                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                                         session_ttl=args.session_ttl, governance_detail=args.governance_detail,
                                         sessions=sessions, drain_seconds=args.drain_seconds))
