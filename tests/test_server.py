@@ -55,7 +55,7 @@ class Server:
 
     def stop(self):
         self.proc.terminate()
-        self.proc.wait(10)
+        self.proc.wait(30)
 
     def decisions(self, action: str) -> int:
         with sqlite3.connect(self.audit) as con:
@@ -80,7 +80,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory):
     yield from _two_policy_server(tmp_path_factory, "locked", "--api-key", "sekret", "--api-key",
-                                  "narrow:no-eiffel", "--api-key", "auditor::full", "--max-queue", "1")
+                                  "narrow:no-eiffel", "--api-key", "auditor::full", "--max-queue", "1",
+                                  "--parallel", "1")  # one running, one waiting: the third gets a 429
 
 
 def client(server, key: str = "none") -> openai.OpenAI:

@@ -77,7 +77,8 @@ class LlamaCppEngine:
         self.split: Context | None = None
         if layout == "split":
             try:
-                self.split = Context(lc, path, False, n_ctx, 1, threads, N_BATCH)
+                # as many KV streams as the decode context: a sequence's state carries the stream count
+                self.split = Context(lc, path, False, n_ctx, n_seq, threads, N_BATCH)
             except EngineError:
                 self.main.close()
                 raise
