@@ -28,7 +28,7 @@ from ingate.drivers.base import DecisionSink, GenerationFailed, GenerationParams
 from ingate.engines.base import EngineError
 from ingate.gate.compile import CompiledPolicy
 from ingate.gate.decision import Action, Decision
-from ingate.gate.gate import Gate
+from ingate.gate.gate import Gate, GateOptions
 from ingate.policy import Policy
 from ingate.refusal import refuse, screen_input, session_budget
 from ingate.store.audit import AuditLog
@@ -53,6 +53,16 @@ class Request:
     session_entropy: float = 0.0  # what the session had spent before this request
     structure: Structure | None = None  # response_format or a tool call (ingate.structure)
     key_id: str | None = None  # the caller's API key id (ingate.keys), for the audit's request row
+
+    def texts(self) -> tuple[str, ...]:
+        """Every text the model is given: what pattern rules look for values in (ingate.gate.scatter)."""
+        if isinstance(self.messages, str):
+            return (self.messages,)
+        return tuple(str(m.get("content") or "") for m in self.messages if m.get("content"))
+
+    def gate_options(self) -> GateOptions:
+        """What this request asks of its gate beside the policy."""
+        return GateOptions(stop=tuple(self.stop), session_entropy=self.session_entropy, context=self.texts())
 
 
 @dataclass

@@ -64,14 +64,17 @@ class Runtime:
         return self.engine.info() | ({"batch": self.batcher.summary()} if self.batcher is not None else {})
 
     def gate_for(self, policy: Policy | CompiledPolicy, stop: Sequence[str] = (), logprobs: bool = False,
-                 entropy: bool = False, session_entropy: float = 0.0) -> Gate | None:
+                 entropy: bool = False, session_entropy: float = 0.0,
+                 options: GateOptions | None = None) -> Gate | None:
         """A fresh gate for one stream; None for `--policy none` (ungoverned) unless stop sequences
         (held back like any partial match), logprobs (mapped onto released tokens) or entropy
-        measurement need one. `session_entropy`: what the session spent before this request."""
+        measurement need one. `session_entropy`: what the session spent before this request;
+        `options`: all of the request's (its stop sequences, session, context) at once."""
         compiled = policy if isinstance(policy, CompiledPolicy) else self.prepare(policy)
-        if compiled.policy.source == "<none>" and not stop and not logprobs and not entropy:
+        options = options or GateOptions(stop=tuple(stop), session_entropy=session_entropy)
+        if compiled.policy.source == "<none>" and not options.stop and not logprobs and not entropy:
             return None
-        return Gate(compiled, self.table, GateOptions(stop=tuple(stop), session_entropy=session_entropy))
+        return Gate(compiled, self.table, options)
 
     def prepare(self, policy: Policy) -> CompiledPolicy:
         """Compile (cached by content) and warm the policy's masks for this model's vocabulary."""
@@ -131,8 +134,8 @@ class FullDrive:
         return self.rt.prepare(policy)
 
     def gate(self, compiled: CompiledPolicy, req: Request) -> Gate | None:
-        return self.rt.gate_for(compiled, req.stop, req.params.logprobs is not None, req.params.entropy,
-                                req.session_entropy)
+        return self.rt.gate_for(compiled, logprobs=req.params.logprobs is not None, entropy=req.params.entropy,
+                                options=req.gate_options())
 
     def drive(self, gate: Gate | None, req: Request, on_text: TextSink | None, on_decisions: DecisionSink,
               cancelled: Callable[[], bool] | None) -> Result:

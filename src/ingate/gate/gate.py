@@ -33,7 +33,7 @@ from ingate.gate.compile import CompiledPolicy
 from ingate.gate.decision import Action, Decision
 from ingate.gate.kinds.base import Check, Finding, Kind, Stream
 from ingate.gate.kinds.forbid import ForbidCheck, stop_sequences
-from ingate.gate.masks import TokenTable
+from ingate.gate.masks import MaskCache, TokenTable
 from ingate.gate.release import Release
 from ingate.policy.kinds import kinds
 
@@ -75,6 +75,7 @@ class GateOptions:
     semantic_lag: int = SEMANTIC_LAG_TOKENS
     steer_penalty: float = STEER_PENALTY
     session_entropy: float = 0.0  # what the session spent before this request
+    context: tuple[str, ...] = ()  # the request's texts (messages): the values pattern rules find there
 
 
 def checks_for(compiled: CompiledPolicy, options: GateOptions) -> list[Check]:
@@ -104,6 +105,9 @@ class Gate:
         self.masks = compiled.masks_for(table) if table is not None else None
         self.checks = checks_for(compiled, self.options)
         self.preventers = [c for c in self.checks if c.prevents]  # masks before sampling
+        for c in self.preventers:
+            if getattr(c, "private", False) and table is not None:  # this stream's own detector
+                c.own_masks = MaskCache(table)  # type: ignore[attr-defined]
         self.revealers = [c for c in self.checks if c.may_reveal]  # what a logprobs channel must not show
         self.steering = [c for c in self.checks if c.steers]  # after a rollback to regenerate
         self.hidden = [c for c in self.checks if c.wants_hidden]  # heads on the engine's hidden states
@@ -164,8 +168,12 @@ class Gate:
         if self.masks is None:
             raise ValueError("a TEXT-mode gate sees no tokens: there is nothing to mask")
         forbidden = np.zeros(self.masks.table.size, dtype=bool)
-        if self.preventers:
-            forbidden[self.masks.forbidden_ids([c.mask_state(self.s) for c in self.preventers])] = True
+        shared = [c for c in self.preventers if getattr(c, "own_masks", None) is None]
+        if shared:
+            forbidden[self.masks.forbidden_ids([c.mask_state(self.s) for c in shared])] = True
+        for c in self.preventers:
+            if (own := getattr(c, "own_masks", None)) is not None:
+                forbidden[own.forbidden_ids([c.mask_state(self.s)])] = True
         b = self.bans.get(self.position)
         if b:
             forbidden[list(b)] = True
@@ -176,7 +184,8 @@ class Gate:
         without the mask, would have completed a prevented match."""
         if self.masks is not None:
             rule = next((c.rule_id for c in self.preventers
-                         if token in self.masks.forbidden_ids([c.mask_state(self.s)])), None)
+                         if token in (getattr(c, "own_masks", None) or self.masks).forbidden_ids(
+                             [c.mask_state(self.s)])), None)
             if rule is not None:
                 self._decide(rule, Action.PREVENT, len(self.raw), self.s.token_bytes[token],
                              "the engine's draw would complete a prevented match; masked before sampling")

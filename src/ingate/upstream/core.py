@@ -17,7 +17,7 @@ from ingate.drivers.base import DecisionSink, Finish, GenerationFailed, Result, 
 from ingate.drivers.text import Delta, govern_text
 from ingate.gate.compile import CompiledPolicy, compile_policy
 from ingate.gate.decision import Action
-from ingate.gate.gate import Gate, GateOptions, Mode
+from ingate.gate.gate import Gate, Mode
 from ingate.policy import Policy
 from ingate.store.audit import AuditLog
 from ingate.structure.matcher import TextMatcher
@@ -78,8 +78,7 @@ class TextDrive:
         return compile_policy(policy)
 
     def gate(self, compiled: CompiledPolicy, req: Request) -> Gate:
-        return Gate(compiled, None, GateOptions(stop=tuple(req.stop), session_entropy=req.session_entropy),
-                    mode=Mode.TEXT)
+        return Gate(compiled, None, req.gate_options(), mode=Mode.TEXT)
 
     def drive(self, gate: Gate | None, req: Request, on_text: TextSink | None, on_decisions: DecisionSink,
               cancelled: Callable[[], bool] | None) -> Result:

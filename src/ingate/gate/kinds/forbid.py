@@ -30,6 +30,7 @@ from ingate.gate.kinds.base import Check, Finding, Kind, Stream
 from ingate.gate.masks import MaskCache
 from ingate.gate.normalize import Fold
 from ingate.gate.regex import PatternError
+from ingate.gate.scatter import scatter_detector
 from ingate.patterns import BUILTIN_PATTERNS, CHECKED
 from ingate.policy.kinds import RuleKind, SpecContext
 from ingate.policy.model import PolicyError
@@ -169,7 +170,17 @@ class ForbidKind(RuleKind):
             masks.row(i, d, d.search_initial())
 
     def checks(self, part: ForbidPart, options: Any) -> list[Check]:
-        return [ForbidCheck(d, i) for i, d in enumerate(part.detectors)]
+        """The rules' detectors, and for each pattern rule the values its patterns find in the request,
+        in any grouping (`ingate.gate.scatter`): a detector of this request alone, masked from a
+        cache of its own."""
+        out: list[Check] = [ForbidCheck(d, i) for i, d in enumerate(part.detectors)]
+        context = list(getattr(options, "context", ()))
+        for d in part.detectors if context else ():
+            if d.kind == "patterns":
+                sd = scatter_detector(d, context)
+                if sd is not None:
+                    out.append(ForbidCheck(sd, 0, private=True))
+        return out
 
     def describe(self, spec: ForbidSpec) -> str:
         what = []
@@ -274,8 +285,11 @@ class ForbidCheck(Check):
     early = True
     may_reveal = True
 
-    def __init__(self, d: PatternDetector, index: int):
-        self.d, self.index = d, index  # index: the detector's row key in the policy's mask cache
+    def __init__(self, d: PatternDetector, index: int, private: bool = False):
+        """`index`: the detector's row key in the policy's mask cache; `private`: the detector is this
+        stream's own (the request's values), and its masks are cached apart (`own_masks`)."""
+        self.d, self.index, self.private = d, index, private
+        self.own_masks: MaskCache | None = None
         self.rule_id = d.rule_id
         self.kind = _KIND[d.action]
         self.prevents = self.kind is Kind.PREVENT
