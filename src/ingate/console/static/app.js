@@ -11,6 +11,7 @@ function show(name) {
   document.body.dataset.view = name;
   if (name === "perf") Perf.shown();
   if (name === "live") Live.draw();
+  if (name === "lab") Lab.shown();
 }
 
 async function start() {

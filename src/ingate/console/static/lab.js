@@ -26,9 +26,9 @@ const Lab = {
       : "A loaded policy can be tried here only where the server shows full governance detail (its report names " +
         "what its rules look for): paste its YAML instead.";
     document.getElementById("lab-policy-yaml").value = EXAMPLE_POLICY;
-    document.getElementById("lab-text").value = "Ping me at jo@example.com about Pr0ject-Blue bird.";
+    document.getElementById("lab-text").value = "Ping me at jo@mail.test about Pr0ject-Blue bird.";
     document.getElementById("lab-list").value = [
-      "The meeting moved to Thursday.", "Call 415-555-0132 after lunch.", "Status of project bluebird?",
+      "The meeting moved to Thursday.", "Call 212-867-5309 after lunch.", "Status of project bluebird?",
       "Nothing to see here."].join("\n");
     document.getElementById("lab-traffic-count").textContent = info.traffic;
     source.addEventListener("change", () => {
@@ -37,6 +37,13 @@ const Lab = {
     document.getElementById("lab-upload").addEventListener("change", (e) => this.upload(e.target.files[0]));
     document.getElementById("lab-check").addEventListener("click", () => this.check());
     document.getElementById("lab-run").addEventListener("click", () => this.sample());
+  },
+
+  /* The traffic sample grows while the page is open: its size, again. */
+  shown() {
+    IG.api("api/info").then((info) => {
+      document.getElementById("lab-traffic-count").textContent = info.traffic;
+    }).catch(() => {});
   },
 
   candidate() {
