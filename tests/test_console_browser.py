@@ -359,17 +359,21 @@ def test_the_policy_lab_prints_ingate_check_and_counts_what_a_policy_would_block
     served.ask(phone_run[0], "kept")  # one kept response for the traffic sample
     view(chrome, "lab")
     assert not one(chrome, "#lab-source option[value='default']").is_enabled()  # minimal: paste, do not peek
-    yaml_text = one(chrome, "#lab-policy-yaml").get_attribute("value")
+    # upload a policy: the page's example, renamed
+    uploaded = tmp_path / "uploaded.yaml"
+    uploaded.write_text(one(chrome, "#lab-policy-yaml").get_attribute("value").replace("name: trial", "name: uploaded"))
+    one(chrome, "#lab-upload").send_keys(str(uploaded))
+    wait_for("the uploaded policy", lambda: "name: uploaded" in one(chrome, "#lab-policy-yaml").get_attribute("value"))
     text = one(chrome, "#lab-text").get_attribute("value")
     one(chrome, "#lab-check").click()
     report = wait_for("the check's report", lambda: "match:" in one(chrome, "#lab-report").text and
                       one(chrome, "#lab-report").text, 30)
-    (tmp_path / "trial.yaml").write_text(yaml_text)
-    cli = subprocess.run([INGATE, "check", "trial.yaml", "--text", text], cwd=tmp_path, capture_output=True,
+    cli = subprocess.run([INGATE, "check", uploaded.name, "--text", text], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
-    want = cli.stdout.replace("(trial.yaml)", "(<console>)").rstrip("\n").split("\n")
+    want = cli.stdout.replace(f"({uploaded.name})", "(<console>)").rstrip("\n").split("\n")
     assert [line.rstrip() for line in report.split("\n")] == [line.rstrip() for line in want]
+    assert report.startswith("policy 'uploaded' (<console>): valid")
 
     one(chrome, "input[name='lab-sample'][value='traffic']").click()
     one(chrome, "#lab-run").click()
