@@ -20,6 +20,10 @@ const Live = {
       document.getElementById(id).addEventListener("change", () => this.schedule());
     }
     document.getElementById("live-session").addEventListener("input", () => this.schedule());
+    if (!IG.info.audits) {
+      IG.setStatus(document.getElementById("live-status"), "this server keeps no audit: there is nothing to follow", true);
+      return;
+    }
     this.connect();
     setInterval(() => this.draw(), 2000);
   },
