@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: bench-batch bench-heads docs harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
+.PHONY: browser bench-batch bench-heads docs harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,27 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(BIN)/ingate serve $(SERVE_ARGS)
 
-test: install-test nemo-env
+# The console's tests (tests/test_console_browser.py) drive a real headless Chromium: Debian's
+# `chromium` and `chromium-driver`, installed with apt-get as CI can (root, or sudo), once. Selenium
+# (the `test` extra) drives them; nothing downloads a browser of its own.
+# (elsewhere: make test INGATE_CHROMIUM=... INGATE_CHROMEDRIVER=..., read by the tests too)
+INGATE_CHROMIUM     ?= /usr/bin/chromium
+INGATE_CHROMEDRIVER ?= /usr/bin/chromedriver
+export INGATE_CHROMIUM INGATE_CHROMEDRIVER
+
+browser:
+	@if [ -x $(INGATE_CHROMIUM) ] && [ -x $(INGATE_CHROMEDRIVER) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+		echo "make browser: $(INGATE_CHROMIUM) or $(INGATE_CHROMEDRIVER) is missing, and installing them needs root: run" \
+		     "'apt-get install chromium chromium-driver' as root (the console's tests drive that Chromium)"; exit 1; fi; \
+	echo "installing Debian's chromium and chromium-driver for the console's browser tests..."; \
+	($$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver) \
+		|| { echo "make browser: apt-get could not install chromium and chromium-driver (see above); install them" \
+		          "by hand, or give INGATE_CHROMIUM= and INGATE_CHROMEDRIVER= (a Chromium and its chromedriver)"; exit 1; }; \
+	[ -x $(INGATE_CHROMIUM) ] && [ -x $(INGATE_CHROMEDRIVER) ] || { echo "make browser: apt-get ran, but $(INGATE_CHROMIUM) or" \
+		"$(INGATE_CHROMEDRIVER) is still missing"; exit 1; }
+
+test: install-test nemo-env browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

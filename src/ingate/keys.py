@@ -11,6 +11,11 @@ and map it to a tenant:
         tenant: acme            # sessions are the tenant's: default, the key's own id
         policies: [default]     # default: every loaded policy
         detail: minimal         # governance detail this key sees: minimal or full
+        admin: false            # true: this key also opens the console (`serve --console`)
+
+A key that only opens the console, and is no API key, is given with `--admin-key KEY` (or
+$INGATE_ADMIN_KEYS, comma-separated). The console is guarded by the admin keys whenever any key is
+configured (ingate.console.auth).
 
 A session id is a name the client chooses, so sessions are scoped by tenant: two tenants that both
 say `X-Session-Id: alice` have two sessions, and no request can read, escalate or spend another
@@ -47,6 +52,7 @@ class Grant:
     detail: str | None = None
     key_id: str | None = None
     tenant: str = ""
+    admin: bool = False  # this key opens the console too
 
     def session_key(self, session: str) -> str:
         """The store's name for the client's session `session`: scoped by tenant. Tenant ids are
@@ -69,6 +75,9 @@ class Keys:
 
     def __init__(self, grants: dict[str, Grant] | None = None):
         self.by_digest: dict[str, Grant] = dict(grants or {})
+        # the keys that open the console, by digest: keys-file entries marked admin, and --admin-key
+        # keys (which are no API keys: they are not in by_digest, so they turn no API auth on)
+        self.admins: dict[str, Grant] = {k: g for k, g in self.by_digest.items() if g.admin}
 
     def __bool__(self) -> bool:
         return bool(self.by_digest)
@@ -81,12 +90,14 @@ class Keys:
 
     def lookup(self, key: str) -> Grant | None:
         """The grant of a bearer key, or None (compared in constant time per configured key)."""
-        d = digest(key)
-        found = None
-        for k, g in self.by_digest.items():
-            if hmac.compare_digest(k, d):
-                found = g
-        return found
+        return _find(self.by_digest, key)
+
+    def lookup_admin(self, key: str) -> Grant | None:
+        """The grant of an admin key (the console's), or None."""
+        return _find(self.admins, key)
+
+    def admin_by_id(self, key_id: str) -> Grant | None:
+        return next((g for g in self.admins.values() if g.key_id == key_id), None)
 
     def add(self, key_digest: str, grant: Grant, where: str) -> None:
         if key_digest in self.by_digest:
@@ -96,9 +107,23 @@ class Keys:
             raise KeysError(f"{where}: two keys have the id {grant.key_id!r}; ids name keys in the audit, so "
                             "each must be unique")
         self.by_digest[key_digest] = grant
+        if grant.admin:
+            self.admins[key_digest] = grant
+
+    def add_admin(self, key: str) -> None:
+        """A key that opens the console and nothing else (`--admin-key`)."""
+        key = key.strip()
+        if not key:
+            raise KeysError("an empty admin key; give --admin-key a random secret (`python -c 'import secrets; "
+                            "print(secrets.token_hex(16))'`)")
+        kid = "admin-" + derived_id(key)[4:]
+        if digest(key) in self.admins:
+            raise KeysError(f"the admin key {kid} is given twice (or is also a keys-file entry marked admin)")
+        self.admins[digest(key)] = Grant(key_id=kid, tenant=kid, admin=True)
 
     @classmethod
-    def from_specs(cls, specs: Iterable[str], keys_file: str | Path | None = None) -> Keys:
+    def from_specs(cls, specs: Iterable[str], keys_file: str | Path | None = None,
+                   admin_keys: Iterable[str] = ()) -> Keys:
         out = cls()
         for spec in specs:
             key, grant = parse_spec(spec)
@@ -106,6 +131,8 @@ class Keys:
         if keys_file is not None:
             for key_digest, grant in load_file(keys_file):
                 out.add(key_digest, grant, str(keys_file))
+        for key in admin_keys:
+            out.add_admin(key)
         return out
 
     def check_policies(self, loaded: Iterable[str]) -> None:
@@ -115,6 +142,16 @@ class Keys:
             if unknown:
                 raise KeysError(f"API key {g.key_id}: unknown policy {unknown[0]!r}; loaded: "
                                 f"{', '.join(sorted(names))}")
+
+
+def _find(table: dict[str, Grant], key: str) -> Grant | None:
+    """The grant of `key` in `table` (by digest), compared in constant time per configured key."""
+    d = digest(key)
+    found = None
+    for k, g in table.items():
+        if hmac.compare_digest(k, d):
+            found = g
+    return found
 
 
 def parse_spec(spec: str) -> tuple[str, Grant]:
@@ -129,7 +166,7 @@ def parse_spec(spec: str) -> tuple[str, Grant]:
     return key, Grant(frozenset(p for p in pols.split("+") if p) or None, detail or None, kid, kid)
 
 
-FIELDS = {"id", "key", "key_env", "key_sha256", "tenant", "policies", "detail"}
+FIELDS = {"id", "key", "key_env", "key_sha256", "tenant", "policies", "detail", "admin"}
 
 
 def load_file(path: str | Path) -> list[tuple[str, Grant]]:
@@ -155,7 +192,7 @@ def _entry(p: Path, i: int, e: object) -> tuple[str, Grant]:
     """One entry of a keys file."""
     where = f"{p}: keys[{i}]"
     if not isinstance(e, dict):
-        raise KeysError(f"{where}: expected a mapping (id, key_env, tenant, policies, detail)")
+        raise KeysError(f"{where}: expected a mapping (id, key_env, tenant, policies, detail, admin)")
     extra = sorted(set(e) - FIELDS)
     if extra:
         raise KeysError(f"{where}: unknown field {extra[0]!r}; known: {', '.join(sorted(FIELDS))}")
@@ -188,7 +225,10 @@ def _entry(p: Path, i: int, e: object) -> tuple[str, Grant]:
     detail = e.get("detail")
     if detail is not None and detail not in LEVELS:
         raise KeysError(f"{where}.detail: {detail!r} is not one of {', '.join(LEVELS)}")
-    return key_digest, Grant(frozenset(pols) if pols else None, detail, kid, tenant)
+    admin = e.get("admin", False)
+    if not isinstance(admin, bool):
+        raise KeysError(f"{where}.admin: true or false (true: the key opens the console too)")
+    return key_digest, Grant(frozenset(pols) if pols else None, detail, kid, tenant, admin)
 
 
 def _str(v: object, where: str, field: str) -> str:

@@ -51,6 +51,7 @@ class ServerConfig:
     sessions: SessionStore | None = None  # None: in this process's memory (MemorySessionStore)
     drain_seconds: float = 30.0  # on SIGTERM: how long streams in flight may take to finish
     replica: str = field(default_factory=replica_id)  # names this replica in /metrics and the audit
+    console: bool = False  # serve the console at /console (ingate.console), guarded by api_keys' admin keys
 
 
 log = logging.getLogger("ingate.server")
@@ -80,6 +81,10 @@ def create_app(cores: Mapping[str, Core] | Core, config: ServerConfig) -> FastAP
     app.exception_handler(ApiError)(_api_error)
     app.exception_handler(Exception)(_unexpected)
     app.include_router(router)
+    if config.console:
+        from ingate.console import mount
+
+        mount(app)
     return app
 
 
@@ -120,6 +125,14 @@ class _Server:
                                                           max_wait_s=config.max_queue_wait))
                          for name, core in cores.items()}
         self.model_id: str = next(iter(self.backends))  # the default model
+
+    async def refresh_metrics(self) -> None:
+        """Bring the gauges read at scrape time up to date: the queue, and each core's engine report."""
+        self.metrics.queue.set(sum(b.worker.depth for b in self.backends.values()))
+        infos = {name: await asyncio.to_thread(b.core.info) for name, b in self.backends.items()}
+        self.metrics.engines = infos
+        self.metrics.engine_up.set(1 if all((i.get("process") or {}).get("alive", True) for i in infos.values())
+                                   else 0)
 
     def drain(self) -> None:
         """The drain time is over: cancel every generation still running or queued. Each stops within
@@ -268,10 +281,7 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def prometheus(request: Request) -> Response:
     s = _server(request)
-    s.metrics.queue.set(sum(b.worker.depth for b in s.backends.values()))
-    infos = {name: await asyncio.to_thread(b.core.info) for name, b in s.backends.items()}
-    s.metrics.engines = infos
-    s.metrics.engine_up.set(1 if all((i.get("process") or {}).get("alive", True) for i in infos.values()) else 0)
+    await s.refresh_metrics()
     return Response(s.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

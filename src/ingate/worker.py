@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ingate.core import Core, Request
@@ -31,6 +32,7 @@ from ingate.policy import Policy
 from ingate.store.sessions import SessionState, SessionStore, StoreError, violations_in
 from ingate.structure.spec import Structure
 
+log = logging.getLogger("ingate.worker")
 END_RETRIES_S = (0.1, 0.3, 1.0, 3.0)  # waits after each failed `end`: about 4.4 s in all
 
 
@@ -63,6 +65,7 @@ class Job:
     structure: Structure | None = None  # response_format or a tool call (ingate.structure)
     queued_at: float = field(default_factory=time.monotonic)
     grant: Grant = field(default_factory=Grant)  # the caller's key: its id for the audit, its tenant's sessions
+    live_decisions: bool = False  # also put ("audited", decisions) events, each once durable (the console)
 
     @property
     def session_key(self) -> str:
@@ -93,6 +96,8 @@ class Worker:
                          for i in range(threads)]
         self.running: set[Job] = set()  # set.add/discard are atomic under the GIL
         self.restart_error: str | None = None  # the last failed engine restart, for /healthz
+        # told of each generation that ended (the console keeps a sample of recent traffic): must be quick
+        self.observers: list[Callable[[Job, Result], None]] = []
         for t in self._threads:
             t.start()
 
@@ -155,7 +160,9 @@ class Worker:
             try:
                 req = Request(job.messages, job.policy, job.params, job.stop, job.request_id, job.session,
                               job.session_entropy, job.structure, job.grant.key_id)
-                res: Result = self.core.run(req, on_text=functools.partial(_text, job), cancelled=job.cancel.is_set)
+                res: Result = self.core.run(req, on_text=functools.partial(_text, job), cancelled=job.cancel.is_set,
+                                            on_audited=functools.partial(_audited, job) if job.live_decisions
+                                            else None)
                 self._account(job, res)  # before the client hears "done"
                 job._put(("done", res))
             except GenerationFailed as e:  # the engine failed: what was decided still counts
@@ -173,6 +180,11 @@ class Worker:
         self.end_session(job, res.decisions, (res.entropy_summary or {}).get("excess", 0.0))
         if self.metrics is not None:
             self.metrics.observe(job.policy.name, res)
+        for observe in self.observers:
+            try:
+                observe(job, res)
+            except Exception as e:  # an observer's fault is its own: the request is served
+                log.error("request %s: an observer failed: %s: %s", job.request_id, type(e).__name__, e)
 
     def end_session(self, job: Job, decisions: list, entropy: float) -> None:
         """Add what the request decided to its session and free its place, retrying a store that is
@@ -208,3 +220,7 @@ class Worker:
 
 def _text(job: Job, text: str) -> None:
     job._put(("text", text))
+
+
+def _audited(job: Job, decisions: list[Decision]) -> None:
+    job._put(("audited", list(decisions)))

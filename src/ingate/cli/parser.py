@@ -174,6 +174,12 @@ def _serve_ops(s) -> None:
     s.add_argument("--audit", default=None, help="audit SQLite path or postgresql:// URL, shared by replicas "
                    "(default: $INGATE_AUDIT or ~/.local/state/ingate/audit.sqlite3)")
     _key_flag(s)
+    s.add_argument("--console", action="store_true",
+                   help="also serve the console at /console: a playground, live decisions, performance and a policy "
+                        "lab in the browser (docs/console.md); guarded by an admin key whenever keys are configured")
+    s.add_argument("--admin-key", action="append", default=None, metavar="KEY",
+                   help="a key that opens the console (repeatable; also $INGATE_ADMIN_KEYS, comma-separated; or "
+                        "admin: true on a keys-file entry); needed with --console when API keys are configured")
 
 
 def _check(sub) -> None:

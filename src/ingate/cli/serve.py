@@ -12,14 +12,31 @@ from ingate.policy import Policy
 
 
 def _api_keys(args: argparse.Namespace):
-    """The keys of --api-key and $INGATE_API_KEYS (comma-separated), and of --keys FILE (ingate.keys)."""
+    """The keys of --api-key and $INGATE_API_KEYS (comma-separated), of --keys FILE (ingate.keys), and
+    the console's --admin-key and $INGATE_ADMIN_KEYS."""
     from ingate.keys import Keys, KeysError
 
     specs = list(args.api_key or []) + [k for k in os.environ.get("INGATE_API_KEYS", "").split(",") if k.strip()]
+    admins = list(args.admin_key or []) + [k for k in os.environ.get("INGATE_ADMIN_KEYS", "").split(",") if k.strip()]
     try:
-        return Keys.from_specs(specs, args.keys or os.environ.get("INGATE_KEYS") or None)
+        return Keys.from_specs(specs, args.keys or os.environ.get("INGATE_KEYS") or None, admins)
     except KeysError as e:
         raise UserError(str(e), code=2) from None
+
+
+def _check_console(args: argparse.Namespace, keys) -> None:
+    """--console is guarded whenever keys are configured (docs/console.md): refuse what would leave it
+    open, or give a key that guards nothing."""
+    if args.admin_key and not args.console:
+        raise UserError("--admin-key opens the console, which is off: add --console (or drop --admin-key)", code=2)
+    if not args.console:
+        return
+    if keys and not keys.admins:
+        raise UserError("--console: this server requires API keys, so its console needs an admin key: pass "
+                        "--admin-key KEY (or set $INGATE_ADMIN_KEYS), or mark a keys-file entry 'admin: true'", code=2)
+    if not keys.admins and not (args.host in ("localhost", "::1") or args.host.startswith("127.")):
+        print(f"ingate: warning: the console at http://{args.host}:{args.port}/console/ is open to anyone who can "
+              "reach it (no key is configured): give --admin-key KEY to guard it", file=sys.stderr, flush=True)
 
 
 def _sessions(args: argparse.Namespace):
@@ -62,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UserError(f"two policies are named {p.name!r}; give each loaded policy its own name", code=2)
         policies[p.name] = p
     keys = _api_keys(args)
+    _check_console(args, keys)
     from ingate.keys import KeysError
 
     try:
@@ -80,14 +98,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                         max_queue_wait=args.max_queue_wait,
                                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                                         session_ttl=args.session_ttl, governance_detail=args.governance_detail,
-                                        sessions=sessions, drain_seconds=args.drain_seconds))
+                                        sessions=sessions, drain_seconds=args.drain_seconds, console=args.console))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
     first = next(iter(cores))
+    console = f"\n  console: {url}/console/{' (sign in with an admin key)' if keys.admins else ''}" \
+        if args.console else ""
     print(f"ingate: serving {', '.join(cores)} with policies {', '.join(policies)} on {url}\n"
           f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
           f"    -d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", "
-          f"\"content\": \"Hello\"}}]}}'", file=sys.stderr, flush=True)
+          f"\"content\": \"Hello\"}}]}}'{console}", file=sys.stderr, flush=True)
     # On SIGTERM (or Ctrl-C): /readyz turns 503 and new requests get 503 at once; streams in flight
     # have --drain-seconds to finish, then are cancelled (an error event each, audited); uvicorn's
     # own cut, a few seconds later, is only the backstop.

@@ -168,7 +168,23 @@ class AuditLog(ABC):
         return sorted(out, key=lambda r: (r["ts"], r["kind"] != "decision"))
 
     def tail(self, n: int = 20) -> list[dict]:
-        return self._rows("SELECT * FROM decisions ORDER BY id DESC LIMIT ?", (n,))[::-1]
+        return self.recent("decision", n)
+
+    def recent(self, kind: str, n: int) -> list[dict]:
+        """The last `n` rows of `kind` ("decision" or "request"), oldest first."""
+        return self._rows(f"SELECT * FROM {_table(kind)} ORDER BY id DESC LIMIT ?", (n,))[::-1]
+
+    def after(self, kind: str, after_id: int, limit: int = 500) -> list[dict]:
+        """Rows of `kind` with an id above `after_id`, oldest first, at most `limit`: how a live view
+        (the console) follows the audit. On PostgreSQL two replicas' transactions may commit out of
+        id order, so a row can surface below an id already seen: a follower can miss it."""
+        return self._rows(f"SELECT * FROM {_table(kind)} WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+
+def _table(kind: str) -> str:
+    if kind not in ("decision", "request"):
+        raise ValueError(f"an audit row is a 'decision' or a 'request', not {kind!r}")
+    return kind + "s"
 
 
 def describe(row: dict) -> str:
