@@ -227,11 +227,11 @@ def test_a_native_crash_costs_the_request_in_flight_and_a_restart_serves_again(t
         assert "INGATE_LLAMA_REPACK=off" in str(cause) or core.layout == "off"
         assert partial.finish_reason == "error" and partial.text == "".join(seen) and partial.completion_tokens >= 3
         assert not core.alive and core.info()["process"]["last_crash"]
-        with pytest.raises(GenerationFailed):  # nothing runs on a dead core; it is not restarted behind one's back
-            core.run(Request(user("Hi"), REDACT, gen_params(4)))
-        assert core.ensure_alive() is True and core.alive and core.pid != first_pid and core.restarts == 1
-        assert core.ensure_alive() is False
+        # the next request starts a new process (the server cannot tell which of the requests in
+        # flight killed it, so it does not wait for an operator): one restart, then none
         again = core.run(dataclasses.replace(req, request_id="again"))
+        assert core.alive and core.pid != first_pid and core.restarts == 1
+        assert core.ensure_alive() is False
         assert again.text.startswith(partial.text) and again.completion_tokens == 300
     finally:
         core.close()

@@ -118,3 +118,19 @@ def test_prevent_on_the_real_model_lets_no_seven_digits_of_the_phone_out(runtime
             temperature=params.sampling.temperature, seed=params.sampling.seed)))
         assert not leaked_runs("4155550132", res.text), res.text
         assert any(d.action == "prevent" for d in res.decisions), res.decisions
+
+
+@pytest.mark.parametrize("reply,internal", [
+    ("Call 415-555-0132 today.", "phone replaced by [PHONE]"),  # both readings: the pattern's names it
+    ("Call 4 1 5 5 5 5 0 1 3 2 today.", "phone (its digits, regrouped) replaced by [PHONE]"),
+])
+def test_a_redaction_names_the_pattern_whichever_reading_found_it(reply, internal):
+    """The public detail says no more than the placeholder ("redacted one phone") for a regrouped
+    value too; the internal one says which reading found it, the pattern's own when both did."""
+    gate = Gate(compile_policy(policy(PACK.format(a="redact"))), None,
+                GateOptions(context=("My phone is 415-555-0132.",)), mode=Mode.TEXT)
+    gate.feed(reply.encode())
+    released = gate.release(final=True)
+    assert "[PHONE]" in released and "0132" not in released
+    (d,) = gate.decisions
+    assert (d.detail, d.public) == (internal, "redacted one phone")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ingate.gate.kinds.base import Finding
+from ingate.gate.scatter import regrouped
 from ingate.holdback import Span
 
 
@@ -14,14 +15,15 @@ class Redactions:
 
     def add(self, k: int, f: Finding) -> None:
         """A redact match found when token k joined the stream (a rollback to k or before undoes it).
-        Overlapping spans merge; the longer match names the merged span (a card number also holds
-        a phone-shaped run: it should read [CREDIT_CARD])."""
+        Overlapping spans merge; a pattern's own reading names the merged span before a regrouped
+        one (ingate.gate.scatter), then the longer match does (a card number also holds a
+        phone-shaped run: it should read [CREDIT_CARD])."""
         self._log.append((k, self.spans))
         new = Span(f.start, f.end, f.placeholder, f.rule_id, f.label)
         keep: list[Span] = []
         for sp in self.spans:
             if sp.end > new.start and sp.start < new.end:
-                first = max((sp, new), key=lambda x: (x.end - x.start, -x.start))
+                first = max((sp, new), key=lambda x: (not regrouped(x.label), x.end - x.start, -x.start))
                 new = Span(min(sp.start, new.start), max(sp.end, new.end), first.placeholder,
                            first.rule_id, first.label)
             else:

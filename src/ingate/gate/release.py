@@ -7,6 +7,7 @@ from __future__ import annotations
 from ingate.gate.decision import Action, Decision
 from ingate.gate.kinds.base import Stream
 from ingate.gate.redact import Redactions
+from ingate.gate.scatter import base_label
 from ingate.holdback import HoldBack
 from ingate.patterns import BUILTIN_PATTERNS
 
@@ -39,7 +40,7 @@ class Release:
         # a built-in pattern's name says no more than its placeholder does; a phrase would
         done = [Decision(sp.rule_id, Action.REDACT, s.token_at(sp.start), sp.start, bytes(s.raw[sp.start:sp.end]),
                          f"{sp.label} replaced by {sp.placeholder}",
-                         f"redacted one {sp.label}" if sp.label in BUILTIN_PATTERNS else "")
+                         f"redacted one {base_label(sp.label)}" if base_label(sp.label) in BUILTIN_PATTERNS else "")
                 for sp in self.redactions.releasing(self.hold.released, b)]
         text = self.hold.release(s.raw, b, self.redactions.spans)
         self.redactions.released(self.hold.released)

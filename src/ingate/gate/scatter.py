@@ -27,6 +27,16 @@ from ingate.gate.detector import PatternDetector
 MIN_RUN = 7
 GAP = 3
 _SEP = r"[^0-9\n]{0," + str(GAP) + "}"
+REGROUPED = " (its digits, regrouped)"  # a scattered match's label: the pattern's name, then this
+
+
+def base_label(label: str) -> str:
+    """The pattern a label names, for a scattered match too ("phone (its digits, regrouped)" -> "phone")."""
+    return label.removesuffix(REGROUPED)
+
+
+def regrouped(label: str) -> bool:
+    return label.endswith(REGROUPED)
 
 
 def values(detector: PatternDetector, texts: list[str]) -> dict[int, set[str]]:
@@ -80,5 +90,5 @@ def scatter_detector(detector: PatternDetector, texts: list[str]) -> PatternDete
     grams = [sorted(set().union(*(windows(v) for v in found[i]))) for i in labels]
     dfa = _compiled(tuple("|".join(_SEP.join(g) for g in gs) for gs in grams))
     return PatternDetector(detector.rule_id, detector.action, dfa,
-                           [f"{detector.labels[i]} (its digits, regrouped)" for i in labels],
+                           [detector.labels[i] + REGROUPED for i in labels],
                            [detector.placeholders[i] for i in labels], kind="scattered")
