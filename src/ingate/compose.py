@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingate.core import Core
+from ingate.extras import MissingExtra, check
 from ingate.policy import Policy
 
 VLLM_CONCURRENCY = 64  # --engine vllm: streams in flight to vLLM (it batches them)
@@ -80,6 +81,10 @@ def open_core(model: str | Path | None, audit: str | Path | None, policies: Sequ
 
     if parallel < 0:
         raise SettingsError(f"--parallel {parallel}: give 1 or more")
+    try:
+        check("llama_cpp")  # here, before a probe or an engine process fails on it less clearly
+    except MissingExtra as e:
+        raise StartError(str(e)) from None
     cache = prefix_cache_mb << 20 if prefix_cache_mb is not None else None
     try:
         if isolate if isolate is not None else isolated():

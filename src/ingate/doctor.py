@@ -79,7 +79,7 @@ def run(model: str | None = None, audit: str | None = None, audit_key_file: str 
             checks.append(Check("layout", not probe_failed, f"{choice.layout} ({choice.reason})",
                                 "" if not probe_failed else
                                 "ingate runs with the layout above; for full speed rebuild llama-cpp-python with "
-                                "`make install` (it applies native/gcc-amx-tilecfg.h) and run `ingate doctor` "
+                                "`make install` (it applies ingate/native/gcc-amx-tilecfg.h) and run `ingate doctor` "
                                 "again: a new build is probed afresh"))
         except EngineError as e:
             checks.append(Check("layout", False, str(e), f"set {layout.ENV} to one of {', '.join(layout.CHOICES)}"))

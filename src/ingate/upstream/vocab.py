@@ -12,11 +12,12 @@ import threading
 from functools import cache
 
 from ingate.engines.llamacpp import default_model_path
+from ingate.extras import require
 
 
 class Vocab:
     def __init__(self, path: str):
-        from llama_cpp import Llama
+        Llama = require("llama_cpp").Llama
 
         from ingate.engines.llamacpp import quiet_stderr
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from ingate.extras import require
 from ingate.store.audit.base import TABLES, AuditLog, column_sql, create_statements, insert_sql, replica_id
 from ingate.store.audit.keys import AuditError, load_key
 
@@ -26,8 +27,8 @@ def is_postgres(path: object) -> bool:
 
 class PgAudit(AuditLog):
     def __init__(self, url: str, key_file: str | None = None, write: bool = True, pool_size: int = 4):
-        import psycopg
-        from psycopg_pool import ConnectionPool
+        psycopg = require("psycopg")
+        ConnectionPool = require("psycopg_pool").ConnectionPool
 
         self.path = url  # what the engine core reopens: the URL itself
         self.replica = replica_id()

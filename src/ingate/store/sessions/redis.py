@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 
+from ingate.extras import require
 from ingate.gate.decision import Decision
 from ingate.store.sessions.base import RESERVATION_S, SessionState, StoreError, Ticket, admit, by_rule, violations_in
 
@@ -53,7 +54,7 @@ return {redis.call('HGET', KEYS[1], 'v') or '0', redis.call('HGET', KEYS[1], 'e'
 class RedisSessionStore:
     def __init__(self, url: str, prefix: str = "ingate", ttl: float = 3600.0, reservation_s: float = RESERVATION_S,
                  timeout_s: float = 1.0):
-        import redis
+        redis = require("redis")
 
         self.url, self.prefix, self.ttl, self.reservation_s = url, prefix, int(max(1, ttl)), reservation_s
         try:
