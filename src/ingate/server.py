@@ -22,6 +22,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ingate import report
+from ingate.api import access
 from ingate.api.openai import DONE, ApiError, Reply, generation_error, may_be_call, tool_answer
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
 from ingate.core import LOGPROBS, Core
@@ -81,6 +82,7 @@ def create_app(cores: Mapping[str, Core] | Core, config: ServerConfig) -> FastAP
     app.exception_handler(ApiError)(_api_error)
     app.exception_handler(Exception)(_unexpected)
     app.include_router(router)
+    app.add_middleware(access.AccessLog, routes=app.router.routes)  # the access line (ingate.api.access)
     if config.console:
         from ingate.console import mount
 
@@ -165,8 +167,10 @@ class _Server:
                                 "models file entry says what it can); ask without logprobs", "logprobs",
                            "logprobs_unsupported")
         session = request.headers.get("x-session-id") or req.user
+        acc = access.of(request.scope)
+        acc.fields |= {"model": b.name, "policy": policy.name, "stream": req.stream}
         job = Job(prompt, policy, params, stop, asyncio.get_running_loop(), asyncio.Queue(), session=session,
-                  structure=structure, grant=grant)
+                  structure=structure, grant=grant, request_id=acc.request_id)
         await self._start(b, job)
         reply = Reply.new(job.request_id, b.name, req.chat)
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
@@ -174,10 +178,11 @@ class _Server:
         tools = structure if structure is not None and structure.is_tools and req.chat else None
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(job, reply, usage, governance, self, tools),
+            return StreamingResponse(_stream(job, reply, usage, governance, self, tools, acc),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
         res = await _collect(request, job, parts)
+        acc.result(res)
         if res.finish_reason == "cancelled" and self.draining:  # nothing was sent: the client retries elsewhere
             raise ApiError(503, "this replica shut down during the request; retry on another", code="shutting_down",
                            type_="server_error", headers={"Retry-After": "1"})
@@ -307,11 +312,13 @@ async def completions(request: Request):
 async def _generation_route(request: Request, model: type[GenerationRequest]):
     s = _server(request)
     grant = _auth(request, s.config)
+    access.of(request.scope).fields["key_id"] = grant.key_id
     req = parse(await _body(request, s.config.max_body_bytes), model)
     return await s.serve(request, req, grant)
 
 
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    access.of(request.scope).fields["error"] = exc.code  # its code: the message may quote what the client sent
     return exc.response()
 
 
@@ -377,7 +384,7 @@ async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
 
 
 async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Result], dict], server: _Server,
-                  tools: Structure | None = None):
+                  tools: Structure | None = None, acc: access.Access | None = None):
     """The response as server-sent events. Under `tools` the text is held until the end and sent
     as one message: the content, or whole tool calls. Under tool_choice auto, text that can no
     longer be a call is an answer: it streams from there."""
@@ -389,6 +396,8 @@ async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Res
             yield first
         while True:
             kind, val = await job.events.get()
+            if kind == "done" and acc is not None:
+                acc.result(val)
             if kind == "text" and tools is not None:
                 held.append(val)
                 if not may_be_call(tools, "".join(held)):  # an answer in text: stream it
