@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ingate import report
 from ingate.api import access
+from ingate.api.limits import KeyLimits, KeyMetrics
 from ingate.api.openai import DONE, ApiError, Reply, generation_error, may_be_call, tool_answer
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
 from ingate.core import LOGPROBS, Core
@@ -33,6 +34,7 @@ from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.refusal import DEFAULT_REFUSAL, Refusal, escalation, refuse
 from ingate.store.audit import replica_id
+from ingate.store.limits import LimitStore, MemoryLimitStore
 from ingate.store.sessions import BUSY, ESCALATED, MemorySessionStore, SessionStore, StoreError
 from ingate.structure import Structure
 from ingate.worker import Draining, Job, QueueFull, Worker
@@ -53,6 +55,7 @@ class ServerConfig:
     drain_seconds: float = 30.0  # on SIGTERM: how long streams in flight may take to finish
     replica: str = field(default_factory=replica_id)  # names this replica in /metrics and the audit
     console: bool = False  # serve the console at /console (ingate.console), guarded by api_keys' admin keys
+    limits: LimitStore | None = None  # the keys' limits' counts; None: this process's (ingate.api.limits)
 
 
 log = logging.getLogger("ingate.server")
@@ -127,10 +130,14 @@ class _Server:
                                                           max_wait_s=config.max_queue_wait))
                          for name, core in cores.items()}
         self.model_id: str = next(iter(self.backends))  # the default model
+        self.limits = KeyLimits(config.limits or MemoryLimitStore(), KeyMetrics(self.metrics.registry))
+        for b in self.backends.values():  # charged before the client hears the end
+            b.worker.observers.append(lambda job, res: self.limits.charge(job.grant, job.request_id, res))
 
     async def refresh_metrics(self) -> None:
         """Bring the gauges read at scrape time up to date: the queue, and each core's engine report."""
         self.metrics.queue.set(sum(b.worker.depth for b in self.backends.values()))
+        await asyncio.to_thread(self.limits.refresh, self.config.api_keys.grants())
         infos = {name: await asyncio.to_thread(b.core.info) for name, b in self.backends.items()}
         self.metrics.engines = infos
         self.metrics.engine_up.set(1 if all((i.get("process") or {}).get("alive", True) for i in infos.values())
@@ -171,7 +178,13 @@ class _Server:
         acc.fields |= {"model": b.name, "policy": policy.name, "stream": req.stream}
         job = Job(prompt, policy, params, stop, asyncio.get_running_loop(), asyncio.Queue(), session=session,
                   structure=structure, grant=grant, request_id=acc.request_id)
-        await self._start(b, job)
+        counted = await self.limits.admit(grant, job.request_id)  # 429 over the key's limits
+        try:
+            await self._start(b, job)
+        except ApiError:  # turned away after all (queue full, session busy): the request does not count
+            if counted:
+                await self.limits.release(grant, job.request_id)
+            raise
         reply = Reply.new(job.request_id, b.name, req.chat)
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
         # a tool call is released whole: its text is held until the response ends, then answered
@@ -198,6 +211,7 @@ class _Server:
             res = refuse(refusal, job.policy, job.request_id, b.core.audit, job.session,
                          on_text=lambda t: job.events.put_nowait(("text", t)), key_id=job.grant.key_id)
             self.metrics.observe(job.policy.name, res)
+            self.limits.charge(job.grant, job.request_id, res)
             job.events.put_nowait(("done", res))
             return
         try:

@@ -54,6 +54,16 @@ def _sessions(args: argparse.Namespace):
     return store
 
 
+def _limits(args: argparse.Namespace):
+    """Where the keys' limits are counted: with the sessions (--sessions), shared by the replicas."""
+    from ingate.store.limits import open_limits
+    from ingate.store.sessions import StoreError
+
+    try:
+        return open_limits(args.sessions or "memory", args.sessions_prefix)
+    except StoreError as e:
+        raise UserError(str(e), code=2) from None
+
 
 def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
     settings = Settings(model=args.model, models=args.models, upstream=args.upstream,
@@ -100,7 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                         max_queue_wait=args.max_queue_wait,
                                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                                         session_ttl=args.session_ttl, governance_detail=args.governance_detail,
-                                        sessions=sessions, drain_seconds=args.drain_seconds, console=args.console))
+                                        sessions=sessions, drain_seconds=args.drain_seconds, console=args.console,
+                                        limits=_limits(args)))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
     first = next(iter(cores))
