@@ -10,6 +10,10 @@ whole HTTP response body is checked:
   * in the released text, no banned value whole, and no text the audit says was withheld.
 The banned values are made up (nonsense words, random digits), so they can only appear by leaking.
 
+The log lines written meanwhile (ingate's and uvicorn's, at debug level, as JSON lines) are checked
+too: no 6+ character piece of a banned value, no SHA-256 or MD5 of it or of what the audit says was
+withheld, and never the API key the requests carry.
+
 The app runs in this process through Starlette's TestClient (ASGI, real request and response
 bodies) on the session's runtime: starting a server per random policy would cost ~5 s an example.
 tests/test_server.py covers the same app on loopback.
@@ -18,8 +22,11 @@ tests/test_server.py covers the same app on loopback.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import re
+import secrets
 import sqlite3
 import unicodedata
 
@@ -29,7 +36,9 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import policy
+from ingate import logs
 from ingate.drivers.base import GenerationParams
+from ingate.keys import Keys
 from ingate.policy import load_policy
 from ingate.runtime import LocalCore
 from ingate.sampling import SamplingParams
@@ -142,8 +151,22 @@ def test_no_channel_discloses_what_was_withheld(runtime, w1, w2, concept, name, 
               "escalation": [phone, email]}
     for p in pols.values():
         runtime.prepare(p)
-    app = create_app(_Borrowed(runtime), ServerConfig(policies=pols))
+    key = "sk-" + secrets.token_hex(12)
+    app = create_app(_Borrowed(runtime), ServerConfig(policies=pols, api_keys=Keys.from_specs([key])))
     acted: dict[str, set[str]] = {name: set() for name in pols}
+    log = io.StringIO()
+    handler = logs.configure("debug", "json", log)
+    try:
+        _serve_all(app, pols, kinds, prompts, banned, seed, key, acted, runtime, log)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for name in logs.OURS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    for name, actions in acted.items():  # the gate must have had something to withhold, or nothing was tested
+        assert EXPECTED[name] in actions, (name, actions, secret, phone, email)
+
+
+def _serve_all(app, pols, kinds, prompts, banned, seed, key, acted, runtime, log) -> None:
     with TestClient(app) as client:
         for name, pol in pols.items():
             kind = kinds[name]
@@ -155,7 +178,7 @@ def test_no_channel_discloses_what_was_withheld(runtime, w1, w2, concept, name, 
                         "temperature": 0.8, "seed": seed + i, "stream": stream, "policy": name}
                 if logprobs:
                     body |= {"logprobs": True, "top_logprobs": 5}
-                headers = {"X-Session-Id": f"s-{seed}-{i}"}
+                headers = {"X-Session-Id": f"s-{seed}-{i}", "Authorization": f"Bearer {key}"}
                 requests = 2 if kind == "escalation" else 1  # the second one in the session is refused
                 for _ in range(requests):
                     if stream:
@@ -169,8 +192,15 @@ def test_no_channel_discloses_what_was_withheld(runtime, w1, w2, concept, name, 
                     for ev in json.loads(rest):
                         acted[name] |= {d["action"] for d in (ev.get("governance") or {}).get("decisions", [])}
                     _check(raw, text, rest, banned[kind], pol, runtime, kind)
-    for name, actions in acted.items():  # the gate must have had something to withhold, or nothing was tested
-        assert EXPECTED[name] in actions, (name, actions, secret, phone, email)
+                    _check_logs(log.getvalue(), banned[kind], pol, runtime, key)
+
+
+def _check_logs(lines: str, banned: list[str], pol, runtime, key: str) -> None:
+    """The log so far: JSON lines, with an access line for each request, and nothing withheld in any."""
+    records = [json.loads(line) for line in lines.splitlines() if line.strip()]
+    assert any(r["logger"] == "ingate.access" and r.get("policy") == pol.name for r in records)
+    assert key not in lines and key[3:] not in lines
+    _check(lines, "", lines, banned, pol, runtime, "logs")  # pieces and digests, as for a body
 
 
 def _writes(runtime, prompt: str, value: str, seed: int) -> bool:

@@ -40,8 +40,11 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.audit = tmp / "audit.sqlite3"
         env = dict(os.environ, INGATE_AUDIT=str(self.audit))
-        self.proc = subprocess.Popen([INGATE, "serve", "--port", str(self.port), *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # the server's log (an access line per request) goes to a file: a pipe nobody reads would fill
+        self.log = tmp / "server.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([INGATE, "serve", "--port", str(self.port), *args], env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -50,7 +53,7 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.2)
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
         raise RuntimeError("server did not start in 60 s")
 
     def stop(self):

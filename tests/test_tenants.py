@@ -75,7 +75,7 @@ def test_a_keys_file_maps_keys_to_tenants(tmp_path, monkeypatch):
     ("keys: [{id: a, key_sha256: abc}]", "64 hex digits"),
     ("keys: [{id: a, key: x, tenant: 'x\\0y'}]", "tenant"),
     ("keys: [{id: a, key: x, detail: everything}]", "minimal, full"),
-    ("keys: [{id: a, key: x, limits: 3}]", "unknown field 'limits'"),
+    ("keys: [{id: a, key: x, quota: 3}]", "unknown field 'quota'"),
     ("keys: [{id: a, key: x}, {id: a, key: y}]", "two keys have the id 'a'"),
     ("keys: [", "not valid YAML"),
 ])

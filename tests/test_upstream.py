@@ -395,7 +395,8 @@ def test_cli_serves_an_upstream_and_lists_it(upstream_url, tmp_path):
     port = free_port()
     proc = subprocess.Popen([INGATE, "serve", "--upstream", upstream_url, "--upstream-model", "smol-remote",
                              "--upstream-kind", "llama.cpp", "--port", str(port), "--audit",
-                             str(tmp_path / "a.sqlite3")], stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "a.sqlite3"), "--log-level", "warning"], stderr=subprocess.PIPE,
+                            text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):

@@ -74,7 +74,9 @@ def ingate_serve(*flags: str, env: dict | None = None, ready: str = "/readyz") -
     from conftest import INGATE
 
     port = free_port()
-    proc = subprocess.Popen([INGATE, "serve", "--port", str(port), *flags], env=env or os.environ,
+    # warnings and errors only on the pipe (read when it fails): access lines would fill it unread
+    proc = subprocess.Popen([INGATE, "serve", "--port", str(port), *flags],
+                            env={"INGATE_LOG_LEVEL": "warning"} | dict(env or os.environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S

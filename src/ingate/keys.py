@@ -12,6 +12,10 @@ and map it to a tenant:
         policies: [default]     # default: every loaded policy
         detail: minimal         # governance detail this key sees: minimal or full
         admin: false            # true: this key also opens the console (`serve --console`)
+        limits:                 # optional, each optional (ingate.store.limits): over one, a 429
+          requests_per_minute: 60
+          tokens_per_minute: 20000
+          tokens_per_day: 1000000
 
 A key that only opens the console, and is no API key, is given with `--admin-key KEY` (or
 $INGATE_ADMIN_KEYS, comma-separated). The console is guarded by the admin keys whenever any key is
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingate.report import LEVELS
+from ingate.store.limits.base import LIMITS, Limits
 
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -53,6 +58,7 @@ class Grant:
     key_id: str | None = None
     tenant: str = ""
     admin: bool = False  # this key opens the console too
+    limits: Limits | None = None  # requests and tokens it may use (ingate.store.limits); None: no limit
 
     def session_key(self, session: str) -> str:
         """The store's name for the client's session `session`: scoped by tenant. Tenant ids are
@@ -166,7 +172,7 @@ def parse_spec(spec: str) -> tuple[str, Grant]:
     return key, Grant(frozenset(p for p in pols.split("+") if p) or None, detail or None, kid, kid)
 
 
-FIELDS = {"id", "key", "key_env", "key_sha256", "tenant", "policies", "detail", "admin"}
+FIELDS = {"id", "key", "key_env", "key_sha256", "tenant", "policies", "detail", "admin", "limits"}
 
 
 def load_file(path: str | Path) -> list[tuple[str, Grant]]:
@@ -228,7 +234,23 @@ def _entry(p: Path, i: int, e: object) -> tuple[str, Grant]:
     admin = e.get("admin", False)
     if not isinstance(admin, bool):
         raise KeysError(f"{where}.admin: true or false (true: the key opens the console too)")
-    return key_digest, Grant(frozenset(pols) if pols else None, detail, kid, tenant, admin)
+    return key_digest, Grant(frozenset(pols) if pols else None, detail, kid, tenant, admin,
+                             _limits(e.get("limits"), where))
+
+
+def _limits(v: object, where: str) -> Limits | None:
+    """An entry's `limits`: a mapping of requests_per_minute, tokens_per_minute, tokens_per_day."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise KeysError(f"{where}.limits: a mapping of {', '.join(LIMITS)}")
+    extra = sorted(set(v) - set(LIMITS))
+    if extra:
+        raise KeysError(f"{where}.limits: unknown limit {extra[0]!r}; known: {', '.join(LIMITS)}")
+    for k, n in v.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise KeysError(f"{where}.limits.{k}: a whole number above 0 (leave it out for no limit)")
+    return Limits(**v) or None
 
 
 def _str(v: object, where: str, field: str) -> str:

@@ -22,6 +22,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ingate import report
+from ingate.api import access
+from ingate.api.limits import KeyLimits, KeyMetrics
 from ingate.api.openai import DONE, ApiError, Reply, generation_error, may_be_call, tool_answer
 from ingate.api.schema import ChatRequest, CompletionRequest, GenerationRequest, parse
 from ingate.core import LOGPROBS, Core
@@ -32,6 +34,7 @@ from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.refusal import DEFAULT_REFUSAL, Refusal, escalation, refuse
 from ingate.store.audit import replica_id
+from ingate.store.limits import LimitStore, MemoryLimitStore
 from ingate.store.sessions import BUSY, ESCALATED, MemorySessionStore, SessionStore, StoreError
 from ingate.structure import Structure
 from ingate.worker import Draining, Job, QueueFull, Worker
@@ -52,6 +55,7 @@ class ServerConfig:
     drain_seconds: float = 30.0  # on SIGTERM: how long streams in flight may take to finish
     replica: str = field(default_factory=replica_id)  # names this replica in /metrics and the audit
     console: bool = False  # serve the console at /console (ingate.console), guarded by api_keys' admin keys
+    limits: LimitStore | None = None  # the keys' limits' counts; None: this process's (ingate.api.limits)
 
 
 log = logging.getLogger("ingate.server")
@@ -81,6 +85,7 @@ def create_app(cores: Mapping[str, Core] | Core, config: ServerConfig) -> FastAP
     app.exception_handler(ApiError)(_api_error)
     app.exception_handler(Exception)(_unexpected)
     app.include_router(router)
+    app.add_middleware(access.AccessLog, routes=app.router.routes)  # the access line (ingate.api.access)
     if config.console:
         from ingate.console import mount
 
@@ -125,10 +130,14 @@ class _Server:
                                                           max_wait_s=config.max_queue_wait))
                          for name, core in cores.items()}
         self.model_id: str = next(iter(self.backends))  # the default model
+        self.limits = KeyLimits(config.limits or MemoryLimitStore(), KeyMetrics(self.metrics.registry))
+        for b in self.backends.values():  # charged before the client hears the end
+            b.worker.observers.append(lambda job, res: self.limits.charge(job.grant, job.request_id, res))
 
     async def refresh_metrics(self) -> None:
         """Bring the gauges read at scrape time up to date: the queue, and each core's engine report."""
         self.metrics.queue.set(sum(b.worker.depth for b in self.backends.values()))
+        await asyncio.to_thread(self.limits.refresh, self.config.api_keys.grants())
         infos = {name: await asyncio.to_thread(b.core.info) for name, b in self.backends.items()}
         self.metrics.engines = infos
         self.metrics.engine_up.set(1 if all((i.get("process") or {}).get("alive", True) for i in infos.values())
@@ -165,19 +174,28 @@ class _Server:
                                 "models file entry says what it can); ask without logprobs", "logprobs",
                            "logprobs_unsupported")
         session = request.headers.get("x-session-id") or req.user
+        acc = access.of(request.scope)
+        acc.fields |= {"model": b.name, "policy": policy.name, "stream": req.stream}
         job = Job(prompt, policy, params, stop, asyncio.get_running_loop(), asyncio.Queue(), session=session,
-                  structure=structure, grant=grant)
-        await self._start(b, job)
+                  structure=structure, grant=grant, request_id=acc.request_id)
+        counted = await self.limits.admit(grant, job.request_id)  # 429 over the key's limits
+        try:
+            await self._start(b, job)
+        except ApiError:  # turned away after all (queue full, session busy): the request does not count
+            if counted:
+                await self.limits.release(grant, job.request_id)
+            raise
         reply = Reply.new(job.request_id, b.name, req.chat)
         governance = functools.partial(self._governance, job, grant.detail or self.config.governance_detail)
         # a tool call is released whole: its text is held until the response ends, then answered
         tools = structure if structure is not None and structure.is_tools and req.chat else None
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(job, reply, usage, governance, self, tools),
+            return StreamingResponse(_stream(job, reply, usage, governance, self, tools, acc),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
         res = await _collect(request, job, parts)
+        acc.result(res)
         if res.finish_reason == "cancelled" and self.draining:  # nothing was sent: the client retries elsewhere
             raise ApiError(503, "this replica shut down during the request; retry on another", code="shutting_down",
                            type_="server_error", headers={"Retry-After": "1"})
@@ -193,6 +211,7 @@ class _Server:
             res = refuse(refusal, job.policy, job.request_id, b.core.audit, job.session,
                          on_text=lambda t: job.events.put_nowait(("text", t)), key_id=job.grant.key_id)
             self.metrics.observe(job.policy.name, res)
+            self.limits.charge(job.grant, job.request_id, res)
             job.events.put_nowait(("done", res))
             return
         try:
@@ -307,11 +326,13 @@ async def completions(request: Request):
 async def _generation_route(request: Request, model: type[GenerationRequest]):
     s = _server(request)
     grant = _auth(request, s.config)
+    access.of(request.scope).fields["key_id"] = grant.key_id
     req = parse(await _body(request, s.config.max_body_bytes), model)
     return await s.serve(request, req, grant)
 
 
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    access.of(request.scope).fields["error"] = exc.code  # its code: the message may quote what the client sent
     return exc.response()
 
 
@@ -377,7 +398,7 @@ async def _collect(request: Request, job: Job, parts: list[str]) -> Result:
 
 
 async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Result], dict], server: _Server,
-                  tools: Structure | None = None):
+                  tools: Structure | None = None, acc: access.Access | None = None):
     """The response as server-sent events. Under `tools` the text is held until the end and sent
     as one message: the content, or whole tool calls. Under tool_choice auto, text that can no
     longer be a call is an answer: it streams from there."""
@@ -389,6 +410,8 @@ async def _stream(job: Job, reply: Reply, usage: bool, governance: Callable[[Res
             yield first
         while True:
             kind, val = await job.events.get()
+            if kind == "done" and acc is not None:
+                acc.result(val)
             if kind == "text" and tools is not None:
                 held.append(val)
                 if not may_be_call(tools, "".join(held)):  # an answer in text: stream it

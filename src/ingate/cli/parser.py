@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ingate import __version__
+from ingate.logs import FORMATS as LOG_FORMATS
+from ingate.logs import LEVELS as LOG_LEVELS
 
 MODEL_HELP = "the engine: llama.cpp:PATH or a path to a GGUF model (default: embedded SmolLM2-135M)"
 
@@ -79,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def subparser(ap: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand of `ap` (build_parser's)."""
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
 def _generate(sub) -> None:
     """ingate generate PROMPT: one governed generation."""
     g = sub.add_parser("generate", help="generate governed text for one prompt")
@@ -133,7 +141,8 @@ def _serve(sub) -> None:
 
 
 def _serve_ops(s) -> None:
-    """serve's operational flags: where it listens, keys, limits, sessions, the audit."""
+    """serve's operational flags: where it listens, keys, limits, sessions, the audit, the logs. Each
+    is also an $INGATE_* variable (ingate.cli.env)."""
     s.add_argument("--parallel", type=_positive_int, default=None, metavar="N",
                    help="local engines: generations run at once, batched in one decode per step (default 8; "
                         "docs/serving.md says how to choose)")
@@ -174,6 +183,11 @@ def _serve_ops(s) -> None:
     s.add_argument("--audit", default=None, help="audit SQLite path or postgresql:// URL, shared by replicas "
                    "(default: $INGATE_AUDIT or ~/.local/state/ingate/audit.sqlite3)")
     _key_flag(s)
+    s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="ingate's and uvicorn's log level (default info: an access line per request); other "
+                        "libraries log warnings and above")
+    s.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text (TIME LEVEL LOGGER: message key=value ...) or json (one object per line), on stderr")
     s.add_argument("--console", action="store_true",
                    help="also serve the console at /console: a playground, live decisions, performance and a policy "
                         "lab in the browser (docs/console.md); guarded by an admin key whenever keys are configured")

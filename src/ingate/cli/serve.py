@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+import logging
 
 from ingate.cli.common import UserError, load
 from ingate.compose import ComposeError, Settings, open_cores
 from ingate.policy import Policy
 
+log = logging.getLogger("ingate.serve")
+
 
 def _api_keys(args: argparse.Namespace):
-    """The keys of --api-key and $INGATE_API_KEYS (comma-separated), of --keys FILE (ingate.keys), and
-    the console's --admin-key and $INGATE_ADMIN_KEYS."""
+    """The keys of --api-key, of --keys FILE (ingate.keys), and the console's --admin-key (each also
+    from its $INGATE_* variable: ingate.cli.env)."""
     from ingate.keys import Keys, KeysError
 
-    specs = list(args.api_key or []) + [k for k in os.environ.get("INGATE_API_KEYS", "").split(",") if k.strip()]
-    admins = list(args.admin_key or []) + [k for k in os.environ.get("INGATE_ADMIN_KEYS", "").split(",") if k.strip()]
     try:
-        return Keys.from_specs(specs, args.keys or os.environ.get("INGATE_KEYS") or None, admins)
+        return Keys.from_specs(args.api_key or [], args.keys, args.admin_key or [])
     except KeysError as e:
         raise UserError(str(e), code=2) from None
 
@@ -35,25 +34,35 @@ def _check_console(args: argparse.Namespace, keys) -> None:
         raise UserError("--console: this server requires API keys, so its console needs an admin key: pass "
                         "--admin-key KEY (or set $INGATE_ADMIN_KEYS), or mark a keys-file entry 'admin: true'", code=2)
     if not keys.admins and not (args.host in ("localhost", "::1") or args.host.startswith("127.")):
-        print(f"ingate: warning: the console at http://{args.host}:{args.port}/console/ is open to anyone who can "
-              "reach it (no key is configured): give --admin-key KEY to guard it", file=sys.stderr, flush=True)
+        log.warning("the console at http://%s:%s/console/ is open to anyone who can reach it (no key is "
+                    "configured): give --admin-key KEY to guard it", args.host, args.port)
 
 
 def _sessions(args: argparse.Namespace):
     """The session store --sessions (or $INGATE_SESSIONS) names: this process's memory by default."""
     from ingate.store.sessions import StoreError, open_sessions
 
-    url = args.sessions or os.environ.get("INGATE_SESSIONS") or "memory"
+    url = args.sessions or "memory"
     try:
         store = open_sessions(url, args.sessions_prefix, args.session_ttl)
     except StoreError as e:
         raise UserError(str(e), code=2) from None
     h = store.health()
     if not h["ok"]:  # serve anyway: each policy's on_store_error decides, and /healthz says it
-        print(f"ingate: warning: the session store {h['url']} is unreachable ({h['error']}); requests whose policy "
-              "needs session state are refused until it is back (session: {on_store_error: allow} serves them)",
-              file=sys.stderr, flush=True)
+        log.warning("the session store %s is unreachable (%s); requests whose policy needs session state are "
+                    "refused until it is back (session: {on_store_error: allow} serves them)", h["url"], h["error"])
     return store
+
+
+def _limits(args: argparse.Namespace):
+    """Where the keys' limits are counted: with the sessions (--sessions), shared by the replicas."""
+    from ingate.store.limits import open_limits
+    from ingate.store.sessions import StoreError
+
+    try:
+        return open_limits(args.sessions or "memory", args.sessions_prefix)
+    except StoreError as e:
+        raise UserError(str(e), code=2) from None
 
 
 def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
@@ -72,6 +81,9 @@ def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ingate import logs
+
+    logs.configure(args.log_level, args.log_format)  # once, before anything logs
     policies: dict[str, Policy] = {}
     for arg in args.policy or [None]:
         p = load(arg)
@@ -98,20 +110,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                         max_queue_wait=args.max_queue_wait,
                                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                                         session_ttl=args.session_ttl, governance_detail=args.governance_detail,
-                                        sessions=sessions, drain_seconds=args.drain_seconds, console=args.console))
+                                        sessions=sessions, drain_seconds=args.drain_seconds, console=args.console,
+                                        limits=_limits(args)))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
     first = next(iter(cores))
     console = f"\n  console: {url}/console/{' (sign in with an admin key)' if keys.admins else ''}" \
         if args.console else ""
-    print(f"ingate: serving {', '.join(cores)} with policies {', '.join(policies)} on {url}\n"
-          f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
-          f"    -d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", "
-          f"\"content\": \"Hello\"}}]}}'{console}", file=sys.stderr, flush=True)
+    log.info(f"serving {', '.join(cores)} with policies {', '.join(policies)} on {url}\n"
+             f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
+             f"    -d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", "
+             f"\"content\": \"Hello\"}}]}}'{console}")
     # On SIGTERM (or Ctrl-C): /readyz turns 503 and new requests get 503 at once; streams in flight
     # have --drain-seconds to finish, then are cancelled (an error event each, audited); uvicorn's
     # own cut, a few seconds later, is only the backstop.
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+    # uvicorn logs through ingate's handler (log_config=None); ingate writes the access line itself
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           log_config=None, access_log=False,
                                            timeout_graceful_shutdown=args.drain_seconds + 5))
     handle_exit = server.handle_exit
 
