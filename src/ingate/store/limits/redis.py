@@ -10,6 +10,7 @@ disagree still share one window. store.limits.base says what the windows are.
 
 from __future__ import annotations
 
+from ingate.extras import require
 from ingate.store.limits.base import LIMITS, Limits, Verdict, refusal
 from ingate.store.sessions.base import StoreError
 
@@ -68,7 +69,7 @@ return 1
 
 class RedisLimitStore:
     def __init__(self, url: str, prefix: str = "ingate", timeout_s: float = 1.0):
-        import redis
+        redis = require("redis")
 
         self.prefix = prefix
         try:
