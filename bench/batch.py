@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -259,6 +260,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-vllm", action="store_true", help="leave vLLM out of the served part")
     a = ap.parse_args()
+    # a SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the servers this started are stopped by
+    # their `finally`, not left running as orphans that skew the next measurement
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     res: dict = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
     log("the batched-decode curve...")
     res["curve"] = curve_part(a.quick)
