@@ -48,6 +48,16 @@ class Vault:
         """What a session store keeps (encrypted): the values in placeholder order."""
         return {"kinds": {k: [self.values[p] for p in ps] for k, ps in self.kinds.items()}}
 
+    def merge(self, other: Vault) -> None:
+        """Add `other`'s values that this vault lacks (their placeholders may be renumbered)."""
+        for kind, phs in other.kinds.items():
+            for ph in phs:
+                key = (kind, other.values[ph])
+                if key not in self.by_value:
+                    self.put(kind, other.values[ph])
+                    self.used[self.by_value[key]] -= 1
+        self.used = +self.used
+
     @classmethod
     def from_json(cls, data: dict) -> Vault:
         v = cls()
