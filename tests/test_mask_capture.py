@@ -230,3 +230,32 @@ def test_the_real_upstream_copies_placeholders_and_the_client_gets_its_values_ba
             t.join(10)
             proxy.close()
             core.close()
+
+
+def test_the_readmes_tool_call_round_trip_with_the_official_client():
+    """README's example: the upstream (ScriptedUpstream, a test double replaying a call) is asked
+    with the address masked and calls the tool with its placeholder; the client gets its address."""
+    from upstreams import ScriptedUpstream
+
+    up = ScriptedUpstream()
+    call = '{"name": "send_mail", "arguments": {"to": "[EMAIL_1]"}}'
+    up.script([[call[:30], call[30:38], call[38:]]], [[]])
+    pol = policy("version: 1\nname: support-bot\nmask_upstream: [email, phone, credit_card]\nrules:\n"
+                 "  - id: pii\n    forbid: {patterns: [email, phone]}\n    action: redact\n")
+    core = UpstreamCore(upstream("smol", up.url, "smol", kind="openai", retries=0, timeout_s=20), None)
+    srv, t, url = _serve({"smol": core}, {"support-bot": pol})
+    try:
+        client = OpenAI(base_url=url + "/v1", api_key="unused")
+        tools = [{"type": "function", "function": {"name": "send_mail", "description": "Mails a customer.",
+                  "parameters": {"type": "object", "properties": {"to": {"type": "string"}}, "required": ["to"]}}}]
+        out = client.chat.completions.create(model="smol", tools=tools, tool_choice="required", messages=[
+            {"role": "user", "content": "Mail ana@corp.org our prices."}])
+        assert json.loads(out.choices[0].message.tool_calls[0].function.arguments) == {"to": "ana@corp.org"}
+        assert out.model_extra["governance"]["masked"] == {"email": 1}
+        sent = json.dumps(up.bodies)
+        assert "ana@corp.org" not in sent and "Mail [EMAIL_1] our prices." in sent
+    finally:
+        srv.should_exit = True
+        t.join(10)
+        up.close()
+        core.close()

@@ -167,6 +167,8 @@ def govern(req: Request, audit: AuditLog | None, drive: Drive, sinks: Sinks | No
         raise GenerationFailed(res, e) from e
     if req.masking is not None:
         res.masked = req.masking.counts()
+        if req.vault is not None:  # a session's: back to the worker, even from an engine process
+            res.vault = req.masking.vault
     if audit is not None:
         audit.record_request(rid, policy.name, res, req.session, req.key_id)
     return res

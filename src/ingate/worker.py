@@ -169,7 +169,7 @@ class Worker:
                 res: Result = self.core.run(req, on_text=functools.partial(_text, job), cancelled=job.cancel.is_set,
                                             on_audited=functools.partial(_audited, job) if job.live_decisions
                                             else None)
-                self._keep_vault(job, vault)
+                self._keep_vault(job, res.vault if res.vault is not None else vault)
                 self._account(job, res)  # before the client hears "done"
                 job._put(("done", res))
             except GenerationFailed as e:  # the engine failed: what was decided still counts
