@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import gen_params, policy, user
-from ingate.core import Request, govern
+from ingate.core import Request, Sinks, govern
 from ingate.drivers.text import govern_text
 from ingate.gate.compile import compile_policy
 from ingate.gate.gate import Gate, Mode
@@ -69,8 +69,7 @@ class _Drive:
 def _run(pol, text, deltas, audit=None, structure=None):
     out: list[str] = []
     d = _Drive(deltas)
-    res = govern(Request(user(text), pol, gen_params(256), structure=structure), audit, d,
-                 sinks=__import__("ingate.core", fromlist=["Sinks"]).Sinks(on_text=out.append))
+    res = govern(Request(user(text), pol, gen_params(256), structure=structure), audit, d, Sinks(on_text=out.append))
     return "".join(out), res, d.seen
 
 
@@ -121,10 +120,10 @@ def test_masking_hides_every_value_and_restoring_gives_the_text_back(parts, tail
     text = "".join(f + v for f, v in parts) + tail
     m = Masking.start(MASK)
     masked = m.text(text)
-    found = [text[s:e] for s, e, _ in m.finder.find(text)]
-    for v in found:
-        assert v not in masked.replace("[", "\0")  # no covered value, nor a forged placeholder, is left as written
-    assert not m.finder.find(masked) or all(m.vault.values.get(masked[s:e]) for s, e, _ in m.finder.find(masked))
+    found = m.finder.find(text)
+    assert sorted({text[s:e] for s, e, _ in found}) == sorted(m.vault.values.values())
+    for s, e, _ in m.finder.find(masked):  # nothing covered is left: what the finder reads is the vault's own
+        assert masked[s:e] in m.vault.values
     r = m.restorer(None)
     if r is not None:
         assert r.feed(masked) + r.flush() == text
@@ -161,7 +160,7 @@ def test_every_two_and_three_part_split_of_the_echo_is_restored_byte_for_byte():
             assert text == ECHO == res.text, deltas
             assert EMAIL not in seen.messages[0]["content"] and PHONE not in seen.messages[0]["content"]
             n += 1
-    assert n > 1000
+    assert n == (len(masked) - 1) * len(masked) // 2  # every 2-part and 3-part split
 
 
 def test_only_a_possible_placeholder_is_held_back():
@@ -175,7 +174,8 @@ def test_only_a_possible_placeholder_is_held_back():
 
 @pytest.mark.parametrize("copy, out", [("[EMAIL1]", EMAIL), ("[Email_1]", EMAIL), ("[ email 1 ]", EMAIL),
                                        ("[EMAIL_2]", EMAIL2), ("[EMAIL]", "[EMAIL]"), ("[EMAIL_9]", "[EMAIL]"),
-                                       ("[PHONE]", PHONE), ("[SSN_1]", "[SSN_1]"), ("[1]", "[1]")])
+                                       ("[PHONE]", "[PHONE]"), ("[phone_01]", PHONE), ("[SSN_1]", "[SSN_1]"),
+                                       ("[1]", "[1]")])
 def test_a_mangled_placeholder_is_restored_when_unambiguous_else_neutral(copy, out):
     m = Masking.start(MASK)
     m.text(f"{EMAIL} {EMAIL2} {PHONE}")
@@ -237,6 +237,34 @@ def test_the_stop_sequences_and_a_raw_prompt_are_masked_too():
     out: list[str] = []
     d = _Drive(["Write to [EMAIL_1] now"])
     req = Request(user(f"stop at {EMAIL}"), pol, gen_params(64), stop=(f"to {EMAIL}",))
-    res = govern(req, None, d, sinks=__import__("ingate.core", fromlist=["Sinks"]).Sinks(on_text=out.append))
+    res = govern(req, None, d, Sinks(on_text=out.append))
     assert d.seen.stop == ("to [EMAIL_1]",) and "".join(out) == "Write " and res.finish_reason == "stop"
     assert seen is not None
+
+
+# ---- the embedded engine ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_embedded_model_never_sees_a_masked_value_and_its_copies_are_restored(runtime):
+    from conftest import PII_PROMPT, SEARCH
+
+    from ingate.policy import NONE_POLICY
+
+    keep = policy("version: 1\nname: keep\nmask_upstream: {values: [email, phone], answer: keep}\n")
+    restore = policy("version: 1\nname: restore\nmask_upstream: [email, phone]\n")
+    echoed = copied = 0
+    for temperature, seed in SEARCH[:4]:
+        p = gen_params(32, temperature, seed)
+        plain = runtime.run(user(PII_PROMPT), NONE_POLICY, p).text
+        echoed += "john.smith@example.com" in plain or "415-555-0132" in plain
+        own = runtime.run(user(PII_PROMPT), keep, p)  # the model's own text: placeholders unrestored
+        assert "john.smith@example.com" not in own.text and "415-555-0132" not in own.text
+        assert own.masked == {"email": 1, "phone": 1}
+        if "[EMAIL_1]" in own.text or "[PHONE_1]" in own.text:
+            copied += 1
+            back = runtime.run(user(PII_PROMPT), restore, p).text  # the same text (no rule fires), restored
+            m = Masking.start(restore)
+            m.messages(user(PII_PROMPT))
+            r = m.restorer(None)
+            assert back == r.feed(own.text) + r.flush() != own.text, (own.text, back)
+    assert echoed, "the ungoverned model never repeated a value: the prompt tests nothing"
+    assert copied, "the model never copied the placeholder: nothing was restored"

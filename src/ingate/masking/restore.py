@@ -7,8 +7,10 @@ everything before it goes on at once. So a placeholder split over any number of 
 restored whole, and nothing else waits.
 
 What a placeholder-like copy becomes, under the policy's `answer`:
-  restore   its value, when the copy names one unambiguously (`[EMAIL_1]`, `[Email1]`, or `[EMAIL]`
-            when the vault holds one email); else the neutral `[EMAIL]`, never a guess
+  restore   its value, when the copy names one (`[EMAIL_1]`, `[Email1]`, `[ email 1 ]`); else (a
+            number the vault does not hold) the neutral `[EMAIL]`, never a guess. A copy with no
+            number is left as it is: `[EMAIL]` is also what an output rule redacts an e-mail the
+            model invented to, and that must never become the client's value
   redact    the neutral `[EMAIL]`
   keep      unchanged (no restorer runs)
 Only types the vault holds are read; other bracketed text (`[1]`, `[citation needed]`) is text.
@@ -69,17 +71,11 @@ class Restorer:
 
     def _one(self, m: re.Match) -> str:
         kind = norm_type(m.group(1))
-        mine = self.vault.kinds.get(kind)
-        if not mine:
-            return m.group(0)  # not a type this request masked: the model's own text
-        value = self._resolve(kind, mine, m.group(2))
+        if m.group(2) is None or not self.vault.kinds.get(kind):
+            return m.group(0)  # not a placeholder of this request: the model's text, or a redaction
+        value = self.vault.values.get(placeholder(kind, int(m.group(2))))
         if value is None or self.answer == REDACT:
             self.neutral += 1
             return f"[{kind}]"
         self.restored += 1
         return json.dumps(value, ensure_ascii=False)[1:-1] if self._json() else value
-
-    def _resolve(self, kind: str, mine: list[str], n: str | None) -> str | None:
-        if n is None:
-            return self.vault.values[mine[0]] if len(mine) == 1 else None
-        return self.vault.values.get(placeholder(kind, int(n)))
