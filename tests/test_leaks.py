@@ -246,7 +246,7 @@ def test_no_channel_but_the_answer_discloses_a_masked_value(tmp_path_factory, ca
     from ingate.store.vaults import RedisVaults, open_vaults
     from ingate.upstream.config import upstream
     from ingate.upstream.core import UpstreamCore
-    from test_mask_capture import CaptureUpstream
+    from upstreams import CaptureUpstream
 
     email, phone = f"{name}@{domain}.com", f"{area}-555-{last:04d}"
     pol = policy(f"version: 1\nname: leak-mask\naudit: {{store_text: true}}\nmask_upstream: {{values: [email, phone],"
@@ -277,9 +277,9 @@ def test_no_channel_but_the_answer_discloses_a_masked_value(tmp_path_factory, ca
         stored = b"".join(r_.get(k) or b"" for k in r_.keys(f"{prefix}:*"))
         assert bool(stored) == session
         audit.close()
+        audit_bytes = b"".join(f.read_bytes() for f in tmp.glob("audit.sqlite3*") if not f.name.endswith(".key"))
         dumps = {"report": rest, "metrics": metrics, "logs": caplog.text, "upstream": json.dumps(up.bodies),
-                 "audit": b"".join(f.read_bytes() for f in tmp.glob("audit.sqlite3*")
-                                                           if not f.name.endswith(".key")).decode("latin-1"), "vault": stored.decode("latin-1")}
+                 "audit": audit_bytes.decode("latin-1"), "vault": stored.decode("latin-1")}
         for value in (email, phone):
             for where, dump in dumps.items():
                 assert value not in dump, (value, where)

@@ -246,7 +246,6 @@ def test_the_stop_sequences_and_a_raw_prompt_are_masked_too():
 @pytest.mark.slow
 def test_the_embedded_model_never_sees_a_masked_value_and_its_copies_are_restored(runtime):
     from conftest import PII_PROMPT, SEARCH
-
     from ingate.policy import NONE_POLICY
 
     keep = policy("version: 1\nname: keep\nmask_upstream: {values: [email, phone], answer: keep}\n")
@@ -268,3 +267,32 @@ def test_the_embedded_model_never_sees_a_masked_value_and_its_copies_are_restore
             assert back == r.feed(own.text) + r.flush() != own.text, (own.text, back)
     assert echoed, "the ungoverned model never repeated a value: the prompt tests nothing"
     assert copied, "the model never copied the placeholder: nothing was restored"
+
+
+# ---- session vaults -------------------------------------------------------------------------------------
+def test_a_redis_vault_is_encrypted_at_rest_merged_on_save_and_useless_under_another_key():
+    import redis
+
+    from ingate.store.sessions import StoreError
+    from ingate.store.vaults import Cipher, RedisVaults
+
+    url, prefix = "redis://127.0.0.1:6379/0", f"test-vault-{__import__('uuid').uuid4().hex[:8]}"
+    store = RedisVaults(url, Cipher(b"k" * 32), prefix, ttl=30)
+    v = Vault()
+    v.put("EMAIL", EMAIL)
+    store.save("s", v)
+    w = Vault()
+    w.put("EMAIL", EMAIL2)  # another replica's request, in flight at the same time
+    store.save("s", w)
+    got = store.load("s")
+    assert got is not None and got.values == {"[EMAIL_1]": EMAIL, "[EMAIL_2]": EMAIL2}
+    r = redis.Redis.from_url(url)
+    raw = r.get(store.key("s"))
+    assert raw and EMAIL.encode() not in raw and EMAIL2.encode() not in raw and 0 < r.ttl(store.key("s")) <= 30
+    with pytest.raises(StoreError, match="does not decrypt"):
+        RedisVaults(url, Cipher(b"x" * 32), prefix).load("s")
+    r.rename(store.key("s"), store.key("t"))  # a vault moved under another session's key does not open
+    with pytest.raises(StoreError, match="does not decrypt"):
+        store.load("t")
+    r.delete(store.key("t"))
+    assert store.load("s") is None

@@ -1,19 +1,17 @@
 """What leaves for an upstream under mask_upstream, seen from the upstream's side of a real HTTP
 connection, and the answer's round trip.
 
-`CaptureUpstream` is a real HTTP server on loopback that records every body ingate sends it. It is
-a test double for the answer only, and says so: it answers by echoing the last message it got
-(the masked text), split into stream events where the test says, since no real server lets a test
-choose its splits. The model's own round trip runs against the real llama.cpp server at the end.
+`CaptureUpstream` (tests/upstreams.py) is a real HTTP server on loopback that records every body
+ingate sends it. It is a test double for the answer only, and says so: it answers by echoing the
+last message it got (the masked text), split into stream events where the test says, since no real
+server lets a test choose its splits. The model's own round trip runs against the real llama.cpp server at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -28,7 +26,7 @@ from ingate.policy import NONE_POLICY
 from ingate.server import ServerConfig, create_app
 from ingate.upstream.config import upstream
 from ingate.upstream.core import UpstreamCore
-from upstreams import FaultProxy, free_port, llama_server
+from upstreams import CaptureUpstream, FaultProxy, free_port, llama_server
 
 MASK = policy("""
 version: 1
@@ -39,47 +37,6 @@ rules:
     forbid: {patterns: [email, phone]}
     action: redact
 """)
-
-
-class CaptureUpstream:
-    """Records every body; answers with the last message's text (or the prompt) as a chat stream,
-    cut into events at `self.cuts` (character offsets), or as one JSON body when not streamed."""
-
-    def __init__(self):
-        self.bodies: list[dict] = []
-        self.cuts: list[int] = []
-        up = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def log_message(self, *_):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                up.bodies.append(body)
-                msgs = body.get("messages") or [{"content": body.get("prompt", "")}]
-                text = str(msgs[-1].get("content") or "")
-                b = [0, *sorted(c for c in set(up.cuts) if 0 < c < len(text)), len(text)]
-                chunks = [{"choices": [{"index": 0, "delta": {"content": text[b[i]:b[i + 1]]}, "finish_reason": None}]}
-                          for i in range(len(b) - 1)]
-                chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-                raw = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                with contextlib.suppress(OSError):
-                    self.wfile.write(raw)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _serve(cores: dict, policies: dict):

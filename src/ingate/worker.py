@@ -27,9 +27,9 @@ from ingate.drivers.base import GenerationFailed, GenerationParams, Result
 from ingate.engines import EngineCrashed
 from ingate.gate.decision import Action, Decision
 from ingate.keys import Grant
+from ingate.masking import Vault
 from ingate.metrics import Metrics
 from ingate.policy import Policy
-from ingate.masking import Vault
 from ingate.store.sessions import SessionState, SessionStore, StoreError, violations_in
 from ingate.store.vaults import VaultStore
 from ingate.structure.spec import Structure

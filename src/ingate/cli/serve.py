@@ -112,7 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                         max_queue_wait=args.max_queue_wait,
                                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                                         session_ttl=args.session_ttl, governance_detail=args.governance_detail,
-                                        sessions=sessions, vaults=vaults, drain_seconds=args.drain_seconds, console=args.console))
+                                        sessions=sessions, vaults=vaults, drain_seconds=args.drain_seconds,
+                                        console=args.console))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
     first = next(iter(cores))

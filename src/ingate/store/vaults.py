@@ -132,11 +132,12 @@ class RedisVaults:
         except self._errors as err:
             raise StoreError(f"vault store: {type(err).__name__}: {err}") from None
 
-    def _open(self, blob: bytes, k: str) -> Vault:
+    def _open(self, blob: bytes | str, k: str) -> Vault:
         from cryptography.exceptions import InvalidTag
 
         try:
-            return Vault.from_json(json.loads(self.cipher.open(blob, k.encode())))
+            data = blob.encode("latin-1") if isinstance(blob, str) else blob
+            return Vault.from_json(json.loads(self.cipher.open(data, k.encode())))
         except (InvalidTag, ValueError) as e:
             raise StoreError(f"vault store: the vault under {k} does not decrypt with this deployment's vault key "
                              f"({type(e).__name__}); give every replica the same key") from None
