@@ -35,6 +35,8 @@ _RUN = _S + "{1,3}"
 _SE = "(?:" + _S + "|" + encoded(" ") + "|" + encoded("\u00a0", ("nbsp",)) + "|" + encoded("-") + "|" + \
     encoded(".", ("period",)) + ")"
 _RUNE = _SE + "{1,3}"
+# a card's: &nbsp; alone of the encodings (the Luhn sum counts every digit: %20 or &#160; would join it)
+_RUNC = "(?:" + _S + "|&nbsp;){1,3}"
 _AT, _DOT = encoded("@", ("commat",)), encoded(".", ("period",))
 _SSN_AREA = r"(?:00[1-9]|0[1-9][0-9]|[1-5][0-9]{2}|6[0-5][0-9]|66[0-57-9]|6[7-9][0-9]|[78][0-9]{2})"
 
@@ -57,8 +59,8 @@ BUILTIN_PATTERNS: dict[str, tuple[str, str]] = {
     # 12-19 digits (Maestro has 12; the Luhn check in CHECKED counts them), in groups of 3 or more
     # and maybe a short last one ("4180, 9208, 7794, 4069", "4047 7372 1514 2"), or spelled out
     # digit by digit ("4 1 8 0 ..."); mixed small groups are dates, ISBNs and lists, not cards
-    "credit_card": (r"[0-9]{3,}(?:" + _RUN + r"[0-9]{3,}){0,5}(?:" + _RUN + r"[0-9]{1,2})?"
-                    r"|[0-9](?:" + _RUN + r"[0-9]){11,18}", "[CREDIT_CARD]"),
+    "credit_card": (r"[0-9]{3,}(?:" + _RUNC + r"[0-9]{3,}){0,5}(?:" + _RUNC + r"[0-9]{1,2})?"
+                    r"|[0-9](?:" + _RUNC + r"[0-9]){11,18}", "[CREDIT_CARD]"),
     # area 001-899 but 666, group 01-99, serial 0001-9999 (never issued otherwise), groups separated
     "us_ssn": (_SSN_AREA + _RUNE + r"(?:0[1-9]|[1-9][0-9])" + _RUNE +
                r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})", "[SSN]"),
