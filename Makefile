@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: dist browser bench-batch bench-heads docs harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
+.PHONY: dist browser bench-mask bench-batch bench-heads docs harm-data serve test test-quick test-vllm bench-vllm bench-structured vllm-env vllm-model nemo-env lint bench eval eval-quick eval-entropy install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +101,10 @@ bench-structured: install-test
 bench-heads: install-test
 	$(BIN)/python bench/heads.py
 
+# mask_upstream: placeholders copied intact (embedded model, real upstream), restoration fidelity, TTFT added (docs/masking.md)
+bench-mask: install-test
+	$(BIN)/python bench/mask.py
+
 # Rebuild the pack's labelled data (about 25 minutes of generation on 2 cores; docs/semantic.md, "The shipped pack")
 harm-data: install-test
 	$(BIN)/python bench/harm_data.py
@@ -121,6 +125,7 @@ bench: install-test
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/structured.py
+	$(BIN)/python bench/mask.py
 
 # vLLM's CPU build, for the plugin's tests and bench (docs/vllm.md). It lives in its own venv
 # (about 3.5 GB, built once per machine, about 5 minutes): it pins its own torch and transformers.

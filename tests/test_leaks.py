@@ -255,3 +255,69 @@ def test_a_fault_after_a_stream_began_is_logged_with_the_request_id_and_told_gen
     err = json.loads(events[-2])["error"]
     assert err["code"] == "internal_error" and rid in err["message"] and "policy detail" not in r.text
     assert any(rid in rec.getMessage() and "internal report fault" in rec.getMessage() for rec in caplog.records)
+
+
+# ---- mask_upstream: the vault's values --------------------------------------------------------------
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=word, domain=word, area=st.integers(201, 989), last=st.integers(1000, 9999), stream=st.booleans(),
+       session=st.booleans())
+def test_no_channel_but_the_answer_discloses_a_masked_value(tmp_path_factory, caplog, name, domain, area, last,
+                                                          stream, session):
+    """The values a request masks come back in the answer only: never in the audit (a keyed digest
+    stands for each, even with store_text), the logs, /metrics, the report at full detail, or the
+    session vault as Redis stores it. The upstream is tests/test_mask_capture.py's capture server
+    (a test double that echoes what it got: so the answer does carry the values back)."""
+    import logging
+    import os
+
+    import redis
+
+    from ingate.store.audit import SqliteAudit
+    from ingate.store.vaults import RedisVaults, open_vaults
+    from ingate.upstream.config import upstream
+    from ingate.upstream.core import UpstreamCore
+    from upstreams import CaptureUpstream
+
+    email, phone = f"{name}@{domain}.com", f"{area}-555-{last:04d}"
+    pol = policy(f"version: 1\nname: leak-mask\naudit: {{store_text: true}}\nmask_upstream: {{values: [email, phone],"
+                 f" vault: {'session' if session else 'request'}}}\nrules:\n  - id: pii\n    forbid: {{patterns: "
+                 "[email, phone]}\n    action: redact\n")
+    tmp = tmp_path_factory.mktemp("leak-mask")
+    audit = SqliteAudit(tmp / "audit.sqlite3")
+    up = CaptureUpstream()
+    core = UpstreamCore(upstream("cap", up.url, "cap", kind="openai", retries=0, timeout_s=20), audit)
+    prefix = f"leak-{tmp.name}"
+    os.environ["INGATE_VAULT_KEY"] = "k" * 32
+    try:
+        vaults = open_vaults("redis://127.0.0.1:6379/0", prefix, 60)
+        assert isinstance(vaults, RedisVaults)
+        app = create_app({"cap": core}, ServerConfig(policies={"leak-mask": pol}, governance_detail="full",
+                                                     vaults=vaults))
+        caplog.set_level(logging.DEBUG)
+        with TestClient(app) as client:
+            body = {"model": "cap", "stream": stream, "messages": [{"role": "user", "content": f"I am {email}, "
+                                                                   f"call {phone}."}]}
+            r = client.post("/v1/chat/completions", json=body, headers={"X-Session-Id": "s1"})
+            assert r.status_code == 200
+            text, rest = _channels(r.text, stream)
+            metrics = client.get("/metrics").text
+        assert email in text and phone in text  # the echo: restored for the client
+        assert "masked" in rest  # the report's counts
+        r_ = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        stored = b"".join(r_.get(k) or b"" for k in r_.keys(f"{prefix}:*"))
+        assert bool(stored) == session
+        audit.close()
+        audit_bytes = b"".join(f.read_bytes() for f in tmp.glob("audit.sqlite3*") if not f.name.endswith(".key"))
+        dumps = {"report": rest, "metrics": metrics, "logs": caplog.text, "upstream": json.dumps(up.bodies),
+                 "audit": audit_bytes.decode("latin-1"), "vault": stored.decode("latin-1")}
+        for value in (email, phone):
+            for where, dump in dumps.items():
+                assert value not in dump, (value, where)
+                for h in _hashes(value):
+                    assert h not in dump, (value, where)
+        for k in r_.keys(f"{prefix}:*"):
+            r_.delete(k)
+    finally:
+        os.environ.pop("INGATE_VAULT_KEY", None)
+        up.close()
+        core.close()

@@ -6,6 +6,8 @@
   stalls, never ends, answers 500 or 429, or strips what ingate pushed down. It records what it
   forwarded, event by event, and notices the moment ingate closes its connection: that is how the
   tests prove cancellation from the upstream's side.
+* `CaptureUpstream`: a test double for the answer, said so here: a real HTTP server that records
+  every body ingate sends it (what the masking tests check) and answers by echoing the last message.
 * `ScriptedUpstream`: a test double, said so here: it replays fixed text as an OpenAI stream, split
   into SSE events and TCP writes exactly where a hypothesis example says. No real server lets a test
   choose where its stream splits, and the property is about exactly that.
@@ -302,6 +304,48 @@ class ScriptedUpstream:
 
     def script(self, deltas: list[list[str]], cuts: list[list[int]]) -> None:
         self.deltas, self.cuts, self.bodies = deltas, cuts, []
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---- the capture upstream (a test double for its answer: see the module docstring) ------------------
+class CaptureUpstream:
+    """Records every body; answers with the last message's text (or the prompt) as a chat stream,
+    cut into events at `self.cuts` (character offsets), or as one JSON body when not streamed."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+        self.cuts: list[int] = []
+        up = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *_):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                up.bodies.append(body)
+                msgs = body.get("messages") or [{"content": body.get("prompt", "")}]
+                text = str(msgs[-1].get("content") or "")
+                b = [0, *sorted(c for c in set(up.cuts) if 0 < c < len(text)), len(text)]
+                chunks = [{"choices": [{"index": 0, "delta": {"content": text[b[i]:b[i + 1]]}, "finish_reason": None}]}
+                          for i in range(len(b) - 1)]
+                chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                raw = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

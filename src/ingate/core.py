@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ingate.drivers.base import DecisionSink, GenerationFailed, GenerationParams, Result, TextSink, partial_result
@@ -29,11 +29,12 @@ from ingate.engines.base import EngineError
 from ingate.gate.compile import CompiledPolicy
 from ingate.gate.decision import Action, Decision
 from ingate.gate.gate import Gate, GateOptions
+from ingate.masking import Masking, Restorer, Vault
 from ingate.policy import Policy
 from ingate.refusal import refuse, screen_input, session_budget
 from ingate.store.audit import AuditLog
 from ingate.structure.rules import inside_structure
-from ingate.structure.spec import Structure
+from ingate.structure.spec import TOOL_MARKER, Structure
 
 # what a core can do besides generating (the server checks a request against these)
 LOGPROBS = "logprobs"  # per-token log-probabilities (and entropy measured from them)
@@ -53,6 +54,8 @@ class Request:
     session_entropy: float = 0.0  # what the session had spent before this request
     structure: Structure | None = None  # response_format or a tool call (ingate.structure)
     key_id: str | None = None  # the caller's API key id (ingate.keys), for the audit's request row
+    vault: Vault | None = None  # a session's vault (mask_upstream with vault: session), else one per request
+    masking: Masking | None = None  # set by `govern` on the masked request the drive sees
 
     def texts(self) -> tuple[str, ...]:
         """Every text the model is given: what pattern rules look for values in (ingate.gate.scatter)."""
@@ -133,17 +136,21 @@ def govern(req: Request, audit: AuditLog | None, drive: Drive, sinks: Sinks | No
         if sinks.on_audited is not None:
             sinks.on_audited(ds)
 
-    n_prompt, gate = 0, None
+    n_prompt, gate, given, restorer = 0, None, req.messages, None
     try:
+        req, restorer = _masked(req, audit)
         n_prompt = drive.prepare(req)
         t_check = time.perf_counter()
-        refusal = session_budget(policy, req.session_entropy) or screen_input(drive.compiled(policy), req.messages)
+        refusal = session_budget(policy, req.session_entropy) or screen_input(drive.compiled(policy), given)
         if refusal is not None:  # refused before the first token: no generation spent
             return refuse(refusal, policy, rid, audit, req.session, n_prompt, time.perf_counter() - t_check,
                           sinks.on_text, sinks.on_audited, req.key_id)
         governing = inside_structure(policy) if req.structure is not None else policy
         gate = drive.gate(drive.compiled(governing), req)
-        res = drive.drive(gate, req, sinks.on_text, on_decisions, sinks.cancelled)
+        on_text = sinks.on_text if restorer is None else _restoring(restorer, sinks.on_text)
+        res = drive.drive(gate, req, on_text, on_decisions, sinks.cancelled)
+        if restorer is not None:
+            _restored(res, restorer, sinks.on_text)
     except GenerationFailed as e:  # the engine or upstream failed: what was decided still counts
         _failed(req, audit, on_decisions, e.result, e.cause)
         raise
@@ -158,9 +165,43 @@ def govern(req: Request, audit: AuditLog | None, drive: Drive, sinks: Sinks | No
         res = partial_result(gate, n_prompt, time.perf_counter() - t0)
         _failed(req, audit, on_decisions, res, e)
         raise GenerationFailed(res, e) from e
+    if req.masking is not None:
+        res.masked = req.masking.counts()
+        if req.vault is not None:  # a session's: back to the worker, even from an engine process
+            res.vault = req.masking.vault
     if audit is not None:
         audit.record_request(rid, policy.name, res, req.session, req.key_id)
     return res
+
+
+def _masked(req: Request, audit: AuditLog | None) -> tuple[Request, Restorer | None]:
+    """The request as the model may see it under the policy's mask_upstream (ingate.masking), and
+    the restorer of its answer. The mask decisions are durable (keyed digests only, whatever the
+    policy's store_text) before the model sees anything."""
+    m = Masking.start(req.policy, req.vault)
+    if m is None:
+        return req, None
+    req = replace(req, messages=m.messages(req.messages), stop=tuple(m.text(x) for x in req.stop), masking=m)
+    if audit is not None:
+        audit.record(req.request_id, req.policy.name, m.audit_decisions(), store_text=False)
+    st = req.structure
+    return req, m.restorer(None if st is None else True if st.pure_json else TOOL_MARKER if st.is_tools else None)
+
+
+def _restoring(restorer: Restorer, on_text: TextSink | None) -> TextSink:
+    def sink(text: str) -> None:
+        out = restorer.feed(text)
+        if out and on_text is not None:
+            on_text(out)
+    return sink
+
+
+def _restored(res: Result, restorer: Restorer, on_text: TextSink | None) -> None:
+    """The answer is over: what the restorer held goes out, and the result's text is the client's."""
+    tail = restorer.flush()
+    if tail and on_text is not None:
+        on_text(tail)
+    res.text = restorer.text
 
 
 def _failed(req: Request, audit: AuditLog | None, on_decisions: DecisionSink, res: Result,

@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "redis": ("replicas", "--sessions redis://"),
     "psycopg": ("replicas", "an audit at postgresql://"),
     "psycopg_pool": ("replicas", "an audit at postgresql://"),
+    "cryptography": ("replicas", "session vaults in Redis (mask_upstream with vault: session)"),
 }
 ENGINE_BUILD_NOTE = " (it compiles llama.cpp: see docs/install.md for AMX CPUs)"
 

@@ -18,6 +18,8 @@ class Metrics:
         self.tokens = Counter("ingate_completion_tokens", "Tokens generated and admitted", ["policy"], registry=r)
         self.decisions = Counter("ingate_decisions", "Gate decisions", ["policy", "rule", "action"], registry=r)
         self.rollbacks = Counter("ingate_rollbacks", "KV-cache rollbacks", ["policy"], registry=r)
+        self.masked = Counter("ingate_masked_values", "Values masked in requests before the model saw them "
+                              "(mask_upstream), by type", ["policy", "type"], registry=r)
         self.gate_us = Histogram("ingate_gate_microseconds", "Gate time per token (sampling excluded)",
                                  buckets=_US, registry=r)
         self.held = Histogram("ingate_held_bytes", "Bytes held back after each token",
@@ -50,6 +52,8 @@ class Metrics:
         self.rollbacks.labels(policy).inc(res.rollbacks)
         for d in res.decisions:
             self.decisions.labels(policy, d.rule_id, d.action).inc()
+        for kind, n in (res.masked or {}).items():
+            self.masked.labels(policy, kind).inc(n)
         for us in res.gate_us:
             self.gate_us.observe(us)
         for h in res.held_bytes:

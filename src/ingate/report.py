@@ -68,6 +68,8 @@ def governance(policy: Policy, res: Result, level: str, session: dict | None = N
         out["entropy"] = dict(res.entropy_summary)
         if res.entropy_released is not None:  # per token, aligned with logprobs.content
             out["entropy"]["tokens"] = [h for _, h in res.entropy_released]
+    if res.masked:
+        out["masked"] = dict(res.masked)  # counts per type: the values themselves never leave the vault
     if session is not None:
         out["session"] = session
     return out

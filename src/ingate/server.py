@@ -36,6 +36,7 @@ from ingate.refusal import DEFAULT_REFUSAL, Refusal, escalation, refuse
 from ingate.store.audit import replica_id
 from ingate.store.limits import LimitStore, MemoryLimitStore
 from ingate.store.sessions import BUSY, ESCALATED, MemorySessionStore, SessionStore, StoreError
+from ingate.store.vaults import MemoryVaults, VaultStore
 from ingate.structure import Structure
 from ingate.worker import Draining, Job, QueueFull, Worker
 
@@ -52,6 +53,7 @@ class ServerConfig:
     max_body_bytes: int = 1_000_000
     session_ttl: float = 3600.0
     sessions: SessionStore | None = None  # None: in this process's memory (MemorySessionStore)
+    vaults: VaultStore | None = None  # session vaults (mask_upstream); None: in this process's memory
     drain_seconds: float = 30.0  # on SIGTERM: how long streams in flight may take to finish
     replica: str = field(default_factory=replica_id)  # names this replica in /metrics and the audit
     console: bool = False  # serve the console at /console (ingate.console), guarded by api_keys' admin keys
@@ -125,9 +127,10 @@ class _Server:
         self.metrics = Metrics()
         self.metrics.replica.labels(config.replica).set(1)
         self.sessions: SessionStore = config.sessions or MemorySessionStore(config.session_ttl)
+        vaults = config.vaults or MemoryVaults(config.session_ttl)
         self.backends = {name: Backend(name, core, Worker(core, config.max_queue, self.metrics, self.sessions,
                                                           threads=core.max_concurrency,
-                                                          max_wait_s=config.max_queue_wait))
+                                                          max_wait_s=config.max_queue_wait, vaults=vaults))
                          for name, core in cores.items()}
         self.model_id: str = next(iter(self.backends))  # the default model
         self.limits = KeyLimits(config.limits or MemoryLimitStore(), KeyMetrics(self.metrics.registry))

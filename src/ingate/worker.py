@@ -27,9 +27,11 @@ from ingate.drivers.base import GenerationFailed, GenerationParams, Result
 from ingate.engines import EngineCrashed
 from ingate.gate.decision import Action, Decision
 from ingate.keys import Grant
+from ingate.masking import Vault
 from ingate.metrics import Metrics
 from ingate.policy import Policy
 from ingate.store.sessions import SessionState, SessionStore, StoreError, violations_in
+from ingate.store.vaults import VaultStore
 from ingate.structure.spec import Structure
 
 log = logging.getLogger("ingate.worker")
@@ -85,9 +87,12 @@ CLOSE_WAIT_S = 5.0  # Worker.close: the longest wait for room in the queue for t
 
 class Worker:
     def __init__(self, core: Core, max_queue: int = 16, metrics: Metrics | None = None,
-                 sessions: SessionStore | None = None, threads: int = 1, max_wait_s: float | None = None):
-        """`max_wait_s`: a request that waited longer than this for a place is turned away (429)."""
+                 sessions: SessionStore | None = None, threads: int = 1, max_wait_s: float | None = None,
+                 vaults: VaultStore | None = None):
+        """`max_wait_s`: a request that waited longer than this for a place is turned away (429).
+        `vaults`: where session vaults live (mask_upstream with vault: session)."""
         self.core: Core = core
+        self.vaults = vaults
         self.max_wait_s = max_wait_s
         self.metrics = metrics
         self.sessions = sessions
@@ -158,11 +163,13 @@ class Worker:
                 continue
             self.running.add(job)
             try:
+                vault = self._vault(job)
                 req = Request(job.messages, job.policy, job.params, job.stop, job.request_id, job.session,
-                              job.session_entropy, job.structure, job.grant.key_id)
+                              job.session_entropy, job.structure, job.grant.key_id, vault=vault)
                 res: Result = self.core.run(req, on_text=functools.partial(_text, job), cancelled=job.cancel.is_set,
                                             on_audited=functools.partial(_audited, job) if job.live_decisions
                                             else None)
+                self._keep_vault(job, res.vault if res.vault is not None else vault)
                 self._account(job, res)  # before the client hears "done"
                 job._put(("done", res))
             except GenerationFailed as e:  # the engine failed: what was decided still counts
@@ -185,6 +192,26 @@ class Worker:
                 observe(job, res)
             except Exception as e:  # an observer's fault is its own: the request is served
                 log.error("request %s: an observer failed: %s: %s", job.request_id, type(e).__name__, e)
+
+    def _vault(self, job: Job) -> Vault | None:
+        """The session's vault when the policy keeps one (None: the request has a vault of its own,
+        also when the store cannot be reached: masking never waits on it)."""
+        m = job.policy.mask
+        if self.vaults is None or not job.session or m is None or m.vault != "session":
+            return None
+        try:
+            return self.vaults.load(job.session_key) or Vault()
+        except StoreError as e:
+            log.error("request %s: %s; masked with a vault of its own", job.request_id, e)
+            return None
+
+    def _keep_vault(self, job: Job, vault: Vault | None) -> None:
+        if vault is None or self.vaults is None:
+            return
+        try:
+            self.vaults.save(job.session_key, vault)
+        except StoreError as e:
+            log.error("request %s: %s; the session's next turn may number its placeholders anew", job.request_id, e)
 
     def end_session(self, job: Job, decisions: list, entropy: float) -> None:
         """Add what the request decided to its session and free its place, retrying a store that is

@@ -174,6 +174,9 @@ def _serve_ops(s) -> None:
     s.add_argument("--drain-seconds", type=_positive_int, default=30,
                    help="on SIGTERM: stop accepting, let streams in flight finish this long, then cancel them "
                         "(each audited)")
+    s.add_argument("--vault-key-file", default=None, metavar="FILE",
+                   help="the key session vaults are encrypted with in Redis (mask_upstream with vault: session; also "
+                        "$INGATE_VAULT_KEY or $INGATE_VAULT_KEY_FILE; the same on every replica)")
     s.add_argument("--sessions-prefix", default="ingate",
                    help="the Redis key prefix: one per deployment sharing a Redis (default: ingate)")
     s.add_argument("--governance-detail", choices=("minimal", "full"), default="minimal",

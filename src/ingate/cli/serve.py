@@ -65,6 +65,18 @@ def _limits(args: argparse.Namespace):
         raise UserError(str(e), code=2) from None
 
 
+def _vaults(args: argparse.Namespace):
+    """Session vaults beside the sessions: in Redis, encrypted under the deployment's vault key."""
+    from ingate.store.audit import AuditError
+    from ingate.store.vaults import open_vaults
+
+    url = args.sessions or "memory"  # $INGATE_SESSIONS is already in args (ingate.cli.env)
+    try:
+        return open_vaults(url, args.sessions_prefix, args.session_ttl, args.vault_key_file)
+    except AuditError as e:
+        raise UserError(str(e), code=2) from None
+
+
 def _cores(args: argparse.Namespace, policies: list[Policy]) -> dict:
     settings = Settings(model=args.model, models=args.models, upstream=args.upstream,
                         upstream_model=args.upstream_model, upstream_key_env=args.upstream_key_env,
@@ -99,6 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeysError as e:
         raise UserError(str(e), code=2) from None
     sessions = _sessions(args)
+    vaults = _vaults(args) if any(p.mask is not None and p.mask.vault == "session" for p in policies.values()) \
+        else None
     cores = _cores(args, list(policies.values()))
     import threading
 
@@ -110,8 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                         max_queue_wait=args.max_queue_wait,
                                         max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                                         session_ttl=args.session_ttl, governance_detail=args.governance_detail,
-                                        sessions=sessions, drain_seconds=args.drain_seconds, console=args.console,
-                                        limits=_limits(args)))
+                                        sessions=sessions, vaults=vaults, drain_seconds=args.drain_seconds,
+                                        console=args.console, limits=_limits(args)))
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if keys else ""
     first = next(iter(cores))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +84,8 @@ class Result:
     entropy_released: list[tuple[str, float | None]] | None = None  # (text, entropy) per released token
     upstream: dict | None = None  # an upstream model's account: its requests, continuations, early cancel
     speculation: dict | None = None  # drafted and accepted tokens, when the engine speculated
+    masked: dict[str, int] | None = None  # mask_upstream: values masked in the request, per type (counts only)
+    vault: Any = None  # the session's vault after the request (kept by the worker; never reported)
 
     @classmethod
     def of(cls, gate: Gate, finish: str, elapsed_s: float, ttft_s: float | None = None, prompt_tokens: int = 0,

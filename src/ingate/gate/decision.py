@@ -17,6 +17,7 @@ class Action(StrEnum):
     ABSTAIN = "abstain"  # an entropy budget spent
     CANCEL = "cancel"  # the client went away
     ERROR = "error"  # a check or the engine failed: the stream ended closed
+    MASK = "mask"  # a request's value replaced by a placeholder before the model saw it (ingate.masking)
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,9 @@ def policy_report(compiled: CompiledPolicy) -> list[str]:
     policy = compiled.policy
     out = [f"policy {policy.name!r} ({policy.source}): valid, {len(policy.rules)} rule(s)"]
     out += [kind(r.kind).describe(r) for r in policy.rules]
+    if (m := policy.mask) is not None:
+        out.append(f"  mask_upstream: {', '.join(m.values)} become typed placeholders before the model sees the "
+                   f"request; the answer's placeholders: {m.answer}; vault: per {m.vault}")
     for k in kinds():
         part = compiled.part(k.name)
         report = getattr(k, "report", None)

@@ -20,8 +20,8 @@ import yaml
 from pydantic import ValidationError
 
 from ingate.policy.kinds import SpecContext
-from ingate.policy.model import NONE_POLICY, Policy, PolicyError
-from ingate.policy.schema import actions, policy_model
+from ingate.policy.model import NONE_POLICY, MaskSpec, Policy, PolicyError
+from ingate.policy.schema import MaskUpstream, actions, policy_model
 
 
 def where(source: str, data: Any, loc: tuple[Any, ...]) -> str:
@@ -104,7 +104,15 @@ def parse_policy(text: str, source: str = "<string>", base: Path | None = None) 
     return Policy(name=model.name, source=source, rules=tuple(rules), store_text=model.audit.store_text,
                   max_rollbacks=model.max_rollbacks, digest=digest.hexdigest(),
                   escalate_after=ses.escalate_after if ses else None, refusal=ses.refusal if ses else "",
-                  on_store_error=ses.on_store_error if ses else "refuse")
+                  on_store_error=ses.on_store_error if ses else "refuse", mask=_mask(model.mask_upstream))
+
+
+def _mask(m: MaskUpstream | list[str] | None) -> MaskSpec | None:
+    if m is None:
+        return None
+    if isinstance(m, list):
+        return MaskSpec(tuple(dict.fromkeys(m)))
+    return MaskSpec(tuple(dict.fromkeys(m.values)), m.answer, m.vault)
 
 
 def load_policy(path: str | Path | None) -> Policy:

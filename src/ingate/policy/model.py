@@ -24,6 +24,16 @@ class RuleSpec(Protocol):
 
 
 @dataclass(frozen=True)
+class MaskSpec:
+    """`mask_upstream`: which values leave for a model only as placeholders (ingate.masking), and
+    what the answer's placeholders become for the client."""
+
+    values: tuple[str, ...]  # built-in pattern names and forbid rule ids
+    answer: str = "restore"  # restore | keep | redact
+    vault: str = "request"  # request | session
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     source: str  # file path, or "<builtin:default>", "<none>", "<string>"
@@ -34,6 +44,7 @@ class Policy:
     escalate_after: int | None = None  # a session with this many violations is refused before generating
     refusal: str = ""
     on_store_error: str = "refuse"  # the session store cannot be reached: refuse (fail closed) or allow
+    mask: MaskSpec | None = None  # mask_upstream: values replaced by placeholders before the model sees them
 
     @property
     def is_empty(self) -> bool:

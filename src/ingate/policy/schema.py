@@ -55,12 +55,21 @@ class SessionConfig(Strict):
     on_store_error: Literal["refuse", "allow"] = "refuse"  # the session store is down: fail closed, or serve
 
 
+class MaskUpstream(Strict):
+    """`mask_upstream:` the values a model never sees (docs/masking.md). The short form is the list."""
+
+    values: list[str] = Field(min_length=1)
+    answer: Literal["restore", "keep", "redact"] = "restore"
+    vault: Literal["request", "session"] = "request"
+
+
 class PolicyBase(Strict):
     version: Literal[1]
     name: str = Field(min_length=1)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     max_rollbacks: int = Field(default=32, ge=0, le=10_000)
     session: SessionConfig | None = None
+    mask_upstream: MaskUpstream | list[str] | None = None
 
     @model_validator(mode="after")
     def _rules_together(self) -> PolicyBase:
@@ -76,7 +85,23 @@ class PolicyBase(Strict):
             if r.id in seen:
                 raise ValueError(f"rule id {r.id!r} is used twice; give each rule its own id")
             seen.add(r.id)
+        if self.mask_upstream is not None:
+            _check_mask(self.mask_upstream, rules)
         return self
+
+
+def _check_mask(mask: MaskUpstream | list[str], rules: list[Any]) -> None:
+    """Each entry names a built-in pattern or a forbid rule of this policy."""
+    from ingate.patterns import BUILTIN_PATTERNS
+
+    values = mask.values if isinstance(mask, MaskUpstream) else mask
+    if not values:
+        raise ValueError("mask_upstream is empty; list the values to mask (email, phone, ...) or remove it")
+    forbid = {r.id for r in rules if getattr(r, "forbid", None) is not None}
+    for name in values:
+        if name not in BUILTIN_PATTERNS and name not in forbid:
+            raise ValueError(f"mask_upstream: {name!r} is neither a built-in pattern ({', '.join(BUILTIN_PATTERNS)}) "
+                             "nor the id of a forbid rule in this policy; fix the name or add the rule")
 
 
 def actions() -> tuple[str, ...]:

@@ -15,6 +15,10 @@ A continuation continues the admitted text, by the strongest means the upstream 
                            and an instruction to go on from there (the weakest: the model may not).
 A raw completion request is continued by appending the admitted text to its prompt.
 
+Under a policy's mask_upstream the request is already masked (ingate.masking: the pipeline masks
+its messages and stop sequences); what this module adds from it, the structure's schema, is masked
+here, and a continuation's admitted text is the upstream's own, placeholders and all.
+
 A vLLM that runs ingate's logits processor (capability `ingate_mask`) is told the request's policy
 in `vllm_xargs`, with its digest (vLLM refuses a policy of that name that differs) and, on a
 continuation, the admitted text it follows: prevention then happens before sampling, inside vLLM.
@@ -77,7 +81,8 @@ class Bodies:
             body["stop"] = list(self.req.stop)
         st = self.req.structure
         if st is not None and st.pure_json and not attempt and self.spec.can(JSON_SCHEMA):
-            body["response_format"] = st.response_format(self.spec.kind)  # a continuation is checked, not constrained
+            fmt = st.response_format(self.spec.kind)  # a continuation is checked, not constrained
+            body["response_format"] = self.req.masking.schema(fmt) if self.req.masking is not None else fmt
         if attempt and self.banned:
             body["logit_bias"] = {str(t): -100 for t in sorted(self.banned)}
         elif attempt:
