@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from conftest import INGATE, PARIS_PROMPT, PII_PROMPT, api_sampling
+from upstreams import START_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 TWO_POLICIES = """version: 1
@@ -45,7 +46,7 @@ class Server:
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([INGATE, "serve", "--port", str(self.port), *args], env=env,
                                          stdout=out, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 60
+        deadline = time.time() + START_TIMEOUT_S
         while time.time() < deadline:
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
@@ -54,7 +55,7 @@ class Server:
                 time.sleep(0.2)
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()}")
-        raise RuntimeError("server did not start in 60 s")
+        raise RuntimeError(f"server did not start in {START_TIMEOUT_S:g} s")
 
     def stop(self):
         self.proc.terminate()

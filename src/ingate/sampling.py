@@ -162,7 +162,8 @@ def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
     A full argsort of a 49k vocabulary costs milliseconds; the nucleus is usually a few dozen
     tokens, so look among the top 64, then 1,024, before sorting everything.
     """
-    target = top_p * float(probs.sum())
+    target = top_p * float(probs.sum(dtype=np.float64))  # float64: a float32 running sum over a
+    # whole vocabulary drifts by ~1e-6, enough to move the cut by a token
     n = probs.shape[0]
     for k in (64, 1024, n):
         if k >= n:
@@ -170,7 +171,7 @@ def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
         else:
             top = np.argpartition(-probs, k)[:k]
             top = top[np.argsort(-probs[top], kind="stable")]
-        cum = np.cumsum(probs[top])
+        cum = np.cumsum(probs[top], dtype=np.float64)
         if cum[-1] >= target or k >= n:
             keep = int(np.searchsorted(cum, target)) + 1
             return top[: min(keep, top.shape[0])]
