@@ -20,8 +20,8 @@ from ingate.policy import Policy
 
 VLLM_CONCURRENCY = 64  # --engine vllm: streams in flight to vLLM (it batches them)
 # `ingate serve --parallel`: streams the embedded engine runs at once. On 2 cores batched decode
-# reaches about 1.3x one stream's tokens/s at 8 and 1.5x at 16 (docs/serving.md): 8 starts every
-# stream within a step or two, and each still decodes at over half its speed alone.
+# reaches about 1.2x one stream's tokens/s at 8 and 16 (docs/serving.md): 8 starts every
+# stream without a queue; the served path does not yet deliver the curve (docs/serving.md, "Measured").
 DEFAULT_PARALLEL = 8
 
 
