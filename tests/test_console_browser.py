@@ -146,8 +146,8 @@ def wait_for(what: str, cond, timeout: float = 90.0):
         try:
             if value := cond():
                 return value
-        except (NoSuchElementException, StaleElementReferenceException):
-            pass
+        except (NoSuchElementException, StaleElementReferenceException, AssertionError):
+            pass  # not on the page yet (`one` asserts that it is): the page is still rendering
         time.sleep(0.1)
     raise AssertionError(f"waited {timeout:g} s for {what}")
 
@@ -407,7 +407,7 @@ def test_on_loopback_the_console_signs_in_and_out(chrome, served):
     wait_for("the refusal", lambda: "not an admin key" in one(chrome, ".error").text, 10)
     sign_in(chrome, ADMIN)
     assert chrome.current_url == served.url + "/console/"
-    one(chrome, "#logout button").click()
+    wait_for("the sign-out button", lambda: css(chrome, "#logout button"), 10)[0].click()
     wait_for("the sign-in form again", lambda: "sign in" in chrome.title, 10)
 
 
