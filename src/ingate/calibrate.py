@@ -26,7 +26,7 @@ PROGRESS_EVERY = 320  # texts between progress lines on stderr
 
 # ---- scoring ----------------------------------------------------------------------------------
 
-def score_texts(rule: Any, texts: Sequence[str], batch: int = BATCH, progress: IO[str] | None = sys.stderr
+def score_texts(rule: Any, texts: Sequence[str], batch: int = BATCH, progress: IO[str] | None | bool = True
                 ) -> np.ndarray:
     """Each text's score against a compiled SemanticRule, the text scored as a whole."""
     out = np.empty(len(texts), dtype=np.float64)
@@ -34,9 +34,10 @@ def score_texts(rule: Any, texts: Sequence[str], batch: int = BATCH, progress: I
         chunk = list(texts[i:i + batch])
         out[i:i + len(chunk)] = rule.scores(rule.encoder.encode(chunk))[0]
         done = i + len(chunk)
-        if progress is not None and len(texts) > PROGRESS_EVERY and (done % PROGRESS_EVERY == 0
+        if progress and len(texts) > PROGRESS_EVERY and (done % PROGRESS_EVERY == 0
                                                                       or done == len(texts)):
-            print(f"ingate calibrate: scored {done}/{len(texts)} texts", file=progress, flush=True)
+            out_to = sys.stderr if progress is True else progress  # stderr as it is now, not at import
+            print(f"ingate calibrate: scored {done}/{len(texts)} texts", file=out_to, flush=True)
     return out
 
 
@@ -260,7 +261,7 @@ class Calibration:
 
 
 def calibrate(rule: Any, data: Sequence[tuple[str, bool]], max_false_block: float = 0.05,
-              progress: IO[str] | None = sys.stderr) -> Calibration:
+              progress: IO[str] | None | bool = True) -> Calibration:
     """Score labelled texts against a compiled SemanticRule and suggest its threshold."""
     texts = [t for t, _ in data]
     adm = np.array([a for _, a in data], dtype=bool)
