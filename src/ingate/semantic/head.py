@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -49,6 +49,20 @@ MLP_DECAY = 1e-3
 
 class HeadError(ValueError):
     """A head that cannot be trained; the message says what to fix."""
+
+
+class _Stderr:
+    """sys.stderr as it is when written to: a default argument of sys.stderr binds the stream of
+    import time, which a test's capture may since have closed."""
+
+    def write(self, s: str) -> int:
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+STDERR = cast(IO[str], _Stderr())
 
 
 # ---- the two models ---------------------------------------------------------------------------
@@ -300,7 +314,7 @@ def group_name(text: str, source: str | None) -> str:
 
 
 def row_features(encoder: Any, rows: Sequence[tuple[str, bool, str | None, str | None]],
-             progress: IO[str] | None = sys.stderr) -> np.ndarray:
+             progress: IO[str] | None = STDERR) -> np.ndarray:
     """The rows' features, cached by content: a featurizer that reads the prompt (the engine's
     hidden states) sees each response after its prompt; a sentence encoder sees the text alone."""
     texts = [r[0] for r in rows]
@@ -323,7 +337,7 @@ def row_features(encoder: Any, rows: Sequence[tuple[str, bool, str | None, str |
 
 
 def trained_head(model: str, encoder: Any, rows: Sequence[tuple[str, bool, str | None, str | None]],
-                 progress: IO[str] | None = sys.stderr) -> Head:
+                 progress: IO[str] | None = STDERR) -> Head:
     """The head for these rows and features, from the cache, or trained now (only then are the
     rows' features needed: the engine's take minutes)."""
     keyed = [(f"{r[3] or ''}\0{r[0]}" if hasattr(encoder, "encode_pairs") else r[0], r[1], group_name(r[0], r[2]))
