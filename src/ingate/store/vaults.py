@@ -32,6 +32,7 @@ from ingate.extras import require
 from ingate.masking.vault import Vault
 from ingate.store.audit.keys import MIN_KEY_BYTES, AuditError, _read_key
 from ingate.store.sessions.base import StoreError
+from ingate.store.sessions.redis import redis_client
 
 NONCE = 12
 
@@ -92,13 +93,10 @@ class RedisVaults:
     """Session vaults in Redis, encrypted at rest (see the module docstring)."""
 
     def __init__(self, url: str, cipher: Cipher, prefix: str = "ingate", ttl: float = 3600.0, timeout_s: float = 1.0):
-        import redis
+        redis = require("redis")
 
         self.cipher, self.prefix, self.ttl = cipher, prefix, int(max(1, ttl))
-        try:
-            self.r = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        except ValueError as e:
-            raise StoreError(f"vault store URL {url!r}: {e}; write redis://HOST:PORT/DB") from None
+        self.r = redis_client(url, "vault store", timeout_s)
         self._errors = (redis.RedisError,)
         self._watch = redis.WatchError
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ingate.extras import require
 from ingate.store.limits.base import LIMITS, Limits, Verdict, refusal
 from ingate.store.sessions.base import StoreError
+from ingate.store.sessions.redis import redis_client
 
 # KEYS: requests zset, tokens-by-second hash, day key prefix. ARGV: request id, rpm, tpm, tpd (-1:
 # none), admit (1) or only read (0). Returns the three counts and the three waits, as strings.
@@ -72,11 +73,7 @@ class RedisLimitStore:
         redis = require("redis")
 
         self.prefix = prefix
-        try:
-            self.r = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                          health_check_interval=15)
-        except ValueError as e:
-            raise StoreError(f"limits store URL {url!r}: {e}; write redis://HOST:PORT/DB") from None
+        self.r = redis_client(url, "limits store", timeout_s)
         self._admit = self.r.register_script(ADMIT)
         self._charge = self.r.register_script(CHARGE)
         self._errors = redis.RedisError

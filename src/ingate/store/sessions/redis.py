@@ -51,17 +51,24 @@ return {redis.call('HGET', KEYS[1], 'v') or '0', redis.call('HGET', KEYS[1], 'e'
 """
 
 
+def redis_client(url: str, what: str, timeout_s: float):
+    """A Redis client for `url` (the sessions, the keys' limits and the vaults each open one), or
+    StoreError naming the store and the URL's form."""
+    redis = require("redis")
+    try:
+        return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                    health_check_interval=15)
+    except ValueError as e:
+        raise StoreError(f"{what} URL {url!r}: {e}; write redis://HOST:PORT/DB") from None
+
+
 class RedisSessionStore:
     def __init__(self, url: str, prefix: str = "ingate", ttl: float = 3600.0, reservation_s: float = RESERVATION_S,
                  timeout_s: float = 1.0):
         redis = require("redis")
 
         self.url, self.prefix, self.ttl, self.reservation_s = url, prefix, int(max(1, ttl)), reservation_s
-        try:
-            self.r = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                          health_check_interval=15)
-        except ValueError as e:
-            raise StoreError(f"session store URL {url!r}: {e}; write redis://HOST:PORT/DB") from None
+        self.r = redis_client(url, "session store", timeout_s)
         self._begin = self.r.register_script(BEGIN)
         self._end = self.r.register_script(END)
         self._errors = redis.RedisError
